@@ -1,0 +1,20 @@
+"""pixark.codec: one image <-> one bitstream. Knows nothing of Ray, fsspec or Parquet.
+
+    data = encode(file_bytes_or_pixels, codec="auto")   # -> bytes (pixark container)
+    img = decode(data)                                   # -> DecodedImage (pixels, mode, format, metadata)
+    info(data)                                           # header only
+"""
+
+from . import classical  # noqa: F401  (registers store, png, webp-ll, jxl-ll)
+from .api import candidates, decode, encode, info, load
+from .container import VERSION as FORMAT_VERSION
+from .errors import CodecError, CorruptStream, UnsupportedImage, UnsupportedStream
+from .image import DecodedImage, Metadata, pixel_sha256
+from .registry import Codec, Encoded, all_codecs, get, names, parse_spec, register
+
+__all__ = [
+    "encode", "decode", "info", "load", "candidates", "FORMAT_VERSION",
+    "CodecError", "CorruptStream", "UnsupportedImage", "UnsupportedStream",
+    "DecodedImage", "Metadata", "pixel_sha256",
+    "Codec", "Encoded", "register", "get", "names", "all_codecs", "parse_spec",
+]

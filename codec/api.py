@@ -1,0 +1,136 @@
+"""encode / decode / info: the codec package's public functions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import container, registry
+from .container import Header
+from .errors import CodecError, CorruptStream, UnsupportedImage, UnsupportedStream
+from .image import DecodedImage, Metadata, pixel_sha256
+
+# Learned codecs `auto` prefers for 8-bit RGB, best first; used when installed with weights.
+LEARNED_PREFERENCE = ("mspsm", "msr")
+
+
+def load(image) -> DecodedImage:
+    """Accept file bytes, a pixel array, or a DecodedImage."""
+    if isinstance(image, DecodedImage):
+        return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return DecodedImage.from_bytes(bytes(image))
+    if isinstance(image, np.ndarray):
+        return DecodedImage.from_array(image)
+    raise TypeError(f"encode() takes file bytes, a numpy array or a DecodedImage, not {type(image).__name__}")
+
+
+def encode(image, codec: str = "auto", verify: bool = False, **params) -> bytes:
+    """Code one image into a pixark container. ``codec`` is a name or a spec like 'jxl-ll:effort=9'.
+    With ``verify`` the result is decoded and compared with the input before it is returned."""
+    img = load(image)
+    name, spec_params = registry.parse_spec(codec)
+    params = {**spec_params, **params}
+    if name == "auto":
+        data = _auto(img, **params)
+    else:
+        data = _encode_with(img, registry.get(name), params)
+    if verify:
+        _verify(img, data)
+    return data
+
+
+def _encode_with(img: DecodedImage, codec: registry.Codec, params: dict) -> bytes:
+    reason = codec.supports(img)
+    if reason:
+        raise UnsupportedImage(f"codec {codec.name!r} cannot code this image: {reason}")
+    enc = codec.encode(img, **params)
+    original_kept = codec.keeps_original and not enc.params.get("raw")
+    meta = img.metadata
+    info = dict(meta.info)
+    if meta.palette_mode:
+        info["palette_mode"] = meta.palette_mode
+    header = Header(
+        codec=codec.name, codec_version=codec.version, params=enc.params, model_id=enc.model_id,
+        height=img.height, width=img.width, channels=img.channels, bit_depth=img.bit_depth,
+        mode=img.mode, format=img.format, pixel_sha256=img.pixel_sha256(), payload_bytes=0,
+        info={} if original_kept else info,
+    )
+    return container.pack(header, {} if original_kept else meta.blobs(), enc.payload)
+
+
+def candidates(img: DecodedImage, **params) -> list[tuple[str, dict]]:
+    """What `auto` tries for this image, in order."""
+    if img.pixels is None:
+        return [("store", {})]
+    if img.is_rgb8:
+        for name in LEARNED_PREFERENCE:
+            try:
+                codec = registry.get(name)
+            except UnsupportedStream:
+                continue
+            if codec.available() and codec.supports(img) is None:
+                return [(name, codec.params({k: v for k, v in params.items() if k in codec.defaults}))]
+    if img.mode in ("P", "1"):  # palette indices and bilevel: PNG's filters sometimes beat JPEG XL here
+        return [("jxl-ll", {}), ("png", {})]
+    return [("jxl-ll", {})]
+
+
+def _auto(img: DecodedImage, **params) -> bytes:
+    """Smallest of the candidates, never larger than storing the file as it is."""
+    best = None
+    errors = []
+    for name, p in candidates(img, **params):
+        try:
+            data = _encode_with(img, registry.get(name), p)
+        except CodecError as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        if best is None or len(data) < len(best):
+            best = data
+    stored = _encode_with(img, registry.get("store"), {})
+    return stored if best is None or len(stored) <= len(best) else best
+
+
+def _verify(img: DecodedImage, data: bytes) -> None:
+    back = decode(data)
+    if img.pixels is not None and (back.pixels is None or pixel_sha256(back.pixels) != img.pixel_sha256()):
+        raise CorruptStream("encoder self-check failed: the stream does not decode to the input pixels")
+
+
+def decode(data: bytes) -> DecodedImage:
+    """Decode a container. Damaged input raises CorruptStream, streams this build cannot read UnsupportedStream;
+    pixels are always checked against the hash the encoder stored."""
+    header, blobs, payload = container.unpack(data)
+    codec = registry.get(header.codec)
+    if header.codec_version not in codec.versions:
+        raise UnsupportedStream(
+            f"codec {header.codec!r} payload version {header.codec_version} is not supported "
+            f"(this build reads {codec.versions}); upgrade pixark"
+        )
+    try:
+        pixels = codec.decode(payload, header)
+    except CodecError:
+        raise
+    except Exception as exc:  # a damaged payload can make any decoder library fail in its own way
+        raise CorruptStream(f"{header.codec} payload does not decode: {type(exc).__name__}: {exc}") from exc
+    if header.pixel_sha256:
+        if pixels is None or pixel_sha256(pixels) != header.pixel_sha256:
+            raise CorruptStream("decoded pixels do not match the stored pixel hash: the stream is damaged")
+    info = dict(header.info)
+    meta = Metadata(
+        icc_profile=blobs.get("icc"), exif=blobs.get("exif"), palette=blobs.get("palette"),
+        palette_mode=info.pop("palette_mode", ""), info=info,
+    )
+    original = payload if codec.keeps_original and not header.params.get("raw") else None
+    return DecodedImage(pixels, mode=header.mode, format=header.format, metadata=meta, original=original)
+
+
+def info(data: bytes) -> dict:
+    """What the header says, without decoding the payload."""
+    header, _ = container.read_header(data)
+    out = header.to_json()
+    out["format_version"] = container.VERSION
+    out["stream_bytes"] = len(data)
+    subpixels = header.height * header.width * header.channels
+    out["bpsp"] = round(len(data) * 8 / subpixels, 4) if subpixels else None
+    return out

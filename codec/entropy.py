@@ -1,0 +1,110 @@
+"""Range coding over integer frequency tables (a thin layer over constriction).
+
+Every table handed to this module is an array of *integers*: each frequency at least 1, each row summing to
+exactly ``TOTAL``. Float tables are refused, because two machines can compute a float table differently, and a
+range decoder whose table differs by one unit from the encoder's decodes garbage. The integer table is passed to
+constriction as float64 holding exact integers whose sum is a power of two, so its rescaling to its own
+fixed-point precision is exact and identical everywhere; ``perfect=False`` is always set (constriction 0.5 still
+defaults to the very slow ``perfect=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import constriction
+
+from .errors import CorruptStream
+
+PRECISION = 16
+TOTAL = 1 << PRECISION  # every frequency table sums to exactly this
+
+
+def _check_table(freqs: np.ndarray) -> np.ndarray:
+    """Validate integer frequency table(s) (1-D or 2-D, rows = tables) and return them as exact float64."""
+    freqs = np.asarray(freqs)
+    if not np.issubdtype(freqs.dtype, np.integer):
+        raise TypeError(f"frequency tables must be integer arrays, got {freqs.dtype}")
+    if freqs.ndim not in (1, 2) or freqs.shape[-1] < 1:
+        raise ValueError(f"frequency table must be 1-D or 2-D and non-empty, got shape {freqs.shape}")
+    if freqs.size and freqs.min() < 1:
+        raise ValueError("every frequency must be at least 1")
+    sums = freqs.sum(axis=-1, dtype=np.int64)
+    if np.any(sums != TOTAL):
+        raise ValueError(f"every frequency table must sum to {TOTAL}")
+    return freqs.astype(np.float64)
+
+
+def normalize(counts: np.ndarray) -> np.ndarray:
+    """Turn non-negative integer counts (last axis = alphabet) into frequency tables summing to TOTAL,
+    every symbol at least 1, with integer arithmetic only (so every machine gets the same table)."""
+    counts = np.asarray(counts)
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise TypeError(f"counts must be integers, got {counts.dtype}")
+    counts = counts.astype(np.int64)
+    n = counts.shape[-1]
+    if n > TOTAL // 2:
+        raise ValueError(f"alphabet of {n} symbols is too large for {PRECISION}-bit tables")
+    cum = np.concatenate([np.zeros(counts.shape[:-1] + (1,), np.int64), np.cumsum(counts, axis=-1)], axis=-1)
+    total = np.maximum(cum[..., -1:], 1)
+    spare = TOTAL - n  # one unit per symbol is reserved so none gets zero
+    scaled = (cum * spare) // total + np.arange(n + 1, dtype=np.int64)
+    if np.any(cum[..., -1] == 0):  # all-zero counts: uniform
+        uniform = (np.arange(n + 1, dtype=np.int64) * TOTAL) // n
+        scaled = np.where(cum[..., -1:] == 0, uniform, scaled)
+    return np.diff(scaled, axis=-1)
+
+
+class Encoder:
+    """Appends symbols to one range-coded stream. Decode with ``Decoder`` in the same order."""
+
+    def __init__(self) -> None:
+        self._enc = constriction.stream.queue.RangeEncoder()
+
+    def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
+        """Encode ``symbols`` (1-D ints). ``freqs`` is one table shared by all symbols (1-D) or one row per symbol (2-D)."""
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
+        table = _check_table(freqs)
+        n = table.shape[-1]
+        if symbols.size and (symbols.min() < 0 or symbols.max() >= n):
+            raise ValueError(f"symbol outside the alphabet 0..{n - 1}")
+        if table.ndim == 1:
+            if symbols.size:
+                self._enc.encode(symbols, constriction.stream.model.Categorical(table, perfect=False))
+        else:
+            if table.shape[0] != symbols.size:
+                raise ValueError("one table row per symbol is required")
+            if symbols.size:
+                self._enc.encode(symbols, constriction.stream.model.Categorical(perfect=False), table)
+
+    def finish(self) -> bytes:
+        return np.asarray(self._enc.get_compressed(), dtype="<u4").tobytes()
+
+
+class Decoder:
+    """Reads symbols back from a stream made by ``Encoder``. Corrupt input raises ``CorruptStream``."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise CorruptStream("range-coded payload length is not a multiple of 4 bytes")
+        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        try:
+            self._dec = constriction.stream.queue.RangeDecoder(words)
+        except Exception as exc:  # constriction rejects some malformed word sequences outright
+            raise CorruptStream(f"range decoder rejected the payload: {exc}") from exc
+
+    def decode(self, freqs: np.ndarray, count: int | None = None) -> np.ndarray:
+        """Decode ``count`` symbols with one shared table (1-D ``freqs``) or one symbol per row (2-D ``freqs``)."""
+        table = _check_table(freqs)
+        try:
+            if table.ndim == 1:
+                if not count:
+                    return np.zeros(0, np.int32)
+                model = constriction.stream.model.Categorical(table, perfect=False)
+                out = self._dec.decode(model, int(count))
+            else:
+                if table.shape[0] == 0:
+                    return np.zeros(0, np.int32)
+                out = self._dec.decode(constriction.stream.model.Categorical(perfect=False), table)
+        except Exception as exc:
+            raise CorruptStream(f"range decoding failed: {exc}") from exc
+        return np.asarray(out, dtype=np.int32).reshape(-1)

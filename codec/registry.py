@@ -1,0 +1,111 @@
+"""Codecs by name behind one small interface. Classical codecs register on import; learned codecs register
+when their module is first asked for, so using PNG does not import torch."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .container import Header
+from .errors import UnsupportedStream
+from .image import DecodedImage
+
+
+@dataclass
+class Encoded:
+    payload: bytes
+    params: dict  # every parameter the decoder needs, defaults included
+    model_id: str = ""  # sha256 of the weights; "" for classical codecs
+
+
+class Codec:
+    """One image <-> one payload. Subclasses set the class attributes and implement the four methods."""
+
+    name: str = ""
+    version: int = 1  # bumped when the payload layout changes; decoders list what they accept in `versions`
+    versions: tuple[int, ...] = (1,)
+    learned: bool = False
+    keeps_original = False  # payload is the original file bytes (store)
+    summary: str = ""
+    defaults: dict = {}
+
+    def supports(self, image: DecodedImage) -> str | None:
+        """None when this codec can code ``image`` losslessly, else the reason it cannot."""
+        raise NotImplementedError
+
+    def encode(self, image: DecodedImage, **params) -> Encoded:
+        raise NotImplementedError
+
+    def decode(self, payload: bytes, header: Header) -> np.ndarray | None:
+        """Pixels (HxWxC) from a payload; None for a stored file that has no pixels."""
+        raise NotImplementedError
+
+    def available(self) -> bool:
+        """Ready to use (for learned codecs: weights are installed)."""
+        return True
+
+    def describe(self) -> dict:
+        return {"name": self.name, "summary": self.summary, "learned": self.learned, "params": dict(self.defaults),
+                "available": self.available()}
+
+    def params(self, given: dict) -> dict:
+        unknown = set(given) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"codec {self.name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(self.defaults)}")
+        return {**self.defaults, **given}
+
+
+_CODECS: dict[str, Codec] = {}
+# Learned codecs and the module that registers each; imported on first use.
+_LAZY = {"mspsm": "pixark.codec.mspsm", "msr": "pixark.codec.msr"}
+
+
+def register(codec: Codec) -> Codec:
+    _CODECS[codec.name] = codec
+    return codec
+
+
+def get(name: str) -> Codec:
+    if name not in _CODECS and name in _LAZY:
+        try:
+            importlib.import_module(_LAZY[name])
+        except ImportError:
+            pass
+    if name not in _CODECS:
+        raise UnsupportedStream(f"unknown codec {name!r}; this pixark knows {', '.join(names())}")
+    return _CODECS[name]
+
+
+def names() -> list[str]:
+    return sorted(set(_CODECS) | {n for n in _LAZY if _importable(n)})
+
+
+def all_codecs() -> list[Codec]:
+    return [get(n) for n in names()]
+
+
+def _importable(name: str) -> bool:
+    return importlib.util.find_spec(_LAZY[name]) is not None
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """'jxl-ll:effort=9,x=1' -> ('jxl-ll', {'effort': 9, 'x': 1}). Values are ints, floats, or strings."""
+    name, _, rest = spec.partition(":")
+    params: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"bad codec parameter {item!r} in {spec!r}; use name:key=value,key=value")
+        params[key.strip()] = _value(value.strip())
+    return name.strip(), params
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
