@@ -67,27 +67,29 @@ def register(codec: Codec) -> Codec:
     return codec
 
 
-def get(name: str) -> Codec:
+def _load(name: str) -> None:
     if name not in _CODECS and name in _LAZY:
         try:
             importlib.import_module(_LAZY[name])
-        except ImportError:
+        except ImportError:  # learned codec not part of this build
             pass
+
+
+def get(name: str) -> Codec:
+    _load(name)
     if name not in _CODECS:
         raise UnsupportedStream(f"unknown codec {name!r}; this pixark knows {', '.join(names())}")
     return _CODECS[name]
 
 
 def names() -> list[str]:
-    return sorted(set(_CODECS) | {n for n in _LAZY if _importable(n)})
+    for name in _LAZY:
+        _load(name)
+    return sorted(_CODECS)
 
 
 def all_codecs() -> list[Codec]:
     return [get(n) for n in names()]
-
-
-def _importable(name: str) -> bool:
-    return importlib.util.find_spec(_LAZY[name]) is not None
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
