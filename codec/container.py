@@ -46,6 +46,7 @@ class Header:
 
 
 def pack(header: Header, blobs: dict[str, bytes], payload: bytes) -> bytes:
+    blobs = dict(sorted(blobs.items()))  # the JSON header lists them sorted; the bytes follow the same order
     header.blobs = {k: len(v) for k, v in blobs.items()}
     header.payload_bytes = len(payload)
     text = json.dumps(header.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

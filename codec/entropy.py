@@ -67,14 +67,15 @@ class Encoder:
         n = table.shape[-1]
         if symbols.size and (symbols.min() < 0 or symbols.max() >= n):
             raise ValueError(f"symbol outside the alphabet 0..{n - 1}")
+        if table.ndim == 2 and table.shape[0] != symbols.size:
+            raise ValueError("one table row per symbol is required")
+        if n == 1:  # a one-symbol alphabet carries no information (and constriction cannot model it)
+            return
         if table.ndim == 1:
             if symbols.size:
                 self._enc.encode(symbols, constriction.stream.model.Categorical(table, perfect=False))
-        else:
-            if table.shape[0] != symbols.size:
-                raise ValueError("one table row per symbol is required")
-            if symbols.size:
-                self._enc.encode(symbols, constriction.stream.model.Categorical(perfect=False), table)
+        elif symbols.size:
+            self._enc.encode(symbols, constriction.stream.model.Categorical(perfect=False), table)
 
     def finish(self) -> bytes:
         return np.asarray(self._enc.get_compressed(), dtype="<u4").tobytes()
@@ -95,6 +96,8 @@ class Decoder:
     def decode(self, freqs: np.ndarray, count: int | None = None) -> np.ndarray:
         """Decode ``count`` symbols with one shared table (1-D ``freqs``) or one symbol per row (2-D ``freqs``)."""
         table = _check_table(freqs)
+        if table.shape[-1] == 1:
+            return np.zeros((count or 0) if table.ndim == 1 else table.shape[0], np.int32)
         try:
             if table.ndim == 1:
                 if not count:

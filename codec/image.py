@@ -199,18 +199,22 @@ def _read(data: bytes) -> DecodedImage:
         raise UnsupportedImage(f"not an image Pillow can read: {type(exc).__name__}: {exc}") from exc
     if fmt not in RECODABLE_FORMATS:
         raise UnsupportedImage(f"{fmt or 'unknown'} files are kept as original bytes")
-    if getattr(im, "n_frames", 1) > 1:
+    try:
+        frames = getattr(im, "n_frames", 1)
+    except Exception as exc:
+        raise UnsupportedImage(f"corrupt {fmt} frame structure: {exc}") from exc
+    if frames > 1:
         raise UnsupportedImage("animated image")
     if w * h > MAX_PIXELS or w == 0 or h == 0:
         raise UnsupportedImage(f"image of {w}x{h} pixels is empty or larger than {MAX_PIXELS} pixels")
     meta = Metadata(icc_profile=im.info.get("icc_profile") or None, exif=im.info.get("exif") or None)
     info: dict = {}
-    text = getattr(im, "text", None) if fmt == "PNG" else None
-    try:
+    try:  # Pillow reads PNG text chunks lazily, decoding the image on the way: damage shows up here
+        text = getattr(im, "text", None) if fmt == "PNG" else None
         if text:
             info["text"] = {str(k): str(v) for k, v in text.items()}
-    except Exception as exc:  # Pillow parses text chunks lazily; a corrupt chunk shows up here
-        raise UnsupportedImage(f"unreadable PNG text chunk: {exc}") from exc
+    except Exception as exc:
+        raise UnsupportedImage(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}") from exc
     if "dpi" in im.info:
         info["dpi"] = [float(v) for v in im.info["dpi"]]
     if "transparency" in im.info:

@@ -1,0 +1,398 @@
+"""MSPSM: multi-scale progressive statistical model (profiles, network, and the one pipeline shared by training,
+encoding and decoding).
+
+Geometry. Scale 0 is the image (tile). Scale i (size H_i x W_i) is padded by edge replication to even size
+2h x 2w and x^(i+1) = padded[1::2, 1::2] (size h x w). x^(M) is coded with a uniform model. Scales are coded
+coarse to fine; inside a scale the three other phases of every 2x2 block, (0,0), (0,1), (1,0), are coded in
+groups (pattern 'a': 3 groups by phase as in Fig. 3a; 'b': 6 groups with a 2x4 period as Fig. 3b; 'random':
+seeded; 'dynamic': hardest first by the integer entropy bound). The network works in space-to-depth form on
+the h x w grid: inputs are the 4 phases of x-hat (true values where known, integer neighbour-average
+prediction elsewhere), the 4 phase masks, a scale channel and the context z of the previous stage (at the start
+of a scale: the last context of the coarser scale, nearest-upsampled). It outputs, for each of the 3 unknown
+phases, distribution parameters and the next context.
+
+Distribution (K = 1, the coded path). Per subpixel: integer mean mu16 (1/16 pixel) =
+base16 (neighbour average of known pixels, 1/16 px) + off + channel coupling (G: alpha*eR, B: beta*eR + gamma*eG,
+coefficients in 1/64, e = 16*x - mu16 of the earlier channel, rounded by floor((v + 32) / 64));
+mu16 clamped to 0..4080, c = floor((mu16 + 8) / 16), f = mu16 - 16 c in -8..7, scale index s in 0..63.
+The symbol is d = (x - c) mod 256, coded with the stored integer table freq[s, f + 8] (codec/tables).
+Training uses the same integers with straight-through rounding; the forward loss is the table's code length.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, asdict
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..nn.quant import QConv2d, IntConv, export_conv, round_ste, floor_ste, ACT_STEP, IN_STEP
+
+TABLES_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tables", "logistic256.npz")
+
+PHASES = [(0, 0), (0, 1), (1, 0), (1, 1)]  # space-to-depth order; phase 3 = (1,1) comes from the coarser scale
+N_SCALE_IDX = 64
+OFF_CLAMP = 4095
+COUP_CLAMP = 255
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    scales: int          # M: number of network-coded scales (x^(M) is coded uniform)
+    grouping: str        # 'a', 'b', 'random', 'dynamic'
+    channels: int        # C
+    blocks: int          # residual blocks
+    context: int         # channels of z
+    mixtures: int        # K
+    batch: int = 8       # training batch (128x128 crops)
+    lr: float = 2e-3
+    note: str = ""
+
+    @property
+    def groups(self) -> int:
+        return 6 if self.grouping == "b" else 3
+
+
+PROFILES: dict[str, Profile] = {
+    # CPU profiles (this project's design): space-to-depth, one shared small network, K = 1 (fast table bank path).
+    "cpu": Profile("cpu", 6, "a", 48, 2, 16, 1, note="default: CPU profile, pattern (a), C=48, K=1"),
+    "cpu-b": Profile("cpu-b", 6, "b", 48, 2, 16, 1, note="CPU profile with pattern (b) (6 groups)"),
+    "cpu-small": Profile("cpu-small", 6, "a", 32, 1, 16, 1, note="smallest CPU profile"),
+    "cpu-random": Profile("cpu-random", 6, "random", 48, 2, 16, 1, note="grouping study: random 3 groups"),
+    "cpu-dynamic": Profile("cpu-dynamic", 6, "dynamic", 48, 2, 16, 1, note="grouping study: dynamic 3 groups"),
+    # The paper's Table 3 profiles (GPU-sized; mixtures of K logistics).
+    "normal": Profile("normal", 3, "a", 64, 3, 32, 5, batch=16, lr=2e-4, note="paper Table 3 normal"),
+    "big": Profile("big", 3, "b", 64, 3, 32, 5, batch=16, lr=2e-4, note="paper Table 3 big"),
+    "extra": Profile("extra", 4, "b", 128, 4, 32, 10, batch=8, lr=2e-4, note="paper Table 3 extra"),
+}
+DEFAULT_PROFILE = "cpu"
+
+
+def n_inputs(p: Profile) -> int:
+    return 12 + 4 + 1 + p.context
+
+
+def n_params_out(p: Profile) -> int:
+    return 3 * 10 * p.mixtures  # per unknown phase: K logits, 3K offsets, 3K scale indices, 3K couplings
+
+
+def input_max(p: Profile) -> np.ndarray:
+    return np.array([128] * 12 + [64] * 4 + [16 * p.scales] + [254] * p.context, np.int64)
+
+
+def head_gain(p: Profile) -> torch.Tensor:
+    k = p.mixtures
+    per = [8.0] * k + [16.0] * 3 * k + [8.0] * 3 * k + [32.0] * 3 * k
+    return torch.tensor(per * 3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# network
+# ----------------------------------------------------------------------------------------------------------
+class Net(nn.Module):
+    """Fake-quantized progressive prediction network (training form)."""
+
+    def __init__(self, p: Profile):
+        super().__init__()
+        self.p = p
+        c = p.channels
+        self.conv_in = QConv2d(n_inputs(p), c, 3, IN_STEP, ACT_STEP, "relu")
+        self.blocks = nn.ModuleList()
+        for _ in range(p.blocks):
+            self.blocks.append(nn.ModuleList([QConv2d(c, c, 3, ACT_STEP, ACT_STEP, "relu"),
+                                              QConv2d(c, c, 3, ACT_STEP, ACT_STEP, "signed")]))
+        self.head_p = QConv2d(c, n_params_out(p), 1, ACT_STEP, 1.0, "signed", gain=head_gain(p))
+        self.head_z = QConv2d(c, p.context, 1, ACT_STEP, ACT_STEP, "relu")
+        with torch.no_grad():
+            self.head_p.weight.mul_(0.05)
+            k = p.mixtures
+            b = torch.zeros(3, 10 * k)
+            b[:, 4 * k:7 * k] = 28.0 / 8.0  # scale index ~28 (s ~ 2 pixels)
+            if k > 1:  # spread the mixture scales
+                for j in range(k):
+                    b[:, 4 * k + j:7 * k:k] = (16.0 + 24.0 * j / (k - 1)) / 8.0
+            self.head_p.bias.copy_(b.reshape(-1))
+
+    def forward(self, inp: torch.Tensor):
+        a = self.conv_in(inp * IN_STEP)
+        for c1, c2 in self.blocks:
+            r = c2(c1(a))
+            a = (a + r).clamp(0, 127 * ACT_STEP)
+        prm = self.head_p(a)  # out_step 1: already integer units
+        z = self.head_z(a) / ACT_STEP
+        return prm, z
+
+
+class IntNet:
+    """Exported integer network. ``fast`` = torch path, else pure numpy int64 reference."""
+
+    def __init__(self, p: Profile, layers: dict[str, IntConv]):
+        self.p = p
+        self.layers = layers
+
+    @classmethod
+    def from_net(cls, net: Net) -> "IntNet":
+        p = net.p
+        L = {"conv_in": export_conv(net.conv_in, input_max(p))}
+        for i, (c1, c2) in enumerate(net.blocks):
+            L[f"b{i}.c1"] = export_conv(c1, 127)
+            L[f"b{i}.c2"] = export_conv(c2, 127)
+        L["head_p"] = export_conv(net.head_p, 127)
+        L["head_z"] = export_conv(net.head_z, 127)
+        return cls(p, L)
+
+    def to_arrays(self) -> dict:
+        out = {}
+        for k, v in self.layers.items():
+            out.update(v.to_arrays(k))
+        out["profile"] = np.array(repr(asdict(self.p)))
+        return out
+
+    @classmethod
+    def from_arrays(cls, p: Profile, arrs) -> "IntNet":
+        names = ["conv_in"] + [f"b{i}.c{j}" for i in range(p.blocks) for j in (1, 2)] + ["head_p", "head_z"]
+        return cls(p, {n: IntConv.from_arrays(arrs, n) for n in names})
+
+    def __call__(self, inp: torch.Tensor):
+        L = self.layers
+        a = L["conv_in"].forward_torch(inp)
+        for i in range(self.p.blocks):
+            r = L[f"b{i}.c2"].forward_torch(L[f"b{i}.c1"].forward_torch(a))
+            a = (a + r).clamp_(0, 127)
+        return L["head_p"].forward_torch(a), L["head_z"].forward_torch(a)
+
+    def reference(self, inp: np.ndarray):
+        L = self.layers
+        a = L["conv_in"].forward_numpy(inp)
+        for i in range(self.p.blocks):
+            r = L[f"b{i}.c2"].forward_numpy(L[f"b{i}.c1"].forward_numpy(a))
+            a = np.clip(a + r, 0, 127)
+        return L["head_p"].forward_numpy(a), L["head_z"].forward_numpy(a)
+
+
+def count_params(p: Profile) -> int:
+    return sum(t.numel() for t in Net(p).parameters())
+
+
+def macs_per_pixel(p: Profile) -> float:
+    """Multiply-accumulates per full-resolution pixel (network only)."""
+    c = p.channels
+    per_cell = 9 * n_inputs(p) * c + p.blocks * 2 * 9 * c * c + c * (n_params_out(p) + p.context)
+    # per scale: `groups` passes on a grid of 1/4 the pixels; scales shrink by 4
+    return per_cell * p.groups / 4 * sum(4.0 ** -i for i in range(p.scales))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------------------
+_TABLES = None
+
+
+def tables():
+    global _TABLES
+    if _TABLES is None:
+        z = np.load(TABLES_PATH)
+        freq = z["freq"].astype(np.int64)
+        _TABLES = {"freq": freq, "scales": z["scales"], "s_min": float(z["s_min"]), "s_max": float(z["s_max"]),
+                   "bits": torch.from_numpy(-np.log2(freq / 65536.0)).float()}
+    return _TABLES
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pipeline pieces (all integer-valued; float32 in training is exact because every value is < 2**24)
+# ----------------------------------------------------------------------------------------------------------
+def pyramid_sizes(h: int, w: int, m: int) -> list[tuple[int, int]]:
+    sizes = [(h, w)]
+    for _ in range(m):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        sizes.append((h, w))
+    return sizes
+
+
+def pad_even(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+def s2d(t: torch.Tensor) -> torch.Tensor:
+    return torch.cat([t[:, :, py::2, px::2] for py, px in PHASES], dim=1)
+
+
+def unknown_phases(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, 2h, 2w) -> (B, 3, C, h, w) for the three unknown phases."""
+    return torch.stack([t[:, :, py::2, px::2] for py, px in PHASES[:3]], dim=1)
+
+
+def base16(X: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Integer neighbour-average prediction in 1/16 pixel: mean of known 4-neighbours, else of known diagonal
+    neighbours, else 128. X (B,3,H,W) pixel values, known (B,1,H,W) 0/1."""
+    V = F.pad(X * known, (1, 1, 1, 1))
+    K = F.pad(known, (1, 1, 1, 1))
+
+    def cross(T):
+        return T[..., :-2, 1:-1] + T[..., 2:, 1:-1] + T[..., 1:-1, :-2] + T[..., 1:-1, 2:]
+
+    def diag(T):
+        return T[..., :-2, :-2] + T[..., :-2, 2:] + T[..., 2:, :-2] + T[..., 2:, 2:]
+
+    s4, n4, sd, nd = cross(V), cross(K), diag(V), diag(K)
+    b4 = torch.floor((16 * s4 + torch.floor(n4 / 2)) / n4.clamp(min=1))
+    bd = torch.floor((16 * sd + torch.floor(nd / 2)) / nd.clamp(min=1))
+    return torch.where(n4 > 0, b4, torch.where(nd > 0, bd, torch.full_like(b4, 2048.0)))
+
+
+def group_map(p: Profile, scale: int, h: int, w: int) -> torch.Tensor | None:
+    """Static group index (3, h, w) of the three unknown phases, or None for dynamic grouping."""
+    g = np.zeros((3, h, w), np.int64)
+    if p.grouping == "a":
+        g[0], g[1], g[2] = 0, 1, 2
+    elif p.grouping == "b":
+        odd = (np.arange(w) % 2 == 1)[None, :]
+        g[0] = np.where(odd, 1, 4)   # phase (0,0): grid col odd -> group 2, even -> group 5 (Fig. 3b, 1-based)
+        g[1] = np.where(odd, 3, 2)   # phase (0,1): odd -> 4, even -> 3
+        g[2] = np.where(odd, 0, 5)   # phase (1,0): odd -> 1, even -> 6
+    elif p.grouping == "random":
+        rng = np.random.Generator(np.random.PCG64([7477, scale, h, w]))
+        g = rng.integers(0, 3, size=(3, h, w), dtype=np.int64)
+    elif p.grouping == "dynamic":
+        return None
+    else:
+        raise ValueError(f"unknown grouping {p.grouping!r}")
+    return torch.from_numpy(g)
+
+
+def split_params(P: torch.Tensor, k: int):
+    """P (B, 3*10k, h, w) -> logits (B,3,k,h,w), off/sidx (B,3,3col,k,h,w), coup (B,3,3,k,h,w)."""
+    b, _, h, w = P.shape
+    P = P.reshape(b, 3, 10 * k, h, w)
+    logits = P[:, :, :k]
+    off = P[:, :, k:4 * k].reshape(b, 3, 3, k, h, w).clamp(-OFF_CLAMP, OFF_CLAMP)
+    sidx = P[:, :, 4 * k:7 * k].reshape(b, 3, 3, k, h, w).clamp(0, N_SCALE_IDX - 1)
+    coup = P[:, :, 7 * k:10 * k].reshape(b, 3, 3, k, h, w).clamp(-COUP_CLAMP, COUP_CLAMP)
+    return logits, off, sidx, coup
+
+
+def channel_mu16(col: int, base: torch.Tensor, off: torch.Tensor, coup: torch.Tensor, e: list, fl):
+    """Integer mean (1/16 px) of channel `col`, given the errors e of earlier channels."""
+    mu = base + off[:, :, col]
+    if col == 1:
+        mu = mu + fl((coup[:, :, 0] * e[0] + 32) / 64)
+    elif col == 2:
+        mu = mu + fl((coup[:, :, 1] * e[0] + coup[:, :, 2] * e[1] + 32) / 64)
+    return mu.clamp(0, 4080)
+
+
+def dynamic_select(sidx: torch.Tensor, logits: torch.Tensor, remaining: torch.Tensor, n_groups_left: int):
+    """Hardest-first selection: key = sum over channels of the scale index (of the most probable component),
+    an integer monotone in the entropy bound of Eq. 11; ties by position (phase-major raster). Returns a bool
+    mask (B,3,h,w) of the next group: ceil(remaining / groups_left) positions."""
+    b, _, _, k, h, w = sidx.shape
+    if k > 1:
+        top = logits.argmax(dim=2, keepdim=True)  # (B,3,1,h,w)
+        s = torch.gather(sidx, 3, top[:, :, None].expand(b, 3, 3, 1, h, w))[:, :, :, 0]
+    else:
+        s = sidx[:, :, :, 0]
+    key = s.sum(dim=2).to(torch.float64)  # (B,3,h,w) 0..189
+    n = 3 * h * w
+    pos = torch.arange(n, dtype=torch.float64).reshape(1, 3, h, w)
+    score = torch.where(remaining, key * (1 << 22) + (n - pos), torch.full_like(key, -1.0)).reshape(b, -1)
+    out = torch.zeros(b, n, dtype=torch.bool)
+    for i in range(b):
+        r = int(remaining[i].sum())
+        cnt = -(-r // n_groups_left)
+        if cnt:
+            idx = torch.topk(score[i], cnt).indices
+            out[i, idx] = True
+    return out.reshape(b, 3, h, w)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the pipeline
+# ----------------------------------------------------------------------------------------------------------
+class Trainer:
+    """Bits of a training batch. x: (B,3,H,W) float pixel values 0..255. Returns bits per subpixel (tensor)."""
+
+    def __init__(self, p: Profile, net):
+        self.p, self.net = p, net
+        t = tables()
+        self.bits_tab = t["bits"]
+        self.log_smin = math.log(t["s_min"])
+        self.dlog = (math.log(t["s_max"]) - math.log(t["s_min"])) / (N_SCALE_IDX - 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        bsz, _, H, W = x.shape
+        sizes = pyramid_sizes(H, W, p.scales)
+        pyr = [x]
+        for _ in range(p.scales):
+            pyr.append(pad_even(pyr[-1])[:, :, 1::2, 1::2])
+        total = torch.zeros((), dtype=torch.float32)
+        total = total + 8.0 * pyr[-1].numel()  # uniform coarsest scale
+        z = None
+        for i in reversed(range(p.scales)):
+            h, w = sizes[i + 1]
+            X = pad_even(pyr[i])
+            known = torch.zeros(bsz, 1, 2 * h, 2 * w)
+            known[:, :, 1::2, 1::2] = 1
+            z = torch.zeros(bsz, p.context, h, w) if z is None else \
+                z.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
+            gmap = group_map(p, i, h, w)
+            xt = unknown_phases(X)  # (B,3ph,3col,h,w)
+            remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool)
+            for j in range(p.groups):
+                b16 = base16(X, known)
+                fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
+                inp = torch.cat([s2d(fill) - 128, s2d(known) * 64,
+                                 torch.full((bsz, 1, h, w), 16.0 * i), z * 2], dim=1)
+                P, z = self.net(inp)
+                logits, off, sidx, coup = split_params(P, p.mixtures)
+                if gmap is None:
+                    sel = dynamic_select(sidx.detach(), logits.detach(), remaining, p.groups - j)
+                else:
+                    sel = (gmap == j)[None].expand(bsz, 3, h, w)
+                bits = self.group_bits(unknown_phases(b16), xt, logits, off, sidx, coup)  # (B,3,h,w)
+                total = total + (bits * sel).sum()
+                remaining = remaining & ~sel
+                # mark the group known
+                selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
+                for ph, (py, px) in enumerate(PHASES[:3]):
+                    selk[:, 0, py::2, px::2] = sel[:, ph]
+                known = torch.where(selk, torch.ones_like(known), known)
+        return total / (bsz * H * W * 3)
+
+    def group_bits(self, base, xt, logits, off, sidx, coup):
+        k = self.p.mixtures
+        base = base[:, :, :, None]  # (B,3ph,3col,1,h,w)
+        xt = xt[:, :, :, None]
+        e = []
+        logp = 0.0
+        table_bits = 0.0
+        for col in range(3):
+            mu = channel_mu16(col, base[:, :, col], off, coup, e, floor_ste)  # (B,3,k,h,w)
+            c = torch.floor((mu.detach() + 8) / 16)
+            f = mu - 16 * c
+            xv = xt[:, :, col]
+            d = torch.remainder(xv - c, 256)
+            ds = d - 256 * (d >= 128).float()
+            s = sidx[:, :, col]
+            scale = torch.exp(self.log_smin + self.dlog * s)
+            t = ds - f / 16
+            pc = torch.sigmoid((t + 0.5) / scale) - torch.sigmoid((t - 0.5) / scale)
+            lp = torch.log2(pc.clamp_min(0) + 2.0 ** -17)
+            if k == 1:
+                tb = self.bits_tab[s.detach().long(), (f.detach() + 8).long(), d.long()]
+                lp = lp + (-tb - lp).detach()
+            logp = logp + lp
+            e.append(16 * xv - mu)
+        if k == 1:
+            return -logp[:, :, 0]
+        lw = torch.log_softmax(logits / 8.0, dim=2) / math.log(2)
+        return -torch.logsumexp((logp + lw) * math.log(2), dim=2) / math.log(2)

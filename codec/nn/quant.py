@@ -1,0 +1,193 @@
+"""Integer-exact quantized layers shared by pixark's learned codecs.
+
+Number formats (fixed for every model built from these layers)
+- Activations after ReLU: unsigned integers 0..127 standing for ``a * ACT_STEP`` (ACT_STEP = 1/32).
+- Network inputs: signed integers standing for ``a * IN_STEP`` (IN_STEP = 1/64); the caller chooses them.
+- Weights: int8 in -127..127 with one float scale per output channel used only at export time.
+- Biases: integers in accumulator units (weight scale x input step).
+- Requantization: ``out = floor(((acc + bias) * M + 2**(sh - 1)) / 2**sh)`` with integers M (< 2**15) and sh,
+  i.e. round half up, the one rounding rule of the integer path. Training (fake quantization) uses
+  ``floor(x + 0.5)`` on the same quantities with a straight-through gradient.
+
+Training uses ``QConv2d`` (float, fake-quantized). ``export_conv`` turns one into an ``IntConv`` (plain integer
+arrays). ``IntConv.forward_torch`` is the fast path (unfold + matmul in float32 when every partial sum is provably
+an integer below 2**24, else float64; requantization in float64, exact below 2**53) and
+``IntConv.forward_numpy`` is the slow pure-integer int64 reference. The two must agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACT_MAX = 127
+ACT_STEP = 1.0 / 32
+IN_STEP = 1.0 / 64
+W_MAX = 127
+M_BITS = 15
+F32_EXACT = 1 << 24
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """floor(x + 0.5) forward, identity gradient (the integer path's rounding rule)."""
+    return x + (torch.floor(x + 0.5) - x).detach()
+
+
+def floor_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.floor(x) - x).detach()
+
+
+class QConv2d(nn.Module):
+    """Fake-quantized convolution. ``mode``: 'relu' (output 0..127 activation units), 'signed' (integer output
+    in out_step units, clamped to +-out_clamp), the float output returned is ``q * out_step``.
+    ``gain`` (per output channel, constant) multiplies weights and bias; it only speeds up learning of outputs
+    with large ranges and is folded into the integer weights at export."""
+
+    def __init__(self, cin: int, cout: int, k: int, in_step: float, out_step, mode: str = "relu",
+                 gain=None, out_clamp: int = 32767):
+        super().__init__()
+        self.cin, self.cout, self.k = cin, cout, k
+        self.in_step = float(in_step)
+        self.mode = mode
+        self.out_clamp = out_clamp
+        out_step = torch.as_tensor(out_step, dtype=torch.float32).expand(cout).clone()
+        self.register_buffer("out_step", out_step)
+        gain = torch.ones(cout) if gain is None else torch.as_tensor(gain, dtype=torch.float32).expand(cout).clone()
+        self.register_buffer("gain", gain)
+        self.weight = nn.Parameter(torch.empty(cout, cin, k, k))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def quantized(self):
+        w = self.weight * self.gain[:, None, None, None]
+        b = self.bias * self.gain
+        sw = (w.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / W_MAX)
+        wq = round_ste(w / sw[:, None, None, None]).clamp(-W_MAX, W_MAX) * sw[:, None, None, None]
+        bstep = sw * self.in_step
+        bq = round_ste(b / bstep) * bstep
+        return wq, bq, sw
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        wq, bq, _ = self.quantized()
+        y = F.conv2d(a, wq, bq, padding=self.k // 2)
+        step = self.out_step[None, :, None, None]
+        q = round_ste(y / step)
+        if self.mode == "relu":
+            q = q.clamp(0, ACT_MAX)
+        else:
+            q = q.clamp(-self.out_clamp, self.out_clamp)
+        return q * step
+
+
+@dataclass
+class IntConv:
+    """An exported convolution: everything integer."""
+
+    w: np.ndarray      # int8 (cout, cin, k, k)
+    b: np.ndarray      # int64 (cout,)
+    m: np.ndarray      # int64 (cout,) multiplier < 2**15
+    sh: np.ndarray     # int64 (cout,) right shift
+    mode: str          # 'relu' or 'signed'
+    out_clamp: int
+    in_max: np.ndarray  # int64 (cin,) bound on |input| per channel (for the float32 exactness proof)
+
+    def __post_init__(self):
+        self.k = int(self.w.shape[-1])
+        bound = (np.abs(self.w.astype(np.int64)) * self.in_max[None, :, None, None]).sum(axis=(1, 2, 3))
+        bound = bound + np.abs(self.b)  # the bias is added later, but keep margin
+        self.f32_ok = bool(bound.max() < F32_EXACT)
+        self._t = None
+
+    # ---------------- fast path (torch) ----------------
+    def _torch_params(self):
+        if self._t is None:
+            dt = torch.float32 if self.f32_ok else torch.float64
+            w2 = torch.from_numpy(self.w.reshape(self.w.shape[0], -1).astype(np.float64)).to(dt)
+            self._t = (dt, w2,
+                       torch.from_numpy(self.b.astype(np.float64))[:, None],
+                       torch.from_numpy(self.m.astype(np.float64))[:, None],
+                       torch.from_numpy((2.0 ** (self.sh - 1)).astype(np.float64))[:, None],
+                       torch.from_numpy((2.0 ** (-self.sh.astype(np.float64))))[:, None])
+        return self._t
+
+    def acc_torch(self, a: torch.Tensor) -> torch.Tensor:
+        """Integer accumulator (float64 tensor holding exact integers), shape (B, cout, H, W)."""
+        dt, w2, b, _, _, _ = self._torch_params()
+        bsz, cin, h, wd = a.shape
+        a = a.to(dt)
+        if self.k == 1:
+            cols = a.reshape(bsz, cin, h * wd)
+        else:
+            cols = F.unfold(a, self.k, padding=self.k // 2)
+        acc = torch.matmul(w2, cols).to(torch.float64) + b
+        return acc.reshape(bsz, -1, h, wd)
+
+    def forward_torch(self, a: torch.Tensor) -> torch.Tensor:
+        _, _, _, m, half, inv = self._torch_params()
+        acc = self.acc_torch(a)
+        bsz, cout, h, wd = acc.shape
+        acc = acc.reshape(bsz, cout, h * wd)
+        q = torch.floor((acc * m + half) * inv).reshape(bsz, cout, h, wd)
+        if self.mode == "relu":
+            return q.clamp_(0, ACT_MAX)
+        return q.clamp_(-self.out_clamp, self.out_clamp)
+
+    # ---------------- reference (numpy int64) ----------------
+    def forward_numpy(self, a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a).astype(np.int64)
+        bsz, cin, h, wd = a.shape
+        p = self.k // 2
+        ap = np.pad(a, ((0, 0), (0, 0), (p, p), (p, p)))
+        w = self.w.astype(np.int64)
+        acc = np.zeros((bsz, w.shape[0], h, wd), np.int64)
+        for dy in range(self.k):
+            for dx in range(self.k):
+                acc += np.einsum("oc,bchw->bohw", w[:, :, dy, dx], ap[:, :, dy:dy + h, dx:dx + wd])
+        acc += self.b[None, :, None, None]
+        m = self.m[None, :, None, None]
+        sh = self.sh[None, :, None, None]
+        q = (acc * m + (np.int64(1) << (sh - 1))) >> sh
+        if self.mode == "relu":
+            return np.clip(q, 0, ACT_MAX)
+        return np.clip(q, -self.out_clamp, self.out_clamp)
+
+    def to_arrays(self, prefix: str) -> dict:
+        return {f"{prefix}.w": self.w, f"{prefix}.b": self.b, f"{prefix}.m": self.m, f"{prefix}.sh": self.sh,
+                f"{prefix}.mode": np.array(self.mode), f"{prefix}.clamp": np.array(self.out_clamp, np.int64),
+                f"{prefix}.inmax": self.in_max}
+
+    @classmethod
+    def from_arrays(cls, arrs, prefix: str) -> "IntConv":
+        return cls(w=np.asarray(arrs[f"{prefix}.w"], np.int8), b=np.asarray(arrs[f"{prefix}.b"], np.int64),
+                   m=np.asarray(arrs[f"{prefix}.m"], np.int64), sh=np.asarray(arrs[f"{prefix}.sh"], np.int64),
+                   mode=str(arrs[f"{prefix}.mode"]), out_clamp=int(arrs[f"{prefix}.clamp"]),
+                   in_max=np.asarray(arrs[f"{prefix}.inmax"], np.int64))
+
+
+def export_conv(layer: QConv2d, in_max) -> IntConv:
+    """Export a trained QConv2d to integers (deterministic given the float weights)."""
+    with torch.no_grad():
+        w = (layer.weight * layer.gain[:, None, None, None]).double()
+        b = (layer.bias * layer.gain).double()
+        sw = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / W_MAX
+        wi = torch.floor(w / sw[:, None, None, None] + 0.5).clamp(-W_MAX, W_MAX)
+        bi = torch.floor(b / (sw * layer.in_step) + 0.5)
+        ratio = (sw * layer.in_step / layer.out_step.double()).numpy()
+    m = np.zeros(layer.cout, np.int64)
+    sh = np.zeros(layer.cout, np.int64)
+    for o, r in enumerate(ratio):
+        s = int(M_BITS - 1 - math.floor(math.log2(r)))
+        s = max(s, 1)
+        mm = int(math.floor(r * 2.0 ** s + 0.5))
+        while mm >= (1 << M_BITS):
+            s -= 1
+            mm = int(math.floor(r * 2.0 ** s + 0.5))
+        m[o], sh[o] = max(mm, 1), s
+    in_max = np.broadcast_to(np.asarray(in_max, np.int64), (layer.cin,)).copy()
+    return IntConv(w=wi.numpy().astype(np.int8), b=bi.numpy().astype(np.int64), m=m, sh=sh, mode=layer.mode,
+                   out_clamp=int(layer.out_clamp), in_max=in_max)

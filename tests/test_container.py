@@ -1,0 +1,119 @@
+"""Container robustness: every damaged stream either decodes to the original pixels or raises CorruptStream;
+unknown versions and codecs raise UnsupportedStream; nothing crashes, hangs or allocates from a bad header."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import crc32c
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import pixark.codec as pc
+from pixark.codec import container
+from images import photo_array
+
+ARR = photo_array(24)
+STREAMS = {name: pc.encode(ARR, name) for name in ("png", "webp-ll", "jxl-ll", "store")}
+
+
+def _decodes_right_or_refuses(data: bytes) -> None:
+    try:
+        back = pc.decode(data)
+    except (pc.CorruptStream, pc.UnsupportedStream):
+        return
+    assert np.array_equal(back.pixels, ARR), "damaged stream decoded to wrong pixels"
+
+
+fuzz = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@fuzz
+@given(codec=st.sampled_from(sorted(STREAMS)), data=st.data())
+def test_bit_flips(codec, data):
+    stream = bytearray(STREAMS[codec])
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(stream) - 1))
+        stream[pos] ^= 1 << data.draw(st.integers(0, 7))
+    _decodes_right_or_refuses(bytes(stream))
+
+
+@fuzz
+@given(codec=st.sampled_from(sorted(STREAMS)), data=st.data())
+def test_truncations(codec, data):
+    stream = STREAMS[codec]
+    cut = data.draw(st.integers(0, len(stream) - 1))
+    with pytest.raises(pc.CorruptStream):
+        pc.decode(stream[:cut])
+
+
+@fuzz
+@given(a=st.sampled_from(sorted(STREAMS)), b=st.sampled_from(sorted(STREAMS)), data=st.data())
+def test_splices(a, b, data):
+    s, t = STREAMS[a], STREAMS[b]
+    i = data.draw(st.integers(0, len(s)))
+    j = data.draw(st.integers(0, len(t)))
+    _decodes_right_or_refuses(s[:i] + t[j:])
+
+
+def _rebuild(stream: bytes, **changes) -> bytes:
+    """A stream with header fields changed and every checksum made valid again: what a buggy or hostile
+    encoder could write. The decoder must still refuse it or decode the right pixels."""
+    header, blobs, payload = container.unpack(stream)
+    fields = header.to_json()
+    fields.update(changes)
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    head = struct.pack("<4sHI", container.MAGIC, container.VERSION, len(text)) + text
+    body = b"".join(blobs.values()) + payload
+    return head + struct.pack("<I", crc32c.crc32c(head)) + body + struct.pack("<I", crc32c.crc32c(body))
+
+
+def test_unknown_version_is_unsupported_not_corrupt():
+    stream = bytearray(STREAMS["png"])
+    stream[4:6] = struct.pack("<H", 99)
+    with pytest.raises(pc.UnsupportedStream, match="version 99"):
+        pc.decode(bytes(stream))
+
+
+def test_unknown_codec_and_codec_version():
+    with pytest.raises(pc.UnsupportedStream, match="unknown codec 'zzz'"):
+        pc.decode(_rebuild(STREAMS["png"], codec="zzz"))
+    with pytest.raises(pc.UnsupportedStream, match="payload version 7"):
+        pc.decode(_rebuild(STREAMS["png"], codec_version=7))
+
+
+def test_huge_dimensions_are_refused_before_allocating():
+    for h, w in ((1 << 20, 1 << 20), (0, 5), (-1, 4)):
+        with pytest.raises(pc.CorruptStream):
+            pc.decode(_rebuild(STREAMS["store"], height=h, width=w))
+
+
+def test_valid_checksums_but_wrong_content_is_caught_by_the_pixel_hash():
+    with pytest.raises(pc.CorruptStream, match="pixel hash"):
+        pc.decode(_rebuild(STREAMS["png"], pixel_sha256="0" * 64))
+    with pytest.raises(pc.CorruptStream):
+        pc.decode(_rebuild(STREAMS["png"], height=ARR.shape[0] - 1))
+    with pytest.raises(pc.CorruptStream, match="mode"):
+        pc.decode(_rebuild(STREAMS["png"], mode="RGBA"))
+
+
+def test_header_of_the_wrong_type_and_garbage():
+    with pytest.raises(pc.CorruptStream):
+        pc.decode(_rebuild(STREAMS["png"], height="tall"))
+    for junk in (b"", b"\x89PX", b"GIF89a" + bytes(100), bytes(1000)):
+        with pytest.raises(pc.CorruptStream):
+            pc.decode(junk)
+    with pytest.raises(pc.CorruptStream, match="trailing"):
+        pc.decode(STREAMS["png"] + b"\x00")
+
+
+def test_info_reads_only_the_header():
+    meta = pc.info(STREAMS["jxl-ll"])
+    assert meta["codec"] == "jxl-ll" and meta["height"] == ARR.shape[0] and meta["format_version"] == 1
+    assert meta["pixel_sha256"] == pc.pixel_sha256(ARR)
+    # info works on a stream whose payload is damaged: it is a header-only read
+    damaged = bytearray(STREAMS["jxl-ll"])
+    damaged[-10] ^= 0xFF
+    assert pc.info(bytes(damaged))["codec"] == "jxl-ll"
