@@ -1,0 +1,24 @@
+"""Golden streams: files written by earlier pixark builds must keep decoding to the same pixels.
+A change that breaks one of these breaks every archive made with it: bump the format or codec version instead,
+keep a decoder for the old one, and add new golden files (never regenerate these)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import pixark.codec as pc
+
+GOLDEN = Path(__file__).parent / "golden"
+MANIFEST = json.loads((GOLDEN / "golden.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_golden_stream_decodes(name):
+    expected = MANIFEST[name]
+    data = (GOLDEN / name).read_bytes()
+    back = pc.decode(data)
+    assert pc.pixel_sha256(back.pixels) == expected["pixel_sha256"]
+    assert pc.info(data)["codec"] == expected["codec"]
