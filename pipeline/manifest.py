@@ -1,0 +1,120 @@
+"""Manifest parts: one Parquet file per shard, one row per source object (spec in docs/FORMAT.md, "Manifests").
+
+A part is written after its shard is committed and is the shard's completion marker: a shard counts as done
+exactly when its part is visible. The part's key-value metadata repeats the shard's size, sha256 and record count
+so a part alone says which shard object it vouches for.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import store
+
+MANIFEST_VERSION = 1
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+SCHEMA = pa.schema([
+    pa.field("manifest_version", pa.int16(), nullable=False),  # = MANIFEST_VERSION of the writer
+    pa.field("image_id", pa.string(), nullable=False),  # path relative to SRC, '/'-separated
+    pa.field("source_url", pa.string(), nullable=False),  # full URL the object was read from
+    pa.field("source_bytes", pa.int64(), nullable=False),  # size from the listing
+    pa.field("source_sha256", pa.string()),  # of the bytes read; null when the object could not be read
+    pa.field("format", pa.string()),  # source file format as Pillow names it (PNG, JPEG, ...); "" when not an image
+    pa.field("pixel_sha256", pa.string()),  # pixark.codec.pixel_sha256 of the pixels; null when not decoded
+    pa.field("width", pa.int32()),  # null when the pixels were not decoded (stored files)
+    pa.field("height", pa.int32()),
+    pa.field("channels", pa.int16()),
+    pa.field("bit_depth", pa.int16()),
+    pa.field("mode", pa.string()),  # pixark mode: L, RGB, RGBA, P, I;16, RGB;16 ...
+    pa.field("codec", pa.string()),  # codec that made the record (store, png, jxl-ll, mspsm ...); null: no record
+    pa.field("codec_params", pa.string()),  # JSON object of the record's codec parameters
+    pa.field("model_id", pa.string()),  # sha256 of the learned model's weights; "" for classical codecs
+    pa.field("shard", pa.string(), nullable=False),  # shard object name under ARCHIVE/shards/
+    pa.field("offset", pa.int64()),  # record position in the shard; null when there is no record
+    pa.field("length", pa.int64()),  # record length in bytes; null when there is no record
+    pa.field("record_crc32c", pa.uint32()),  # CRC32C of the record bytes (also in the shard index)
+    pa.field("compressed_bytes", pa.int64()),  # = length (0 when there is no record)
+    pa.field("bpsp", pa.float64()),  # compressed bits per subpixel; null without pixels
+    pa.field("encode_seconds", pa.float64()),  # wall time of decode + encode (+ self-check) on the worker
+    pa.field("worker", pa.string()),  # host:pid of the worker process that coded it
+    pa.field("device", pa.string()),  # cpu, cuda:0 ...
+    pa.field("status", pa.string(), nullable=False),  # ok | failed
+    pa.field("error", pa.string()),  # why status is failed; null when ok
+    pa.field("note", pa.string()),  # why a readable object was stored rather than recoded (JPEG, not an image ...)
+], metadata={b"pixark.manifest_version": str(MANIFEST_VERSION).encode()})
+
+COLUMNS = SCHEMA.names
+
+
+def part_name(shard: str) -> str:
+    """manifests/<shard stem>.parquet for shards/<shard stem>.pxs."""
+    return posixpath.splitext(shard)[0] + ".parquet"
+
+
+def to_table(rows: list[dict], shard_meta: dict | None = None) -> pa.Table:
+    """Rows (dicts with the schema's columns; missing ones are null) -> table with the manifest schema."""
+    cols = {name: [r.get(name) for r in rows] for name in COLUMNS}
+    cols["manifest_version"] = [MANIFEST_VERSION] * len(rows)
+    table = pa.Table.from_pydict(cols, schema=SCHEMA)
+    if shard_meta:
+        meta = dict(SCHEMA.metadata)
+        meta.update({f"pixark.{k}".encode(): (v if isinstance(v, str) else json.dumps(v)).encode()
+                     for k, v in shard_meta.items()})
+        table = table.replace_schema_metadata(meta)
+    return table
+
+
+def write_part(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> int:
+    """Write one manifest part atomically; returns its size in bytes."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()
+    store.put_bytes(fs, path, data)
+    return len(data)
+
+
+def read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    version = int((table.schema.metadata or {}).get(b"pixark.manifest_version", b"0"))
+    if version > MANIFEST_VERSION:
+        from .errors import UnsupportedShard
+
+        raise UnsupportedShard(f"manifest part {path} has schema version {version}; this pixark reads up to "
+                               f"{MANIFEST_VERSION}: upgrade pixark")
+    return table
+
+
+def part_meta(table: pa.Table) -> dict:
+    """The shard facts stored in a part's key-value metadata: shard, shard_bytes, shard_sha256, records ..."""
+    out = {}
+    for k, v in (table.schema.metadata or {}).items():
+        key = k.decode()
+        if key.startswith("pixark.") and key != "pixark.manifest_version":
+            text = v.decode()
+            try:
+                out[key[len("pixark."):]] = json.loads(text)
+            except ValueError:
+                out[key[len("pixark."):]] = text
+    return out
+
+
+def read_manifests(url_or_fs, root: str | None = None, storage_options: dict | None = None) -> pa.Table:
+    """All complete manifest parts of an archive as one table (parts in name order)."""
+    if isinstance(url_or_fs, fsspec.AbstractFileSystem):
+        fs = url_or_fs
+    else:
+        fs, root = fsspec.core.url_to_fs(str(url_or_fs), **(storage_options or {}))
+    paths = [p for p in store.list_now(fs, posixpath.join(root.rstrip("/"), "manifests")) if p.endswith(".parquet")]
+    tables = [read_part(fs, p).replace_schema_metadata(None) for p in paths]
+    if not tables:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(tables, promote_options="default")

@@ -1,0 +1,154 @@
+"""Atomic commits on any fsspec filesystem: an object appears at its final name only when it is complete.
+
+- Local disk: write a temporary file in the same directory tree, fsync, ``os.replace`` (atomic on POSIX).
+- Object stores (S3, GCS, Azure, memory): a single PUT, or a multipart upload that s3fs completes at the end, is
+  all-or-nothing: readers see the old state or the whole new object, never a prefix.
+- Other filesystems (SFTP, HDFS, ...): upload under a ``.part`` name, then rename.
+
+Completion checks go through ``exists_now``, which drops s3fs's listing cache first: a cached listing taken before
+another process committed would otherwise say the object is missing (or present after it was deleted).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import uuid
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "adl", "memory", "oss"}
+TMP_DIR = ".pixark-tmp"  # hidden per-archive scratch directory on local destinations
+
+
+def protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    p = fs.protocol
+    return set(p) if isinstance(p, (tuple, list)) else {p}
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    return bool(protocols(fs) & OBJECT_STORES)
+
+
+def fresh(fs: fsspec.AbstractFileSystem, path: str | None = None) -> None:
+    """Forget cached listings (s3fs keeps them) so the next check sees the store as it is now."""
+    try:
+        if path is None:
+            fs.invalidate_cache()
+        else:
+            fs.invalidate_cache(path)
+            fs.invalidate_cache(posixpath.dirname(path.rstrip("/")))
+    except Exception:  # not every filesystem implements it; those have no cache to drop
+        pass
+
+
+def exists_now(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    fresh(fs, path)
+    return fs.exists(path)
+
+
+def list_now(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """Files under ``path`` (recursive), sorted; [] when the folder does not exist."""
+    fresh(fs, path)
+    try:
+        return sorted(fs.find(path))
+    except FileNotFoundError:
+        return []
+
+
+def _local_tmp(path: str) -> str:
+    return posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.part")
+
+
+def commit_file(local_tmp: str, fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Move a complete local file to ``path`` on ``fs`` atomically; the local file is gone afterwards."""
+    try:
+        if is_local(fs):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.replace(local_tmp, path)  # same device: the rename is the commit
+                _fsync_dir(os.path.dirname(path))
+                return
+            except OSError:
+                pass  # across devices: copy next to the target first, then rename
+            tmp = _local_tmp(path)
+            shutil.copyfile(local_tmp, tmp)
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+            _fsync_dir(os.path.dirname(path))
+        elif is_object_store(fs):
+            fs.put_file(local_tmp, path)  # single PUT or completed multipart upload: visible only when whole
+        else:
+            part = path + ".part"
+            fs.put_file(local_tmp, part)
+            fs.mv(part, path)
+    finally:
+        if os.path.exists(local_tmp):
+            os.unlink(local_tmp)
+    fresh(fs, path)
+
+
+def put_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write a small object atomically."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = _local_tmp(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
+    elif is_object_store(fs):
+        fs.pipe_file(path, data)
+    else:
+        fs.pipe_file(path + ".part", data)
+        fs.mv(path + ".part", path)
+    fresh(fs, path)
+
+
+def remove_tree(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    fresh(fs, path)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+    fresh(fs, path)
+
+
+def remove_stale_parts(fs: fsspec.AbstractFileSystem, root: str) -> int:
+    """Delete leftovers of killed local commits (hidden ``.*.part`` files). Object stores have none."""
+    if not is_local(fs) or not os.path.isdir(root):
+        return 0
+    n = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") and name.endswith(".part"):
+                os.unlink(os.path.join(dirpath, name))
+                n += 1
+    return n
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
