@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import codec_cmds
+from . import bench, codec_cmds
 
 app = typer.Typer(
     add_completion=False,
@@ -15,6 +15,7 @@ app = typer.Typer(
 
 codec_cmds.register(app)
 # --- job modules register their commands below (one line each; keep this block sorted) ---
+bench.register(app)
 # --- end of job registrations ---
 
 

@@ -1,0 +1,70 @@
+"""The CLI as a user runs it: real subprocesses, exit codes, one JSON document on stdout with --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pixark.codec as pc
+from images import photo_array, png_bytes
+
+
+def pixark(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pixark {' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    (root / "set a").mkdir()
+    arr = photo_array(64)
+    (root / "set a" / "one photo.png").write_bytes(png_bytes(arr))
+    (root / "set a" / "two.png").write_bytes(png_bytes(arr[::-1].copy()))
+    return root
+
+
+def test_encode_info_decode(folder, tmp_path):
+    src = folder / "set a" / "one photo.png"
+    out = pixark("encode", src, tmp_path / "x.pxk", "--codec", "jxl-ll:effort=3", "--json")
+    doc = json.loads(out.stdout)
+    assert doc["codec"] == "jxl-ll" and doc["params"] == {"effort": 3} and doc["stream_bytes"] > 0
+    meta = json.loads(pixark("info", tmp_path / "x.pxk", "--json").stdout)
+    assert meta["width"] == 64 and meta["pixel_sha256"] == pc.load(src.read_bytes()).pixel_sha256()
+    pixark("decode", tmp_path / "x.pxk", tmp_path / "back.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "back.png")), np.asarray(Image.open(src)))
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "bad.pxk").write_bytes(b"\x89PXK" + bytes(20))
+    for args in (("decode", tmp_path / "bad.pxk", tmp_path / "o.png"), ("info", tmp_path / "missing.pxk"),
+                 ("encode", tmp_path / "bad.pxk", tmp_path / "o.pxk", "--codec", "nope")):
+        proc = pixark(*args, check=False)
+        assert proc.returncode != 0
+        assert "Traceback" not in proc.stderr and "error:" in proc.stderr
+        assert proc.stdout == ""
+
+
+def test_codecs_lists_classical_and_learned(tmp_path):
+    rows = json.loads(pixark("codecs", "--json").stdout)
+    names = {r["name"] for r in rows}
+    assert {"store", "png", "webp-ll", "jxl-ll"} <= names
+
+
+def test_bench_json_and_table(folder):
+    proc = pixark("bench", folder, "-c", "png", "-c", "jxl-ll:effort=1", "--json")
+    report = json.loads(proc.stdout)
+    rows = report["sets"][f"{folder.name}/set a"]
+    assert set(rows) == {"png", "jxl-ll:effort=1"}
+    for row in rows.values():
+        assert row["images"] == 2 and row["round_trip"] == "ok" and 0 < row["bpsp"] < 24
+        assert row["encode_mps"] > 0 and row["decode_mps"] > 0
+    assert "bpsp" in proc.stderr  # the human table goes to stderr
