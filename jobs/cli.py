@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, codec_cmds
+from . import bench, cluster_jobs, codec_cmds, submit
 
 app = typer.Typer(
     add_completion=False,
@@ -16,7 +16,17 @@ app = typer.Typer(
 codec_cmds.register(app)
 # --- job modules register their commands below (one line each; keep this block sorted) ---
 bench.register(app)
+cluster_jobs.register(app)
+submit.register(app)
 # --- end of job registrations ---
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def train(ctx: typer.Context) -> None:
+    """Train a learned codec (see `pixark train --help`): --codec mspsm --profile P --data DIR --out RUN_DIR ..."""
+    from .train import main as train_main  # imports torch: only when training
+
+    raise typer.Exit(train_main(ctx.args))
 
 
 def main() -> None:
