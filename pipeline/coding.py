@@ -1,0 +1,108 @@
+"""Code one source object into a manifest row and (usually) a record. Runs inside the Ray workers.
+
+Policy (docs/FORMAT.md, "Manifests", status rules):
+- unreadable object -> status failed, error, no record;
+- pixels decoded -> the configured codec (default ``auto``), self-checked when ``verify``; if the codec fails, the
+  original bytes are stored and the row is failed with the codec's error;
+- no pixels (JPEG, TIFF, animation, not an image, empty) -> stored as original bytes (codec ``store``), status ok
+  with a note; but a file that looks like an image and does not decode is failed (its bytes are still stored).
+
+The codec API answers "can these pixels be recoded?" but not "is this stored JPEG intact?"; ``damage_reason``
+fills that gap with a full Pillow decode of files kept as bytes (pipeline-side, no change to pixark.codec).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import warnings
+
+from pixark import codec as pc
+
+# Leading bytes of image formats: a file starting like this that Pillow cannot read is a damaged image, not a
+# non-image object.
+_IMAGE_MAGICS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM", b"RIFF",
+                 b"\x00\x00\x00\x0cjXL", b"\xff\x0a", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+# What DecodedImage.from_bytes says about files it reads but keeps as bytes on purpose.
+_KEPT_ON_PURPOSE = ("files are kept as original bytes", "animated image", "image too large", "is kept as original",
+                    "is empty or larger")
+
+
+def damage_reason(img: pc.DecodedImage, data: bytes) -> str:
+    """Why a file without recodable pixels is a damaged image ("" when it is intact or simply not an image)."""
+    reason = img.reason or ""
+    if not data:
+        return ""
+    if "too large" in reason or "larger than" in reason:
+        return ""  # decoding it fully is what the size bound exists to avoid
+    if any(k in reason for k in _KEPT_ON_PURPOSE):
+        # Readable header, pixels deliberately not recoded: make sure the image data itself decodes.
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+        except Exception as exc:
+            return f"corrupt or truncated {img.format or 'image'} data: {type(exc).__name__}: {exc}"
+        return ""
+    if reason.startswith("not an image") and not data.startswith(_IMAGE_MAGICS):
+        return ""
+    if reason.startswith("not an image"):
+        # BMP's "BM" and the PNM "Pn" magics are two bytes: plain text can start with them. Only call such a file a
+        # damaged image when it has a few non-text bytes as well.
+        if data[:2] in (b"BM", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and _looks_like_text(data[:512]):
+            return ""
+    return reason
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, verify: bool) -> tuple[dict, bytes | None]:
+    """(manifest row without shard/offset fields, record bytes or None)."""
+    t0 = time.perf_counter()
+    row: dict = {"image_id": image_id, "source_url": url, "source_bytes": size, "status": "ok"}
+    try:
+        data = fs.cat_file(path)
+    except Exception as exc:  # vanished, permission denied, network: recorded, never fatal for the job
+        row.update(status="failed", error=f"cannot read source: {type(exc).__name__}: {exc}", compressed_bytes=0,
+                   encode_seconds=time.perf_counter() - t0)
+        return row, None
+    row["source_sha256"] = hashlib.sha256(data).hexdigest()
+    if len(data) != size:
+        row["source_bytes"] = len(data)  # changed since the listing: record what was archived
+    img = pc.load(data)
+    row["format"] = img.format or ""
+    record = None
+    if img.pixels is not None:
+        row.update(pixel_sha256=img.pixel_sha256(), width=img.width, height=img.height, channels=img.channels,
+                   bit_depth=img.bit_depth, mode=img.mode)
+        try:
+            record = pc.encode(img, codec, verify=verify)
+        except Exception as exc:  # a codec bug or an image it cannot take: keep the bytes, flag the row
+            row.update(status="failed", error=f"codec {codec} failed: {type(exc).__name__}: {exc}; original bytes stored")
+    else:
+        damage = damage_reason(img, data)
+        if damage:
+            row.update(status="failed", error=damage)
+        else:
+            reason = img.reason or ""
+            # Pillow's own message names a BytesIO address: not worth keeping, and it would differ run to run.
+            row["note"] = "not an image: kept as original bytes" if reason.startswith("not an image") or not reason else reason
+    if record is None:
+        record = pc.encode(img, "store")
+    head = pc.info(record)
+    subpixels = (row.get("width") or 0) * (row.get("height") or 0) * (row.get("channels") or 0)
+    row.update(codec=head["codec"], codec_params=json.dumps(head["params"], sort_keys=True), model_id=head["model_id"],
+               compressed_bytes=len(record), bpsp=(len(record) * 8 / subpixels) if subpixels else None,
+               encode_seconds=time.perf_counter() - t0)
+    return row, record

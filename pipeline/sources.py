@@ -1,0 +1,123 @@
+"""Listing sources and planning shards, deterministically: the same objects give the same shards.
+
+Listing walks SRC recursively through fsspec, keeps files (not directory markers), applies --include/--exclude
+globs to the path relative to SRC, leaves out the archive's own destination when it lies inside SRC, and sorts by
+that relative path (code point order, so the order does not depend on locale or on the store's listing order).
+Planning cuts the sorted list into shards by cumulative source bytes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from dataclasses import dataclass, field
+
+import fsspec
+
+from . import store
+from .errors import PipelineError
+from .shards import EXTENSION
+
+SHARD_NAME = "shard-{:06d}" + EXTENSION
+MAX_RECORDS_PER_SHARD = 100_000  # keeps a shard's JSON index (read whole by readers) to a few MB
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    image_id: str  # path relative to SRC, '/'-separated
+    path: str  # path inside the source filesystem
+    url: str  # full URL (protocol included)
+    size: int
+
+
+@dataclass
+class ShardPlan:
+    name: str
+    generation: int
+    items: list[SourceObject] = field(default_factory=list)
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(o.size for o in self.items)
+
+
+def matches(image_id: str, include: tuple[str, ...] | list[str], exclude: tuple[str, ...] | list[str]) -> bool:
+    """fnmatch globs against the relative path; '*' also crosses '/', so '*.png' matches nested files. A pattern
+    without '/' is also tried against the file name alone."""
+    name = posixpath.basename(image_id)
+
+    def hit(pattern: str) -> bool:
+        return fnmatch.fnmatchcase(image_id, pattern) or ("/" not in pattern and fnmatch.fnmatchcase(name, pattern))
+
+    if include and not any(hit(p) for p in include):
+        return False
+    return not any(hit(p) for p in exclude)
+
+
+def list_sources(src_fs: fsspec.AbstractFileSystem, src_root: str, include=(), exclude=(),
+                 skip_prefixes: tuple[str, ...] = ()) -> list[SourceObject]:
+    """Every file under ``src_root``, sorted by relative path. ``skip_prefixes`` are paths (in the same
+    filesystem) to leave out, e.g. the archive destination inside the source folder."""
+    root = src_root.rstrip("/")
+    store.fresh(src_fs)
+    try:
+        if src_fs.isfile(root):
+            raise PipelineError(f"source {root} is a file; give the folder (or bucket prefix) that holds the images")
+        found = src_fs.find(root, detail=True)
+    except FileNotFoundError as exc:
+        raise PipelineError(f"source {root} does not exist") from exc
+    if not found and not src_fs.exists(root):
+        raise PipelineError(f"source {root} does not exist")
+    skips = tuple(p.rstrip("/") + "/" for p in skip_prefixes)
+    out = []
+    for path, info in found.items():
+        if info.get("type", "file") != "file" or path.endswith("/"):
+            continue  # directories and S3 "folder" marker objects
+        if skips and any(path.startswith(s) for s in skips):
+            continue
+        rel = path[len(root):].lstrip("/") if path.startswith(root) else posixpath.relpath(path, root)
+        if not rel or not matches(rel, include, exclude):
+            continue
+        out.append(SourceObject(image_id=rel, path=path, url=src_fs.unstrip_protocol(path), size=int(info.get("size") or 0)))
+    out.sort(key=lambda o: o.image_id)
+    return out
+
+
+def plan_shards(objects: list[SourceObject], shard_size: int, first_index: int = 0, generation: int = 0) -> list[ShardPlan]:
+    """Consecutive runs of the sorted objects, each up to ``shard_size`` source bytes (an object larger than that
+    gets a shard of its own). Names continue from ``first_index`` so --extend never reuses a name."""
+    if shard_size <= 0:
+        raise PipelineError("shard size must be positive")
+    shards: list[ShardPlan] = []
+    cur: ShardPlan | None = None
+    total = 0
+    for obj in objects:
+        if cur is None or (cur.items and (total + obj.size > shard_size or len(cur.items) >= MAX_RECORDS_PER_SHARD)):
+            cur = ShardPlan(SHARD_NAME.format(first_index + len(shards)), generation)
+            shards.append(cur)
+            total = 0
+        cur.items.append(obj)
+        total += obj.size
+    return shards
+
+
+def parse_size(text: str | int) -> int:
+    """'256MB', '64MiB', '1G', '1000' -> bytes (decimal for kB/MB/GB, binary for KiB/MiB/GiB and bare K/M/G)."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace(" ", "")
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+             "TB": 10**12, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "B": 1}
+    for unit, mult in units.items():
+        if s.endswith(unit):
+            num = s[: -len(unit)]
+            break
+    else:
+        num, mult = s, 1
+    try:
+        value = float(num)
+    except ValueError:
+        raise PipelineError(f"bad size {text!r}; use e.g. 256MB, 64MiB or a number of bytes") from None
+    if value <= 0:
+        raise PipelineError(f"size must be positive, got {text!r}")
+    return int(value * mult)

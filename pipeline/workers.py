@@ -1,0 +1,121 @@
+"""The Ray side: connecting to a cluster, sizing and starting the pool of codec workers.
+
+Each worker is an actor that loads its codec (and learned model, when `auto` or --codec picks one) once, then codes
+batches of source objects it reads itself through fsspec. Actors are restarted when their process dies
+(``max_restarts``) and the batch they were coding is retried (``max_task_retries``); when that budget is spent the
+driver stops with ``WorkerLost``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import ray
+
+from .coding import code_object
+from .errors import PipelineError
+
+ACTOR_PREFIX = "pixark-archive"
+
+
+def connect(address: str | None) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS), or start a local Ray. Returns True when this call started Ray here
+    (the caller shuts it down at the end). Reuses a Ray already initialised in this process (tests, notebooks)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise PipelineError(f"cannot connect to Ray at {address}: {exc}") from exc
+        return False
+    ray.init(address="local", include_dashboard=False, **kwargs)
+    return True
+
+
+def plan_workers(workers: int | None, gpus_per_worker: float | None) -> tuple[int, float, float]:
+    """(workers, cpus per worker, gpus per worker) from what the cluster has. GPUs are requested only when the
+    cluster reports some: Ray would otherwise keep the actors pending forever."""
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    if gpus > 0 and gpus_per_worker != 0:
+        gpw = gpus_per_worker if gpus_per_worker else 1.0
+        if gpw > gpus:
+            raise PipelineError(f"--gpus-per-worker {gpw} is more than the cluster's {gpus:g} GPUs")
+        n = workers or max(1, int(gpus // gpw))
+        cpw = min(1.0, cpus / n) if cpus else 0
+        return n, cpw, gpw
+    if gpus_per_worker:
+        logging.getLogger(__name__).warning("no GPUs in the cluster: ignoring --gpus-per-worker, using CPU workers")
+    if cpus <= 0:
+        raise PipelineError("the Ray cluster reports no CPUs")
+    n = workers or max(1, int(cpus))
+    # More workers than CPUs still runs (each asks for a fraction of a CPU) instead of waiting forever.
+    return n, min(1.0, cpus / n), 0.0
+
+
+@ray.remote
+class CodecWorker:
+    def __init__(self, src_fs, codec: str, verify: bool, slow_seconds: float = 0.0):
+        import numpy as np
+
+        from pixark import codec as pc
+
+        self.fs = src_fs
+        self.codec = codec
+        self.verify = verify
+        self.slow = slow_seconds  # test hook (PIXARK_TEST_SLOW_SECONDS): makes kill tests deterministic
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        gpu_ids = ray.get_gpu_ids()
+        self.device = f"cuda:{gpu_ids[0]}" if gpu_ids else "cpu"
+        # Load the codec (and any model weights) now, once per process, not on the first image.
+        rng = np.random.default_rng(0)
+        try:
+            pc.encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), codec)
+        except pc.CodecError:
+            pass  # a forced codec that cannot take RGB: it still loaded
+
+    def ping(self) -> dict:
+        return {"worker": self.worker, "device": self.device, "pid": os.getpid()}
+
+    def code(self, items: list[tuple[str, str, str, int]]) -> list[tuple[dict, bytes | None]]:
+        out = []
+        for image_id, path, url, size in items:
+            if self.slow:
+                time.sleep(self.slow)
+            row, record = code_object(self.fs, path, image_id, url, size, self.codec, self.verify)
+            row.update(worker=self.worker, device=self.device)
+            out.append((row, record))
+        return out
+
+
+def start_pool(n: int, cpus: float, gpus: float, src_fs, codec: str, verify: bool, slow_seconds: float,
+               run_tag: str, max_restarts: int) -> list:
+    opts = dict(num_cpus=cpus, max_restarts=max_restarts, max_task_retries=max_restarts)
+    if gpus:
+        opts["num_gpus"] = gpus
+    return [CodecWorker.options(name=f"{ACTOR_PREFIX}-{run_tag}-w{i}", **opts).remote(src_fs, codec, verify, slow_seconds)
+            for i in range(n)]
+
+
+def wait_ready(actors: list, timeout: float) -> list[dict]:
+    refs = [a.ping.remote() for a in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    if len(ready) < len(refs):
+        raise PipelineError(
+            f"only {len(ready)} of {len(refs)} codec workers started within {timeout:.0f}s; cluster resources: "
+            f"{ray.cluster_resources()}, available: {ray.available_resources()}. Use fewer --workers.")
+    return ray.get(refs)
+
+
+def stop_pool(actors: list) -> None:
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:  # already dead
+            pass
