@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import bench, cluster_jobs, codec_cmds, submit
+from . import archive
 
 app = typer.Typer(
     add_completion=False,
@@ -15,6 +16,7 @@ app = typer.Typer(
 
 codec_cmds.register(app)
 # --- job modules register their commands below (one line each; keep this block sorted) ---
+archive.register(app)
 bench.register(app)
 cluster_jobs.register(app)
 submit.register(app)
