@@ -1,0 +1,79 @@
+"""`pixark verify`: independent bit-exact verification of an archive (a Ray job; see pipeline/verify.py)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .console import emit_json, err, fail
+
+
+def verify(
+    archive: str = typer.Argument(..., help="archive URL (local path, s3://bucket/prefix, any fsspec URL)"),
+    sample: Optional[str] = typer.Option(None, "--sample", metavar="N|FRACTION",
+                                         help="check N records, or a fraction (e.g. 0.05), chosen at random; "
+                                              "archive-level checks always cover everything"),
+    against_source: bool = typer.Option(False, "--against-source",
+                                        help="also read every checked source object and compare hashes and pixels"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed for --sample (reproducible samples)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                              help="Ray cluster to run on (default: a local Ray)"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
+) -> None:
+    """Decode every record on Ray workers and check it against the manifest; check archive.json, manifests and
+    shards agree. Writes ARCHIVE/verify/records.parquet and summary.json. Exit code 1 on any mismatch."""
+    from pixark.pipeline.errors import PipelineError
+    from pixark.pipeline.verify import parse_sample, verify as run
+
+    try:
+        parse_sample(sample)
+    except ValueError as exc:
+        raise fail(str(exc))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+                  TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("verify", total=None)
+        try:
+            summary = run(archive, sample=sample, against_source=against_source, ray_address=ray_address, seed=seed,
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (PipelineError, OSError, ValueError) as exc:
+            raise fail(f"cannot verify {archive}: {exc}")
+    if json_out:
+        emit_json(summary)
+    else:
+        show(summary)
+    if not summary["ok"]:
+        raise typer.Exit(1)
+
+
+def show(summary: dict) -> None:
+    from rich.table import Table
+
+    checked = summary["records_checked"]
+    what = f"{checked} of {summary['records']} records" if summary["sample"] else f"all {checked} records"
+    err.print(f"verified {what} in {summary['shards']} shards of {summary['archive']} "
+              f"({summary['seconds']} s)", highlight=False)
+    table = Table(title="records by status")
+    table.add_column("status")
+    table.add_column("records", justify="right")
+    for status, n in summary["counts"].items():
+        colour = "green" if status == "ok" else ("yellow" if status == "archive_failed" else "red")
+        table.add_row(f"[{colour}]{status}[/{colour}]", str(n))
+    err.print(table)
+    for p in summary["problems"]:
+        err.print(f"[red]problem:[/red] {p}", highlight=False, soft_wrap=True)
+    for r in summary["mismatched_records"][:20]:
+        err.print(f"[red]{r['status']}[/red] {r['image_id']} ({r['shard']} @ {r['offset']}): {r['detail']}",
+                  highlight=False, soft_wrap=True)
+    if summary["mismatches"] > 20:
+        err.print(f"... {summary['mismatches'] - 20} more in the report", highlight=False)
+    verdict = "[green]OK: every checked record decodes bit-exact[/green]" if summary["ok"] else \
+        f"[red]FAILED: {summary['mismatches']} record mismatches, {len(summary['problems'])} archive problems[/red]"
+    err.print(verdict)
+    err.print(f"report: {summary['report']['records']}  summary: {summary['report']['summary']}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(verify)

@@ -1,0 +1,106 @@
+"""An archive as verify, restore and audit read it: where it lives, archive.json, its manifest parts, records.
+
+Read-only. Works on any fsspec URL. The filesystem object is picklable, so Ray tasks get the driver's endpoint and
+credentials without relying on environment variables being set on the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+
+from . import manifest, shards, store
+from .errors import PipelineError
+
+
+class ArchiveError(PipelineError):
+    """Nothing readable as a pixark archive at a URL (no archive.json and no manifest parts)."""
+
+
+@dataclass
+class Archive:
+    url: str
+    fs: fsspec.AbstractFileSystem
+    root: str  # path inside ``fs``, no trailing slash
+    meta: dict | None = None  # archive.json; None when missing or unreadable
+    meta_error: str = ""  # why ``meta`` is None
+    parts: dict[str, str] = field(default_factory=dict)  # part file name -> path, complete parts only
+
+    def path(self, *names: str) -> str:
+        return posixpath.join(self.root, *names)
+
+    def shard_path(self, shard: str) -> str:
+        return self.path("shards", shard)
+
+    def part_path(self, shard: str) -> str:
+        return self.path("manifests", manifest.part_name(shard))
+
+
+def open_archive(url: str, storage_options: dict | None = None) -> Archive:
+    """Locate an archive and read archive.json. A missing archive.json is not fatal here (verify reports it);
+    a URL with neither archive.json nor manifest parts is."""
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    arc = Archive(url=url, fs=fs, root=root.rstrip("/"))
+    store.fresh(fs)
+    try:
+        arc.meta = json.loads(fs.cat_file(arc.path("archive.json")))
+        if not isinstance(arc.meta, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        arc.meta, arc.meta_error = None, "archive.json is missing (the archive job has not finished)"
+    except (ValueError, UnicodeDecodeError) as exc:
+        arc.meta, arc.meta_error = None, f"archive.json is unreadable: {exc}"
+    arc.parts = {posixpath.basename(p): p for p in store.list_now(fs, arc.path("manifests"))
+                 if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")}
+    if arc.meta is None and not arc.parts:
+        raise ArchiveError(f"no pixark archive at {url}: neither archive.json nor manifests/*.parquet exist")
+    return arc
+
+
+def read_manifest(arc: Archive, columns: list[str] | None = None) -> pa.Table:
+    """All visible manifest parts as one table (parts in name order), plus a ``manifest_part`` column."""
+    tables = []
+    for name, path in sorted(arc.parts.items()):
+        t = manifest.read_part(arc.fs, path).replace_schema_metadata(None)
+        if columns is not None:
+            t = t.select([c for c in columns if c in t.column_names])
+        tables.append(t.append_column("manifest_part", pa.array([name] * t.num_rows, pa.string())))
+    if not tables:
+        raise ArchiveError(f"{arc.url} has no manifest parts under manifests/")
+    table = pa.concat_tables(tables, promote_options="default")
+    if columns is not None:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise ArchiveError(f"manifests of {arc.url} lack column(s) {missing}; is this a pixark archive?")
+    return table
+
+
+def read_stream(arc: Archive, shard: str, offset: int, length: int, crc: int | None = None) -> bytes:
+    """One record (a bare container stream) by a ranged read, checked against its CRC32C; raises CorruptShard."""
+    return shards.read_record(arc.fs, arc.shard_path(shard), int(offset), int(length),
+                              None if crc is None else int(crc))
+
+
+def coalesce(rows: list[dict], max_bytes: int = 16 << 20) -> list[list[dict]]:
+    """Group rows (sorted by offset) whose records sit back to back into runs of at most ``max_bytes``, so a run
+    costs one ranged read. Only exactly adjacent records merge: nothing between them is ever read."""
+    runs: list[list[dict]] = []
+    for r in sorted(rows, key=lambda r: r["offset"]):
+        last = runs[-1] if runs else None
+        if (last and last[-1]["offset"] + last[-1]["length"] == r["offset"]
+                and r["offset"] + r["length"] - last[0]["offset"] <= max_bytes):
+            last.append(r)
+        else:
+            runs.append([r])
+    return runs
+
+
+def read_run(fs: fsspec.AbstractFileSystem, path: str, run: list[dict]) -> list[bytes]:
+    """The records of one run by a single ranged read; a record past the end of the object comes back short."""
+    start = run[0]["offset"]
+    data = fs.cat_file(path, start=start, end=run[-1]["offset"] + run[-1]["length"])
+    return [data[r["offset"] - start: r["offset"] - start + r["length"]] for r in run]
