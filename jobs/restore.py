@@ -1,0 +1,68 @@
+"""`pixark restore`: write archived images back, in their original format with their metadata (pipeline/restore.py)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .console import emit_json, err, fail
+
+
+def restore(
+    archive: str = typer.Argument(..., help="archive URL (local path, s3://bucket/prefix, any fsspec URL)"),
+    dest: str = typer.Argument(..., help="where to write the images (any fsspec URL); relative paths are kept"),
+    include: Optional[List[str]] = typer.Option(None, "--include", metavar="GLOB",
+                                                help="restore only image ids matching GLOB (repeatable; '*' crosses '/')"),
+    ids: Optional[str] = typer.Option(None, "--ids", metavar="FILE", help="restore only the image ids listed in FILE, one per line"),
+    format: str = typer.Option("original", "--format", help="original (source format and metadata) or png"),
+    check_existing: bool = typer.Option(False, "--check-existing",
+                                        help="on resume, hash outputs already in DEST instead of trusting their size"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                              help="Ray cluster for large restores (default: a local Ray)"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
+) -> None:
+    """Restore images with ranged reads of just their records. Rerun to resume: complete outputs are skipped.
+    Exit code 1 when a record could not be restored or a requested id is not in the archive."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pixark.pipeline.errors import PipelineError
+    from pixark.pipeline.restore import FORMATS, restore as run
+
+    if format not in FORMATS:
+        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    with Progress(TextColumn("restore"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                  TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("restore", total=None)
+        try:
+            summary = run(archive, dest, include=include or None, ids=ids, format=format, ray_address=ray_address,
+                          check_existing=check_existing,
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (PipelineError, OSError, ValueError) as exc:
+            raise fail(f"cannot restore from {archive}: {exc}")
+    if json_out:
+        emit_json(summary)
+    else:
+        show(summary)
+    if not summary["ok"]:
+        raise typer.Exit(1)
+
+
+def show(s: dict) -> None:
+    err.print(f"{s['archive']} -> {s['dest']}: {s['selected']} selected, {s['written']} written "
+              f"({s['bytes_written']:,} bytes), {s['skipped']} already there, {len(s['not_archived'])} not archived "
+              f"(failed at archive time), {len(s['errors'])} errors in {s['seconds']} s", highlight=False)
+    for r in s["not_archived"][:10]:
+        err.print(f"[yellow]not archived[/yellow] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
+    for r in s["errors"][:20]:
+        err.print(f"[red]error[/red] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
+    if s["missing_ids"]:
+        shown = ", ".join(s["missing_ids"][:10])
+        err.print(f"[red]{len(s['missing_ids'])} requested ids are not in the archive:[/red] {shown}"
+                  f"{' ...' if len(s['missing_ids']) > 10 else ''}", highlight=False, soft_wrap=True)
+    if s["selected"] == 0:
+        err.print("[yellow]nothing matched the selection[/yellow]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(restore)

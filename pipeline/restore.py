@@ -1,0 +1,245 @@
+"""Restore on demand: the manifest says where each wanted record is, a ranged read fetches just those bytes, the
+codec decodes them, and the file is written back under its relative path in its original format with its metadata
+(files kept as original bytes come back byte-identical).
+
+    summary = restore("s3://bucket/archive", "/data/restored", include="cats/*.png", format="original")
+
+Resumable: each output is written atomically (temp name then rename locally, one PUT on object stores), so an
+existing output is complete; a rerun skips outputs already there (checked by size where the size is known, and by
+content with ``check_existing``). Large restores run as Ray tasks, small ones in this process.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import posixpath
+import time
+from collections import Counter
+
+import fsspec
+
+from . import catalog, store
+from .errors import PipelineError
+
+FORMATS = ("original", "png")
+LOCAL_LIMIT = 32  # restores of at most this many records skip Ray's start-up and run in this process
+RUN_RECORDS = 64  # records per Ray task
+_COLUMNS = ["image_id", "source_bytes", "source_sha256", "pixel_sha256", "format", "codec", "shard", "offset",
+            "length", "record_crc32c", "status", "error"]
+
+
+class RestoreError(PipelineError):
+    """The restore cannot start: bad arguments, unknown image ids."""
+
+
+def output_name(row: dict, format: str) -> str:
+    """Relative output path. With --format png, images re-encoded as PNG get a .png suffix; files kept as bytes
+    (JPEG, not images) keep their name because they are written as they were."""
+    name = row["image_id"]
+    if format == "png" and row.get("pixel_sha256") and not name.lower().endswith(".png"):
+        name = posixpath.splitext(name)[0] + ".png"
+    return name
+
+
+def safe_relative(image_id: str) -> bool:
+    """An image_id must stay inside DEST: no absolute paths, no '..' components (a damaged or hostile manifest)."""
+    parts = image_id.split("/")
+    return bool(image_id) and not image_id.startswith("/") and ".." not in parts and "" not in parts
+
+
+def _expected_size(row: dict, format: str) -> int | None:
+    """Outputs that are the source's own bytes have a known size; re-encoded outputs do not until decoded."""
+    if not row.get("pixel_sha256") or (format == "original" and row.get("codec") == "store"):
+        return row.get("source_bytes")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- worker side
+def restore_records(archive_fs, shard_path: str, rows: list[dict], dest_fs, dest_root: str, format: str) -> list[dict]:
+    """Fetch, decode and write the records of one shard (adjacent records share one ranged read)."""
+    out = []
+    for run in catalog.coalesce(rows):
+        try:
+            datas = catalog.read_run(archive_fs, shard_path, run)
+        except FileNotFoundError:
+            out += [_res(r, "error", f"shard {posixpath.basename(shard_path)} is missing") for r in run]
+            continue
+        for row, data in zip(run, datas):
+            out.append(restore_record(row, data, dest_fs, dest_root, format))
+    return out
+
+
+def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str) -> dict:
+    import crc32c
+
+    from pixark import codec as pc
+
+    if len(data) != row["length"]:
+        return _res(row, "error", f"record truncated: {len(data)} of {row['length']} bytes in the shard")
+    if row.get("record_crc32c") is not None and crc32c.crc32c(data) != row["record_crc32c"]:
+        return _res(row, "error", "record fails its CRC32C check: the shard is damaged (run pixark verify)")
+    try:
+        img = pc.decode(data)  # checks the container's checksums and the decoded pixels' hash
+        if format == "png" and img.pixels is None:
+            blob, how = img.to_file("original"), "original bytes (no pixels to write as PNG)"
+        else:
+            blob, how = img.to_file(format), format
+    except pc.CodecError as exc:
+        return _res(row, "error", f"{type(exc).__name__}: {exc}")
+    if img.pixels is None and row.get("source_sha256") and hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
+        return _res(row, "error", "stored bytes do not match the manifest's source_sha256")
+    path = posixpath.join(dest_root, row["name"])
+    try:
+        store.put_bytes(dest_fs, path, blob)
+    except OSError as exc:
+        return _res(row, "error", f"cannot write {path}: {exc}")
+    return _res(row, "written", how, len(blob))
+
+
+def _res(row: dict, status: str, detail: str, nbytes: int = 0) -> dict:
+    return {"image_id": row["image_id"], "name": row.get("name", row["image_id"]), "status": status, "detail": detail,
+            "bytes": nbytes}
+
+
+# ----------------------------------------------------------------------------------------------- driver side
+def read_ids(ids, storage_options: dict | None = None) -> list[str]:
+    """``ids``: an iterable of image ids, or the path/URL of a text file with one image id per line."""
+    if isinstance(ids, str) or hasattr(ids, "__fspath__"):
+        try:
+            with fsspec.open(str(ids), "rt", encoding="utf-8", **(storage_options or {})) as f:
+                text = f.read()
+        except (OSError, ValueError) as exc:
+            raise RestoreError(f"cannot read the id list {ids}: {exc}") from exc
+        out = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        if not out:
+            raise RestoreError(f"the id list {ids} names no image ids (one per line expected)")
+        return out
+    return [str(i) for i in ids]
+
+
+def select(rows: list[dict], include=None, ids=None) -> tuple[list[dict], list[str]]:
+    """Rows matching any ``include`` glob (fnmatch on image_id; '*' also crosses '/') and, with ``ids``, listed
+    there. Returns (rows, requested ids the archive does not hold)."""
+    patterns = [include] if isinstance(include, str) else list(include or [])
+    wanted = None if ids is None else set(ids)
+    first: dict[str, dict] = {}
+    for r in rows:
+        first.setdefault(r["image_id"], r)  # duplicates are verify's finding; restore writes each path once
+    chosen = [r for r in first.values()
+              if (not patterns or any(fnmatch.fnmatchcase(r["image_id"], p) for p in patterns))
+              and (wanted is None or r["image_id"] in wanted)]
+    missing = sorted(wanted - set(first)) if wanted is not None else []
+    return chosen, missing
+
+
+def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str = "original",
+            ray_address: str | None = None, storage_options: dict | None = None, dest_options: dict | None = None,
+            check_existing: bool = False, progress=None, local_limit: int = LOCAL_LIMIT) -> dict:
+    """Restore the selected images of ``archive_url`` under ``dest_url``. Returns a summary; ``summary["ok"]`` is
+    False when a record could not be restored or a requested id is not in the archive."""
+    started = time.time()
+    if format not in FORMATS:
+        raise RestoreError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    arc = catalog.open_archive(archive_url, storage_options)
+    if arc.meta is None:
+        raise RestoreError(f"{archive_url}: {arc.meta_error}; finish it (rerun pixark archive) before restoring")
+    rows = catalog.read_manifest(arc, _COLUMNS).to_pylist()
+    chosen, missing_ids = select(rows, include, None if ids is None else read_ids(ids, storage_options))
+    dest_fs, dest_root = fsspec.core.url_to_fs(dest_url, **(dest_options or {}))
+    dest_root = dest_root.rstrip("/")
+
+    results: list[dict] = []
+    todo: list[dict] = []
+    existing = _existing(dest_fs, dest_root)
+    for r in chosen:
+        if r.get("offset") is None:
+            results.append(_res(r, "not_archived", r.get("error") or "no record"))
+            continue
+        if not safe_relative(r["image_id"]):
+            results.append(_res(r, "error", "image_id is not a safe relative path; not written"))
+            continue
+        r = {**r, "name": output_name(r, format)}
+        size = existing.get(posixpath.join(dest_root, r["name"]))
+        if size is not None and _complete(dest_fs, dest_root, r, size, format, check_existing):
+            results.append(_res(r, "skipped", "already restored"))
+        else:
+            todo.append(r)
+
+    done, total = 0, len(todo)
+    if progress:
+        progress(0, total)
+    by_shard: dict[str, list[dict]] = {}
+    for r in todo:
+        by_shard.setdefault(r["shard"], []).append(r)
+    if total <= local_limit:
+        for shard, mine in sorted(by_shard.items()):
+            out = restore_records(arc.fs, arc.shard_path(shard), mine, dest_fs, dest_root, format)
+            results += out
+            done += len(out)
+            if progress:
+                progress(done, total)
+    else:
+        
+        import ray
+
+        from .workers import connect
+
+        connect(ray_address)  # the archive job's rules: existing session, address / RAY_ADDRESS, or local
+        task = ray.remote(num_cpus=1)(restore_records)
+        pending = {}
+        for shard, mine in sorted(by_shard.items()):
+            mine.sort(key=lambda r: r["offset"])
+            for i in range(0, len(mine), RUN_RECORDS):
+                batch = mine[i:i + RUN_RECORDS]
+                pending[task.remote(arc.fs, arc.shard_path(shard), batch, dest_fs, dest_root, format)] = len(batch)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            n = pending.pop(ready[0])
+            results += ray.get(ready[0])
+            done += n
+            if progress:
+                progress(done, total)
+
+    counts = Counter(r["status"] for r in results)
+    errors = [{"image_id": r["image_id"], "detail": r["detail"]} for r in results if r["status"] == "error"]
+    return {
+        "archive": archive_url,
+        "dest": dest_url,
+        "format": format,
+        "ok": not errors and not missing_ids,
+        "selected": len(chosen),
+        "written": counts.get("written", 0),
+        "skipped": counts.get("skipped", 0),
+        "not_archived": [{"image_id": r["image_id"], "detail": r["detail"]} for r in results
+                         if r["status"] == "not_archived"],
+        "errors": errors,
+        "missing_ids": missing_ids,
+        "bytes_written": sum(r["bytes"] for r in results),
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+def _existing(fs, root: str) -> dict[str, int]:
+    """Sizes of what DEST already holds (one listing, not one request per file)."""
+    store.fresh(fs, root)
+    try:
+        return {p: int(d.get("size") or 0) for p, d in fs.find(root, detail=True).items()}
+    except FileNotFoundError:
+        return {}
+
+
+def _complete(fs, root: str, row: dict, size: int, format: str, check_existing: bool) -> bool:
+    expected = _expected_size(row, format)
+    if expected is not None and size != expected:
+        return False
+    if not check_existing:
+        return True  # written atomically, so it exists only when whole
+    from pixark import codec as pc
+
+    data = fs.cat_file(posixpath.join(root, row["name"]))
+    if expected is not None:
+        return hashlib.sha256(data).hexdigest() == row.get("source_sha256")
+    img = pc.load(data)
+    return img.pixels is not None and img.pixel_sha256() == row.get("pixel_sha256")
+
