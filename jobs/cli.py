@@ -6,6 +6,7 @@ import typer
 
 from . import bench, cluster_jobs, codec_cmds, submit
 from . import archive
+from . import audit, restore, verify
 
 app = typer.Typer(
     add_completion=False,
@@ -17,9 +18,12 @@ app = typer.Typer(
 codec_cmds.register(app)
 # --- job modules register their commands below (one line each; keep this block sorted) ---
 archive.register(app)
+audit.register(app)
 bench.register(app)
 cluster_jobs.register(app)
+restore.register(app)
 submit.register(app)
+verify.register(app)
 # --- end of job registrations ---
 
 
