@@ -10,7 +10,13 @@ import typer
 from .console import emit_json, err, fail
 
 
-class RichEvents:
+def _events_base():
+    from pixark.pipeline.archive import Events
+
+    return Events
+
+
+class RichEvents(_events_base()):
     """Draws the driver's progress on stderr: images, images/s, MB/s (source), running compression ratio."""
 
     def __init__(self, quiet: bool = False):
@@ -29,6 +35,11 @@ class RichEvents:
                                  TimeElapsedColumn(), console=err, transient=False)
         self.task = self.progress.add_task("archive", total=total_images, completed=done_images, rate="")
         self.progress.start()
+
+    def workers_ready(self, pool: list[dict]) -> None:
+        if not self.quiet and self.progress is not None:
+            devices = sorted({p["device"] for p in pool})
+            self.progress.console.print(f"{len(pool)} codec worker(s) ready on {', '.join(devices)}", highlight=False)
 
     def advance(self, images: int, source_bytes: int, out_bytes: int) -> None:
         if self.progress is None:

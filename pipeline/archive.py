@@ -74,6 +74,7 @@ class Events:
     """Progress callbacks; the CLI draws a rich progress bar from them. All no-ops here."""
 
     def start(self, total_images: int, total_bytes: int, done_images: int, done_bytes: int) -> None: ...
+    def workers_ready(self, pool: list[dict]) -> None: ...
     def advance(self, images: int, source_bytes: int, out_bytes: int) -> None: ...
     def message(self, text: str) -> None: ...
     def stop(self) -> None: ...
@@ -272,6 +273,7 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
     info = {"workers": n, "cpus_per_worker": cpus, "gpus_per_worker": gpus}
     try:
         info["pool"] = W.wait_ready(actors, cfg.ready_timeout)
+        events.workers_ready(info["pool"])
         queue = [(si, bi, b) for si, s in enumerate(todo)
                  for bi, b in enumerate(_batches(s, cfg.batch_bytes, cfg.batch_items))]
         n_batches = {}
@@ -307,10 +309,12 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
                 except ray.exceptions.RayActorError as exc:
                     raise WorkerLost(
                         f"codec worker {ai} died while coding {len(items)} object(s) of {todo[si].name} (first: "
-                        f"{items[0].image_id!r}) and the retry budget ({cfg.max_restarts} restarts) is spent: {exc}. "
+                        f"{items[0].image_id!r}) and the retry budget ({cfg.max_restarts} restarts) is spent "
+                        f"({_first_line(exc)}). "
                         "Completed shards are kept; rerun the same command to finish.") from exc
                 except ray.exceptions.RayTaskError as exc:
-                    raise PipelineError(f"coding a batch of {todo[si].name} failed: {exc}") from exc
+                    raise PipelineError(f"coding a batch of {todo[si].name} failed: "
+                                        f"{_first_line(getattr(exc, 'cause', None) or exc)}") from exc
                 events.advance(len(results), sum(r["source_bytes"] for r, _ in results),
                                sum(len(rec) for _, rec in results if rec is not None))
                 osh = open_shards[si]
@@ -339,6 +343,11 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
         if started_here:
             ray.shutdown()
     return info
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _commit_shard(dest_fs, dest_root: str, osh: _OpenShard) -> None:
