@@ -1,0 +1,345 @@
+"""A real two-node Ray cluster on this machine, driven only through the Jobs API and the `pixark` CLI.
+
+The cluster is two `ray start --block` processes (head with the dashboard, and a worker joining it over loopback),
+each with its own temp dir, ports and custom resource (`node_head`, `node_worker`), so it shares nothing with the
+`ray.init()` other tests make in this pytest process. This process never calls ray.init: everything goes through
+`pixark submit` / `pixark jobs` subprocesses. Teardown ends exactly the processes the fixture started (the two
+`ray start` processes and their descendants, by pid), never `ray stop`, which would kill every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pixark.jobs import submit as sub
+
+pytestmark = pytest.mark.ray
+
+START_TIMEOUT = 120  # bounded wait for GCS, dashboard and both nodes; a 2-core box under load needs a while
+JOB_TIMEOUT = 150
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure parts of `pixark submit`: no cluster needed
+
+
+def test_pass_through_env_takes_values_not_local_paths():
+    environ = {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_PROFILE": "dev",
+               "AWS_SHARED_CREDENTIALS_FILE": "/home/me/.aws/credentials", "FSSPEC_S3_ENDPOINT_URL": "http://s3:9000",
+               "PIXARK_LOG": "debug", "AWS_SESSION_TOKEN": "", "HOME": "/root"}
+    assert sub.pass_through_env(environ) == {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+                                             "FSSPEC_S3_ENDPOINT_URL": "http://s3:9000", "PIXARK_LOG": "debug"}
+
+
+def test_runtime_env_merge_order_and_shipping(tmp_path):
+    base = {"env_vars": {"A": "from-file", "B": 2}, "py_modules": ["s3://bucket/extra.zip"], "pip": ["tqdm"]}
+    shipped = sub.package_tree(tmp_path)
+    renv = sub.build_runtime_env(base, working_dir=str(tmp_path), ship_package=shipped,
+                                 env={"A": "passed", "C": "passed"})
+    assert renv["env_vars"] == {"A": "from-file", "B": "2", "C": "passed"}
+    assert renv["py_modules"] == ["s3://bucket/extra.zip", str(shipped)]
+    assert renv["pip"] == ["tqdm"] and renv["working_dir"] == str(tmp_path.resolve())
+    # The shipped tree is one importable package with every subpackage inside it, whatever the install layout.
+    for name in ("codec", "pipeline", "jobs"):
+        assert (shipped / name / "__init__.py").is_file(), name
+    assert not list(shipped.rglob("__pycache__"))
+    out = subprocess.run([sys.executable, "-c", "import pixark.jobs.submit, pixark.codec; print(pixark.__file__)"],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == str(shipped / "__init__.py")
+
+
+def test_redact_hides_secret_values_only():
+    renv = {"env_vars": {"AWS_SECRET_ACCESS_KEY": "x", "AWS_SESSION_TOKEN": "y", "AWS_REGION": "eu-west-1"}}
+    assert sub.redact(renv)["env_vars"] == {"AWS_SECRET_ACCESS_KEY": "***", "AWS_SESSION_TOKEN": "***",
+                                            "AWS_REGION": "eu-west-1"}
+    assert renv["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "x"  # the caller's dict is untouched
+
+
+def test_entrypoint_quotes_arguments():
+    assert sub.entrypoint_for("archive", ["s3://b/my photos", "out dir", "--codec", "auto"]) == \
+        "python -m pixark.jobs.cli archive 's3://b/my photos' 'out dir' --codec auto"
+    assert sub.entrypoint_for("exec", ["python", "-c", "print('hi')"]) == "python -c 'print('\"'\"'hi'\"'\"')'"
+
+
+def test_bad_input_gives_one_line_errors():
+    port = _free_port()
+    cases = [
+        (["submit", "exec", "--", "true"], "no cluster address"),
+        (["submit", "nonsense", "--address", "http://127.0.0.1:1"], "unknown job 'nonsense'"),
+        (["submit", "exec", "--address", "ray://head:10001", "--", "true"], "must be the Ray dashboard URL"),
+        (["submit", "exec", "--address", f"http://127.0.0.1:{port}", "--", "true"], "cannot reach the Ray Jobs API"),
+        (["jobs", "list", "--address", f"127.0.0.1:{port}"], "cannot reach the Ray Jobs API"),
+        (["submit", "exec", "--env", "NOEQUALS", "--address", "http://127.0.0.1:1", "--", "true"], "KEY=VALUE"),
+    ]
+    for args, expected in cases:
+        res = pixark(*args, env=_clean_env())
+        assert res.returncode != 0, args
+        assert expected in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr, (args, res.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLUSTER_ENV: dict[str, str] = {}  # the test cluster's auth settings, once the fixture has made them
+
+
+def _clean_env(**extra) -> dict:
+    """This process's environment without anything that would point Ray or the CLI at another cluster."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.update(CLUSTER_ENV)
+    env.update(extra)
+    return env
+
+
+def pixark(*args, env=None, timeout=JOB_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pixark.jobs.cli", *args], capture_output=True, text=True,
+                          env=env or _clean_env(), timeout=timeout)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ROOT, from /proc (parent links), so teardown can end exactly those."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _end_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM the `ray start --block` process (it shuts its node down), then SIGKILL whatever of its tree is left."""
+    tree = _descendants(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    for pid in tree:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _get_json(url: str):
+    headers = {"Authorization": "Bearer " + CLUSTER_ENV["RAY_AUTH_TOKEN"]} if "RAY_AUTH_TOKEN" in CLUSTER_ENV else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+        return json.load(resp)
+
+
+def _alive_nodes(dashboard: str) -> list[dict]:
+    doc = _get_json(f"{dashboard}/api/v0/nodes?limit=100")
+    return [n for n in doc["data"]["result"]["result"] if n["state"] == "ALIVE"]
+
+
+class Cluster:
+    def __init__(self, dashboard: str, head_dir: Path, worker_dir: Path, nodes: list[dict]):
+        self.dashboard, self.head_dir, self.worker_dir = dashboard, head_dir, worker_dir
+        self.node_ids = {("head" if "node_head" in n["resources_total"] else "worker"): n["node_id"] for n in nodes}
+
+
+def _node_flags(temp_dir: Path) -> list[str]:
+    # Every port a node opens is chosen here: defaults such as the agent's 52365 would collide with the second node
+    # and with any other Ray on this machine.
+    return ["--num-cpus=1", "--block", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+            "--node-ip-address=127.0.0.1", "--object-store-memory=200000000",
+            f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if shutil.which("ray") is None:
+        pytest.skip("the `ray` CLI is not on PATH")
+    # Short paths under /tmp: Ray's unix sockets live in the temp dir and socket paths are limited to 107 bytes.
+    head_dir = Path(tempfile.mkdtemp(prefix="pxh-", dir="/tmp"))
+    worker_dir = Path(tempfile.mkdtemp(prefix="pxw-", dir="/tmp"))
+    gcs_port, dash_port = _free_port(), _free_port()
+    dashboard = f"http://127.0.0.1:{dash_port}"
+    # Ray 2.60 turns token authentication on for a head started where ~/.ray/auth_token exists (any local
+    # ray.init() creates it) but not for a joining worker: give this cluster its own token, set on every node and
+    # handed to the CLI like a user would (RAY_AUTH_TOKEN), so it neither depends on nor touches ~/.ray.
+    CLUSTER_ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env = _clean_env()
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(head_dir / "ray-start.log", "w") as log:
+            procs.append(subprocess.Popen(
+                ["ray", "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
+                 "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--ray-client-server-port={_free_port()}",
+                 '--resources={"node_head": 1}', *_node_flags(head_dir)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        _wait(lambda: _port_open(gcs_port), "the head's GCS", procs)
+        with open(worker_dir / "ray-start.log", "w") as log:
+            procs.append(subprocess.Popen(
+                ["ray", "start", f"--address=127.0.0.1:{gcs_port}", '--resources={"node_worker": 1}',
+                 *_node_flags(worker_dir)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        _wait(lambda: _get_json(f"{dashboard}/api/version"), "the dashboard", procs)
+        _wait(lambda: len(_alive_nodes(dashboard)) == 2, "both nodes", procs)
+        yield Cluster(dashboard, head_dir, worker_dir, _alive_nodes(dashboard))
+    finally:
+        CLUSTER_ENV.clear()
+        for proc in reversed(procs):
+            _end_tree(proc)
+        shutil.rmtree(head_dir, ignore_errors=True)
+        shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+def _temp_dir_of(proc: subprocess.Popen) -> str:
+    return next(a.split("=", 1)[1] for a in proc.args if a.startswith("--temp-dir="))
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _wait(check, what: str, procs) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                log = Path(_temp_dir_of(p)) / "ray-start.log"
+                raise RuntimeError(f"`ray start` exited with {p.returncode} while waiting for {what}:\n"
+                                   + log.read_text()[-3000:])
+        try:
+            if check():
+                return
+        except Exception as exc:  # not up yet: connection refused, 503 while the dashboard starts
+            last = exc
+        time.sleep(1)
+    raise RuntimeError(f"{what} not up after {START_TIMEOUT}s (last error: {last})")
+
+
+# A probe run as a job: one task pinned to each node by its custom resource, each reporting where it ran, which
+# pixark it imported and the environment the job passed it.
+PROBE = r"""
+import json, os, ray
+ray.init()
+
+@ray.remote(num_cpus=0)
+def where():
+    import pixark
+    return {"node": ray.get_runtime_context().get_node_id(), "pixark": pixark.__file__,
+            "endpoint": os.environ.get("FSSPEC_S3_ENDPOINT_URL"), "probe": os.environ.get("PIXARK_PROBE")}
+
+refs = [where.options(resources={"node_head": 0.01}).remote(), where.options(resources={"node_worker": 0.01}).remote()]
+print("PROBE " + json.dumps(ray.get(refs)))
+"""
+
+
+def test_exec_job_runs_on_both_nodes_with_shipped_code_and_env(cluster, tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    env = _clean_env(FSSPEC_S3_ENDPOINT_URL="http://127.0.0.1:9", PIXARK_PROBE="passed-through",
+                     AWS_SECRET_ACCESS_KEY="not-for-printing")
+    res = pixark("submit", "exec", "--address", cluster.dashboard, "--working-dir", str(tmp_path), "--json",
+                 "--timeout", str(JOB_TIMEOUT - 20), "--", "python", "probe.py", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "SUCCEEDED" and doc["entrypoint"] == "python probe.py"
+    assert doc["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "***"
+    assert "not-for-printing" not in res.stdout + res.stderr
+
+    logs = pixark("jobs", "logs", doc["job_id"], "--address", cluster.dashboard, "--json")
+    assert logs.returncode == 0, logs.stderr
+    line = next(ln for ln in json.loads(logs.stdout)["logs"].splitlines() if ln.startswith("PROBE "))
+    reports = json.loads(line[len("PROBE "):])
+    assert [r["node"] for r in reports] == [cluster.node_ids["head"], cluster.node_ids["worker"]]
+    for r in reports:
+        # The shipped copy (runtime_env py_modules), not the editable checkout this test runs from.
+        assert "runtime_resources" in r["pixark"] and "py_modules_files" in r["pixark"], r["pixark"]
+        assert r["endpoint"] == "http://127.0.0.1:9" and r["probe"] == "passed-through"
+
+
+def test_failed_job_exit_code_is_the_drivers(cluster):
+    res = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--",
+                 "python", "-c", "import sys; print('about to fail'); sys.exit(3)")
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "about to fail" in res.stderr and "FAILED" in res.stderr
+
+
+def test_no_wait_list_status_stop(cluster):
+    res = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--no-wait", "--job-id",
+                 "pixark-test-sleeper", "--", "python", "-c", "import time; print('sleeping', flush=True); time.sleep(300)")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "pixark-test-sleeper"
+
+    listed = json.loads(pixark("jobs", "list", "--address", cluster.dashboard, "--pixark-only", "--json").stdout)
+    mine = [j for j in listed["jobs"] if j["job_id"] == "pixark-test-sleeper"]
+    assert len(mine) == 1 and mine[0]["metadata"]["pixark_job"] == "exec"
+    assert mine[0]["status"] in ("PENDING", "RUNNING")
+
+    again = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--no-wait", "--job-id",
+                   "pixark-test-sleeper", "--", "true")
+    assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+    stopped = pixark("jobs", "stop", "pixark-test-sleeper", "--address", cluster.dashboard, "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["status"] == "STOPPED"
+
+    status = pixark("jobs", "status", "pixark-test-sleeper", "--address", cluster.dashboard, "--wait", "--json")
+    assert status.returncode == 1 and json.loads(status.stdout)["status"] == "STOPPED"
+
+    missing = pixark("jobs", "status", "no-such-job", "--address", cluster.dashboard)
+    assert missing.returncode != 0 and "no job 'no-such-job'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_client_without_the_cluster_token_gets_a_clear_error(cluster):
+    env = _clean_env()
+    env.pop("RAY_AUTH_TOKEN")
+    env.update(HOME=str(cluster.worker_dir))  # no ~/.ray/auth_token there either
+    res = pixark("jobs", "list", "--address", cluster.dashboard, env=env)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert "cannot reach the Ray Jobs API" in res.stderr and "token" in res.stderr.lower(), res.stderr
