@@ -20,6 +20,8 @@ SIZE_BUCKETS = ((0.1, "<0.1 MP"), (0.5, "0.1-0.5 MP"), (1.0, "0.5-1 MP"), (4.0, 
                 (math.inf, ">=16 MP"))
 NO_PIXELS = "no pixels"
 ROOT_FOLDER = "(top level)"
+PLOT_FOLDERS = 30  # folders drawn in the savings chart (largest by source bytes)
+CLIP_PERCENT = 100  # savings below -100% are drawn clipped, with their value printed
 _COLUMNS = ["image_id", "source_bytes", "width", "height", "channels", "codec", "compressed_bytes", "shard",
             "offset", "length", "record_crc32c", "status"]
 
@@ -242,31 +244,50 @@ def draw(report: dict, url: str) -> None:
     ax1.set_title(f"bpsp distribution ({dist['count']} images)")
 
     labels, values, colors = [], [], []
-    for name, t in folders.items():
+    # The biggest folders by source bytes; a bar per folder stops being readable after a few dozen.
+    shown = sorted(folders.items(), key=lambda kv: -kv[1]["source_bytes"])[:PLOT_FOLDERS]
+    for name, t in sorted(shown):
         labels.append(f"{name} ({t['images']})")
-        values.append(100 * (t["savings"] or 0))
+        values.append(None if t["savings"] is None else 100 * t["savings"])
         colors.append("#4c72b0")
+    if len(folders) > len(shown):
+        ax2.text(0.01, 0.01, f"{len(folders) - len(shown)} smaller folders not shown", transform=ax2.transAxes,
+                 fontsize=8, color="gray")
     for name, c in (base.get("codecs") or {}).items():
         if c["images"]:
             labels.append(f"sample vs {name} ({c['images']})")
-            values.append(100 * (c["savings"] or 0))
+            values.append(None if c["savings"] is None else 100 * c["savings"])
             colors.append("#dd8452")
+    # Tiny files kept as bytes can be several times larger than their source (container header): clip those bars
+    # so they do not squash the others, and print the true value.
+    known = [v for v in values if v is not None]
+    lo = max(min(known + [0]), -CLIP_PERCENT)
+    hi = max(known + [0])
     y = list(range(len(labels)))[::-1]
-    ax2.barh(y, values, color=colors)
+    ax2.barh(y, [0 if v is None else max(v, lo) for v in values], color=colors)
     ax2.set_yticks(y, labels)
     for yi, v in zip(y, values):
-        ax2.text(v, yi, f" {v:.1f}%", va="center", ha="left" if v >= 0 else "right", fontsize=9)
+        text = "n/a (0 source bytes)" if v is None else f"{v:.1f}%" + (" (clipped)" if v < lo else "")
+        x = 0 if v is None or v < 0 else v
+        ax2.text(x, yi, f" {text}", va="center", ha="left", fontsize=9)
     ax2.axvline(0, color="black", linewidth=0.8)
-    lo, hi = min(values + [0]), max(values + [0])
-    ax2.set_xlim(lo - 10 if lo < 0 else 0, hi + 15)
-    ax2.set_xlabel("bytes saved, % (blue: vs source files; orange: vs classical codec on the sample)")
+    span = (hi - lo) or 1
+    ax2.set_xlim(lo - 0.05 * span if lo < 0 else 0, hi + 0.35 * span)
+    ax2.set_xlabel("bytes saved, %  (blue: vs the source files; orange: vs a classical codec, sample)")
     ax2.set_title("savings by folder")
     tot = report["totals"]
-    fig.suptitle(f"{report['archive']}: {tot['images']} images, {tot['source_bytes'] / 1e6:.1f} MB -> "
-                 f"{tot['compressed_bytes'] / 1e6:.1f} MB (ratio {tot['ratio']}, {tot['bpsp']} bpsp)")
+    fig.suptitle(f"{report['archive']}: {tot['images']} images, {_human(tot['source_bytes'])} -> "
+                 f"{_human(tot['compressed_bytes'])} (ratio {tot['ratio']}, {tot['bpsp']} bits per subpixel)")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     with fsspec.open(url, "wb") as f:
         f.write(buf.getvalue())
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"

@@ -11,7 +11,6 @@ content with ``check_existing``). Large restores run as Ray tasks, small ones in
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import posixpath
 import time
@@ -21,6 +20,7 @@ import fsspec
 
 from . import catalog, store
 from .errors import PipelineError
+from .sources import matches
 
 FORMATS = ("original", "png")
 LOCAL_LIMIT = 32  # restores of at most this many records skip Ray's start-up and run in this process
@@ -119,15 +119,16 @@ def read_ids(ids, storage_options: dict | None = None) -> list[str]:
 
 
 def select(rows: list[dict], include=None, ids=None) -> tuple[list[dict], list[str]]:
-    """Rows matching any ``include`` glob (fnmatch on image_id; '*' also crosses '/') and, with ``ids``, listed
-    there. Returns (rows, requested ids the archive does not hold)."""
+    """Rows matching any ``include`` glob (the archive job's rules: fnmatch on image_id, '*' also crosses '/', a
+    pattern without '/' also tried on the file name) and, with ``ids``, listed there. Returns (rows, requested ids
+    the archive does not hold)."""
     patterns = [include] if isinstance(include, str) else list(include or [])
     wanted = None if ids is None else set(ids)
     first: dict[str, dict] = {}
     for r in rows:
         first.setdefault(r["image_id"], r)  # duplicates are verify's finding; restore writes each path once
     chosen = [r for r in first.values()
-              if (not patterns or any(fnmatch.fnmatchcase(r["image_id"], p) for p in patterns))
+              if matches(r["image_id"], patterns, ())
               and (wanted is None or r["image_id"] in wanted)]
     missing = sorted(wanted - set(first)) if wanted is not None else []
     return chosen, missing
