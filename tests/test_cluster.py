@@ -343,3 +343,73 @@ def test_client_without_the_cluster_token_gets_a_clear_error(cluster):
     res = pixark("jobs", "list", "--address", cluster.dashboard, env=env)
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
     assert "cannot reach the Ray Jobs API" in res.stderr and "token" in res.stderr.lower(), res.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# archive then verify, S3 to S3, as cluster jobs
+
+
+def _codec_worker_nodes(dashboard: str) -> dict[int, str]:
+    """pid -> node id of every CodecWorker actor the cluster has run (Ray keeps dead actors in its state API)."""
+    url = (f"{dashboard}/api/v0/actors?detail=true&limit=10000&filter_keys=class_name&filter_predicates=%3D"
+           "&filter_values=CodecWorker")
+    return {a["pid"]: a["node_id"] for a in _get_json(url)["data"]["result"]["result"] if a.get("pid")}
+
+
+def _commands() -> set[str]:
+    from pixark.jobs.cli import app
+
+    return {(c.name or c.callback.__name__).replace("_", "-") for c in app.registered_commands}
+
+
+@pytest.mark.s3
+def test_archive_then_verify_on_two_nodes_s3_to_s3(cluster, s3, s3_server):
+    missing = {"archive", "verify"} - _commands()
+    if missing:
+        pytest.skip(f"this build has no `pixark {' / '.join(sorted(missing))}` yet")
+    import pyarrow.parquet as pq
+    from images import photos, png_bytes
+    from PIL import Image
+    import io
+    import numpy as np
+
+    fs, bucket = s3
+    names = []
+    for name, data in photos(3):
+        arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        for corner, crop in (("tl", arr[:48, :48]), ("br", arr[-48:, -48:])):
+            key = f"{bucket}/src/{'nested dir/' if corner == 'br' else ''}{name} {corner}.png"
+            fs.pipe(key, png_bytes(np.ascontiguousarray(crop)))
+            names.append(key)
+    fs.pipe(f"{bucket}/src/notes.txt", b"not an image, kept as bytes")
+    src, dest = f"s3://{bucket}/src", f"s3://{bucket}/archive"
+
+    # The moto endpoint and its dummy credentials reach the cluster only through submit's env pass-through.
+    env = _clean_env()
+    assert env["FSSPEC_S3_ENDPOINT_URL"] == s3_server["endpoint_url"]
+    # Tiny shards give one batch per image, so both codec workers (one CPU each, one per node) get work.
+    res = pixark("submit", "archive", src, dest, "--workers", "2", "--shard-size", "1KB", "--address",
+                 cluster.dashboard, "--timeout", str(JOB_TIMEOUT - 20), "--json", env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "SUCCEEDED" and doc["entrypoint"].startswith("python -m pixark.jobs.cli archive ")
+    assert doc["runtime_env"]["env_vars"]["FSSPEC_S3_ENDPOINT_URL"] == s3_server["endpoint_url"]
+    assert doc["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "***"
+
+    fs.invalidate_cache()
+    table = pq.ParquetDataset(f"{bucket}/archive/manifests", filesystem=fs).read().to_pylist()
+    assert sorted(r["source_url"] for r in table) == sorted(f"s3://{k}" for k in names + [f"{bucket}/src/notes.txt"])
+    assert all(r["status"] == "ok" for r in table), [r["error"] for r in table if r["status"] != "ok"]
+    # Which node coded each row: the manifest's worker is host:pid; Ray's state API knows each actor's pid and node.
+    pid_node = _codec_worker_nodes(cluster.dashboard)
+    nodes = {pid_node[int(r["worker"].rsplit(":", 1)[1])] for r in table}
+    assert nodes == {cluster.node_ids["head"], cluster.node_ids["worker"]}
+    assert {r["device"] for r in table} == {"cpu"}
+
+    res = pixark("submit", "verify", dest, "--address", cluster.dashboard, "--timeout", str(JOB_TIMEOUT - 20),
+                 "--json", env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert json.loads(res.stdout)["status"] == "SUCCEEDED"
+    summary = json.loads(fs.cat_file(f"{bucket}/archive/verify/summary.json"))
+    assert summary["ok"] is True and summary["mismatches"] == 0 and not summary["problems"]
+    assert summary["records_checked"] == len(table) == len(names) + 1
