@@ -17,8 +17,11 @@ def audit(
                                        help="draw the bpsp distribution and savings by folder"),
     json_out: bool = typer.Option(False, "--json", help="print the report as one JSON document on stdout"),
 ) -> None:
-    """Totals (source bytes, compressed bytes, ratio, bits per subpixel) overall, per codec, per folder and per
-    image size; the bpsp distribution; savings against the sources and, on a sample, against classical codecs."""
+    """Report what compression saved: totals, bpsp distribution, savings vs sources and classical codecs.
+
+    Totals (source bytes, compressed bytes, ratio, bits per subpixel) overall, per codec, per folder and per image
+    size, from the manifests; with --baseline-sample, N images re-encoded with png, webp-ll and jxl-ll.
+    """
     from pixark.pipeline.audit import audit as run
     from pixark.pipeline.errors import PipelineError
 

@@ -22,8 +22,11 @@ def restore(
                                               help="Ray cluster for large restores (default: a local Ray)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
 ) -> None:
-    """Restore images with ranged reads of just their records. Rerun to resume: complete outputs are skipped.
-    Exit code 1 when a record could not be restored or a requested id is not in the archive."""
+    """Write archived images back under DEST in their original format, with their metadata.
+
+    Ranged reads of just the records needed; large restores run on Ray. Rerun to resume: complete outputs are
+    skipped. Exit code 1 when a record could not be restored or a requested id is not in the archive.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pixark.pipeline.errors import PipelineError

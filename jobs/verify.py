@@ -21,8 +21,11 @@ def verify(
                                               help="Ray cluster to run on (default: a local Ray)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
 ) -> None:
-    """Decode every record on Ray workers and check it against the manifest; check archive.json, manifests and
-    shards agree. Writes ARCHIVE/verify/records.parquet and summary.json. Exit code 1 on any mismatch."""
+    """Prove every record decodes bit-exact; check archive.json, manifests and shards agree.
+
+    A Ray job reading only what the archive holds. Writes ARCHIVE/verify/records.parquet (one row per record:
+    image_id, status, detail) and ARCHIVE/verify/summary.json. Exit code 1 on any mismatch.
+    """
     from pixark.pipeline.errors import PipelineError
     from pixark.pipeline.verify import parse_sample, verify as run
 

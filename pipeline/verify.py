@@ -267,6 +267,13 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         else:
             results.append(_result(r, ARCHIVE_FAILED, r.get("error") or "no record"))
     sampled = _choose(to_check, sample, seed)
+    if against_source and source_options is None and rows:
+        # Sources on the same kind of store as the archive (s3 -> s3) are read with the archive's endpoint and
+        # credentials; the workers may not have the driver's environment or fsspec config.
+        protocols = arc.fs.protocol if isinstance(arc.fs.protocol, (tuple, list)) else (arc.fs.protocol,)
+        scheme = rows[0]["source_url"].split("://", 1)[0] if "://" in rows[0]["source_url"] else "file"
+        if scheme in protocols:
+            source_options = dict(arc.fs.storage_options)
 
     import ray
 
