@@ -85,11 +85,16 @@ def test_bad_input_gives_one_line_errors():
         (["jobs", "list", "--address", f"127.0.0.1:{port}"], "cannot reach the Ray Jobs API"),
         (["submit", "exec", "--env", "NOEQUALS", "--address", "http://127.0.0.1:1", "--", "true"], "KEY=VALUE"),
     ]
+    # In-process (typer's runner): these fail before any cluster work, and a subprocess each would cost seconds.
+    from typer.testing import CliRunner
+
+    from pixark.jobs.cli import app
+
     for args, expected in cases:
-        res = pixark(*args, env=_clean_env())
-        assert res.returncode != 0, args
+        res = CliRunner().invoke(app, args, env={"RAY_API_SERVER_ADDRESS": None, "RAY_ADDRESS": None})
+        assert res.exit_code != 0, args
         assert expected in res.stderr, (args, res.stderr)
-        assert "Traceback" not in res.stderr, (args, res.stderr)
+        assert res.exception is None or isinstance(res.exception, SystemExit), (args, res.exception)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -413,3 +418,104 @@ def test_archive_then_verify_on_two_nodes_s3_to_s3(cluster, s3, s3_server):
     summary = json.loads(fs.cat_file(f"{bucket}/archive/verify/summary.json"))
     assert summary["ok"] is True and summary["mismatches"] == 0 and not summary["problems"]
     assert summary["records_checked"] == len(table) == len(names) + 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The GPU path: runs only where CUDA exists (a GPU worker node, a GPU CI runner); skipped here with the reason.
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+needs_cuda = pytest.mark.skipif(_cuda_devices() == 0, reason="no CUDA device on this machine "
+                                "(torch.cuda.is_available() is False): the GPU path is tested where one exists")
+
+
+@needs_cuda
+def test_gpu_archive_runs_one_worker_per_gpu(tmp_path):
+    """A local Ray sees every GPU; `pixark archive` with no --workers starts one codec worker per GPU, each holding
+    its own device, and every row says which one coded it."""
+    from images import photos, png_bytes
+    from PIL import Image
+    import io
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    n_gpus = _cuda_devices()
+    src = tmp_path / "src"
+    src.mkdir()
+    k = 0
+    for name, data in photos(3):
+        arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        for i in range(2 * n_gpus):  # at least two one-image shards per worker, so every worker gets work
+            (src / f"{name}-{i}.png").write_bytes(png_bytes(np.ascontiguousarray(arr[i * 8:i * 8 + 48, :48])))
+            k += 1
+    env = _clean_env()
+    res = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "archive", str(src), str(tmp_path / "arc"),
+                          "--shard-size", "1KB", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = pq.ParquetDataset(str(tmp_path / "arc" / "manifests")).read().to_pylist()
+    assert len(rows) == k and all(r["status"] == "ok" for r in rows)
+    devices = {r["device"] for r in rows}
+    assert devices == {f"cuda:{i}" for i in range(n_gpus)}, devices  # one worker per GPU, each on its own
+    assert len({r["worker"] for r in rows}) == n_gpus
+
+
+@needs_cuda
+def test_gpu_msr_fast_path_keeps_tf32_off_and_matches_cpu_bit_for_bit():
+    """The learned codec's CUDA path: TF32 and cuDNN's transform kernels are off while the network runs, even when
+    the process had them on, and the bitstream and decoded pixels equal the CPU's exactly."""
+    import numpy as np
+    import torch
+    from images import photo_array
+
+    from pixark.codec.msr import coder, model as M, weights as W
+
+    if not W.exists(M.DEFAULT_PROFILE):
+        pytest.skip(f"msr profile {M.DEFAULT_PROFILE!r} has no shipped weights in this build")
+    net, _ = W.load(M.DEFAULT_PROFILE)
+    seen = []
+
+    class Observed:
+        """The GPU network, recording the backend flags in force each time it runs."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, x):
+            seen.append({"matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+                         "cudnn_enabled": torch.backends.cudnn.enabled,
+                         "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+                         "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                         "cudnn_deterministic": torch.backends.cudnn.deterministic,
+                         "device": str(x.device)})
+            return self.inner(x)
+
+    pixels = photo_array(64)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the worst a process may set
+    torch.backends.cudnn.benchmark = True
+    try:
+        gpu_net = Observed(W.on_device(net, "cuda"))
+        stream_gpu = coder.encode(pixels, gpu_net, 90, 5, 2, device="cuda")
+        back_gpu = coder.decode(stream_gpu, gpu_net, device="cuda")
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = before
+    assert seen, "the CUDA path never ran the network"
+    for flags in seen:
+        assert flags["device"].startswith("cuda") and flags["matmul_tf32"] is False, flags
+        # cuDNN either off (PyTorch's own exact kernels) or, if on, without TF32, autotuning or nondeterminism.
+        assert not flags["cudnn_enabled"] or (not flags["cudnn_tf32"] and not flags["cudnn_benchmark"]
+                                              and flags["cudnn_deterministic"]), flags
+    stream_cpu = coder.encode(pixels, net, 90, 5, 2)
+    assert stream_gpu == stream_cpu
+    assert np.array_equal(back_gpu, pixels) and np.array_equal(coder.decode(stream_cpu, net), pixels)
