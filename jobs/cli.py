@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import bench, cluster_jobs, codec_cmds, submit
-from . import archive, bench_pipeline
+from . import archive, bench_pipeline, demo
 from . import audit, restore, verify
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ codec_cmds.register(app)
 # --- job modules register their commands below (one line each; keep this block sorted) ---
 archive.register(app)
 bench_pipeline.register(app)
+demo.register(app)
 audit.register(app)
 bench.register(app)
 cluster_jobs.register(app)

@@ -56,7 +56,32 @@ def damage_reason(img: pc.DecodedImage, data: bytes) -> str:
         # damaged image when it has a few non-text bytes as well.
         if data[:2] in (b"BM", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and _looks_like_text(data[:512]):
             return ""
+        return _second_opinion(data)
     return reason
+
+
+# Magic -> (format name, the line of imagecodecs' error that concerns it).
+_FORMATS_BY_MAGIC = ((b"\x89PNG", "PNG", "PNG_DECODE"), (b"\xff\xd8\xff", "JPEG", "JPEG8_DECODE"),
+                     (b"GIF8", "GIF", "GIF_DECODE"), (b"II*\x00", "TIFF", "TIFF_DECODE"), (b"MM\x00*", "TIFF", "TIFF_DECODE"),
+                     (b"RIFF", "WebP", "WEBP_DECODE"), (b"BM", "BMP", "BMP_DECODE"),
+                     (b"\x00\x00\x00\x0cjXL", "JPEG XL", "JPEGXL_DECODE"), (b"\xff\x0a", "JPEG XL", "JPEGXL_DECODE"))
+
+
+def _second_opinion(data: bytes) -> str:
+    """A file that starts like an image but that Pillow cannot identify: a variant Pillow lacks (some TIFFs) or
+    damage. imagecodecs decides; only when it cannot decode the file either is the file called damaged."""
+    fmt, key = next(((f, k) for m, f, k in _FORMATS_BY_MAGIC if data.startswith(m)), ("image", ""))
+    try:
+        import imagecodecs
+
+        imagecodecs.imread(data)
+        return ""
+    except ImportError:
+        return ""  # no second decoder: do not call it damaged on Pillow's word alone
+    except Exception as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if key and ln.startswith(key)), lines[0] if lines else type(exc).__name__)
+        return f"corrupt or unreadable {fmt} data: {detail[:300]}"
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -97,7 +122,14 @@ def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, v
         else:
             reason = img.reason or ""
             # Pillow's own message names a BytesIO address: not worth keeping, and it would differ run to run.
-            row["note"] = "not an image: kept as original bytes" if reason.startswith("not an image") or not reason else reason
+            magic_fmt = next((f for m, f, _ in _FORMATS_BY_MAGIC if data.startswith(m)), "")
+            if reason.startswith("not an image") and magic_fmt:
+                row["format"] = row["format"] or magic_fmt
+                row["note"] = f"a {magic_fmt} file Pillow cannot read: kept as original bytes"
+            elif reason.startswith("not an image") or not reason:
+                row["note"] = "not an image: kept as original bytes"
+            else:
+                row["note"] = reason
     if record is None:
         record = pc.encode(img, "store")
     head = pc.info(record)
