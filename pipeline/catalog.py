@@ -104,3 +104,15 @@ def read_run(fs: fsspec.AbstractFileSystem, path: str, run: list[dict]) -> list[
     start = run[0]["offset"]
     data = fs.cat_file(path, start=start, end=run[-1]["offset"] + run[-1]["length"])
     return [data[r["offset"] - start: r["offset"] - start + r["length"]] for r in run]
+
+
+def task_options(ray, *filesystems) -> dict:
+    """Ray options for tasks that read or write ``filesystems``. A local path exists only on this machine, so tasks
+    touching one are pinned to the driver's node; on object stores they may run anywhere in the cluster."""
+    opts: dict = {"num_cpus": 1}
+    if any(store.is_local(fs) for fs in filesystems):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                     soft=False)
+    return opts

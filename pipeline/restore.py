@@ -187,7 +187,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         from .workers import connect
 
         connect(ray_address)  # the archive job's rules: existing session, address / RAY_ADDRESS, or local
-        task = ray.remote(num_cpus=1)(restore_records)
+        task = ray.remote(**catalog.task_options(ray, arc.fs, dest_fs))(restore_records)
         pending = {}
         for shard, mine in sorted(by_shard.items()):
             mine.sort(key=lambda r: r["offset"])

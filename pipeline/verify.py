@@ -24,6 +24,7 @@ import random
 import time
 from collections import Counter
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -267,12 +268,13 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         else:
             results.append(_result(r, ARCHIVE_FAILED, r.get("error") or "no record"))
     sampled = _choose(to_check, sample, seed)
-    if against_source and source_options is None and rows:
-        # Sources on the same kind of store as the archive (s3 -> s3) are read with the archive's endpoint and
-        # credentials; the workers may not have the driver's environment or fsspec config.
-        protocols = arc.fs.protocol if isinstance(arc.fs.protocol, (tuple, list)) else (arc.fs.protocol,)
-        scheme = rows[0]["source_url"].split("://", 1)[0] if "://" in rows[0]["source_url"] else "file"
-        if scheme in protocols:
+    touched = [arc.fs]
+    if against_source and rows:
+        source_fs = fsspec.core.url_to_fs(rows[0]["source_url"], **(source_options or {}))[0]
+        touched.append(source_fs)
+        if source_options is None and type(source_fs) is type(arc.fs):
+            # Sources on the same kind of store as the archive (s3 -> s3) are read with the archive's endpoint and
+            # credentials: the workers may not have the driver's environment or fsspec config.
             source_options = dict(arc.fs.storage_options)
 
     import ray
@@ -280,8 +282,9 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
     from .workers import connect
 
     connect(ray_address)  # the archive job's rules: existing session, address / RAY_ADDRESS, or local
-    shard_task = ray.remote(num_cpus=1)(check_shard)
-    record_task = ray.remote(num_cpus=1)(check_records)
+    opts = catalog.task_options(ray, *touched)
+    shard_task = ray.remote(**opts)(check_shard)
+    record_task = ray.remote(**opts)(check_records)
     shard_names = sorted(set(listed) | set(by_shard))
     pending = {}
     for name in shard_names:
