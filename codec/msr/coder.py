@@ -1,0 +1,224 @@
+"""msr payload: WebP lossy base + MSB runs + escape LSBs + T masked-sampling iterations of network-coded LSBs.
+
+Payload layout (version 1, all integers little-endian; docs/MSR.md has the full description):
+
+    b"MSR" u8 version | u8 k | u8 T | u8 q | u8 reserved(0) | u32 height | u32 width
+    | 16 bytes sha256(X̂)[:16] | u32 webp length | WebP bytes | u32 side length | side (MSB varints)
+    | range-coded words (u32 LE): MSB runs, escape LSBs, then per iteration i, per colour c, per table
+      (ascending index s*64 + m), the LSBs of the pixels picked at iteration i in raster order.
+
+Runtime knobs that do not change the stream: ``band`` (grid rows per network tile), ``batch`` (tiles per
+network call) and torch's thread count. The tests check the stream does not depend on them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import torch
+
+from .. import entropy
+from ..errors import CorruptStream
+from . import model as M
+from . import rle, webpbase
+
+MAGIC = b"MSR"
+PAYLOAD_VERSION = 1
+_HEAD = struct.Struct("<3sBBBBBII")
+DEFAULT_BAND = 32
+DEFAULT_BATCH = 4
+
+
+# ------------------------------------------------------------------------------------------------ network
+def run_net(net: M.IntNet, inp: torch.Tensor, band: int = DEFAULT_BAND, batch: int = DEFAULT_BATCH,
+            device: str = "cpu") -> torch.Tensor:
+    """Head output (1, 36, h, w) of the integer network, computed tile by tile: row bands of ``band`` grid rows
+    plus a halo of the receptive-field radius, so every kept output equals the whole-image result exactly;
+    bands of equal shape go through the network ``batch`` at a time. ``device`` other than cpu: ``net`` must
+    come from ``weights.on_device``; cuDNN (Winograd/FFT kernels) and TF32 are switched off around the call."""
+    _, _, h, w = inp.shape
+    halo = M.halo_cells(net.p)
+    band = max(1, int(band))
+    jobs = []  # (slice start, slice end, keep start, keep end)
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        a, b = max(0, y0 - halo), min(h, y1 + halo)
+        jobs.append((a, b, y0 - a, y1 - a))
+    out = torch.empty(1, M.N_OUT, h, w, dtype=torch.float64)
+    by_shape: dict[int, list] = {}
+    for j in jobs:
+        by_shape.setdefault(j[1] - j[0], []).append(j)
+    for group in by_shape.values():
+        for i in range(0, len(group), max(1, int(batch))):
+            part = group[i:i + max(1, int(batch))]
+            x = torch.cat([inp[:, :, a:b] for a, b, _, _ in part], dim=0)
+            if device == "cpu":
+                res = net(x)
+            else:
+                res = _on_gpu(net, x, device)
+            for n, (a, b, k0, k1) in enumerate(part):
+                out[0, :, a + k0:a + k1] = res[n, :, k0:k1]
+    return out
+
+
+def _on_gpu(net, x, device):
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=False):
+            return net(x.to(device)).cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+# ------------------------------------------------------------------------------------------------ iterations
+class _State:
+    """What both sides know while the LSBs are coded: X̂, residuals where known, known masks."""
+
+    def __init__(self, xhat: np.ndarray, q: int, known: np.ndarray, r: np.ndarray):
+        self.h, self.w = xhat.shape[:2]
+        self.q = q
+        self.xhat = torch.from_numpy(xhat.transpose(2, 0, 1).astype(np.float32))[None]
+        self.known = known  # (3, H, W) bool
+        self.r = r  # (3, H, W) int64 (only read where known)
+
+    def params(self, net, band, batch, device):
+        inp = M.make_inputs(self.xhat, torch.from_numpy(self.r.astype(np.float32))[None],
+                            torch.from_numpy(self.known.astype(np.float32))[None], self.q)
+        P = run_net(net, inp, band, batch, device)
+        return M.split_params(P, self.h, self.w)
+
+    def remaining(self) -> torch.Tensor:
+        return torch.from_numpy(~self.known.all(axis=0))[None]
+
+
+def _buckets(tid: np.ndarray):
+    """Order (stable: raster order inside a table) and (table, start, end) runs of equal table index."""
+    order = np.argsort(tid, kind="stable")
+    ts = tid[order]
+    if not ts.size:
+        return order, []
+    cut = np.flatnonzero(np.diff(ts)) + 1
+    starts = np.concatenate([[0], cut])
+    ends = np.concatenate([cut, [ts.size]])
+    return order, [(int(ts[a]), int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def _iterations(st: _State, net, k: int, T: int, coder, encoding: bool, band: int, batch: int, device: str):
+    freq = M.tables(k)["freq"]
+    half = 1 << (k - 1)
+    for i in range(T):
+        rem = st.remaining()
+        if not bool(rem.any()):
+            break
+        off, sidx, coup = st.params(net, band, batch, device)
+        sel = M.select(sidx, rem, T - i)[0].numpy()
+        ys, xs = np.nonzero(sel)
+        g_off = off[0][:, ys, xs][None]
+        g_coup = coup[0][:, ys, xs][None]
+        g_s = sidx[0][:, ys, xs].numpy().astype(np.int64)
+        known_sel = st.known[:, ys, xs]
+        e = []
+        for c in range(3):
+            mu = M.channel_mu4(c, g_off, g_coup, e)[0]  # float64 holding integers
+            todo = np.flatnonzero(~known_sel[c])
+            tid = g_s[c, todo] * M.N_MEANS + (mu.numpy()[todo].astype(np.int64) - M.MU_LO)
+            order, runs = _buckets(tid)
+            rc = st.r[c, ys, xs]
+            if encoding:
+                sym = rc[todo][order] + half
+                for t, a, b in runs:
+                    coder.encode(sym[a:b], freq[t])
+            else:
+                sym = np.empty(todo.size, np.int64)
+                for t, a, b in runs:
+                    sym[a:b] = coder.decode(freq[t], b - a)
+                vals = np.empty(todo.size, np.int64)
+                vals[order] = sym - half
+                rc = rc.copy()
+                rc[todo] = vals
+                st.r[c, ys[todo], xs[todo]] = vals
+            e.append(M.channel_err(torch.from_numpy(rc.astype(np.float64))[None], mu[None])[0])
+        st.known[:, ys, xs] = True
+
+
+# ------------------------------------------------------------------------------------------------ encode
+def encode(pixels: np.ndarray, net: M.IntNet, q: int, k: int, T: int, band: int = DEFAULT_BAND,
+           batch: int = DEFAULT_BATCH, device: str = "cpu") -> bytes:
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError("msr codes 8-bit RGB pixels (H, W, 3)")
+    if not 0 <= q <= 100:
+        raise ValueError(f"msr quality q must be 0..100, got {q}")
+    if not 1 <= T <= 255:
+        raise ValueError(f"msr iterations T must be 1..255, got {T}")
+    M.tables(k)  # refuses an unsupported k
+    h, w, _ = pixels.shape
+    webp = webpbase.encode(pixels, q)
+    xhat = webpbase.decode(webp, h, w)
+    r, msb, lsb = M.split_residual(pixels.astype(np.int64), xhat.astype(np.int64), k)
+    enc = entropy.Encoder()
+    side = rle.encode(enc, msb, k)
+    esc = msb != 0  # (H, W, 3)
+    enc.encode(lsb[esc], rle.uniform(k))
+    st = _State(xhat, q, np.ascontiguousarray(esc.transpose(2, 0, 1)), np.ascontiguousarray(r.transpose(2, 0, 1)))
+    with torch.no_grad():
+        _iterations(st, net, k, T, enc, True, band, batch, device)
+    head = _HEAD.pack(MAGIC, PAYLOAD_VERSION, k, T, q, 0, h, w)
+    return b"".join([head, webpbase.digest(xhat), struct.pack("<I", len(webp)), webp,
+                     struct.pack("<I", len(side)), side, enc.finish()])
+
+
+# ------------------------------------------------------------------------------------------------ decode
+def parse(payload: bytes) -> dict:
+    """Fixed fields of a payload (checks lengths; raises CorruptStream)."""
+    if len(payload) < _HEAD.size + 20:
+        raise CorruptStream("msr payload is truncated")
+    magic, ver, k, T, q, _, h, w = _HEAD.unpack_from(payload)
+    if magic != MAGIC:
+        raise CorruptStream("not an msr payload (bad magic)")
+    if ver != PAYLOAD_VERSION:
+        raise CorruptStream(f"msr payload version {ver} is not {PAYLOAD_VERSION}")
+    pos = _HEAD.size
+    digest = payload[pos:pos + 16]
+    pos += 16
+    (wl,) = struct.unpack_from("<I", payload, pos)
+    pos += 4
+    if pos + wl + 4 > len(payload):
+        raise CorruptStream("msr payload is truncated (WebP base)")
+    webp = payload[pos:pos + wl]
+    pos += wl
+    (sl,) = struct.unpack_from("<I", payload, pos)
+    pos += 4
+    if pos + sl > len(payload):
+        raise CorruptStream("msr payload is truncated (side information)")
+    return {"k": k, "T": T, "q": q, "height": h, "width": w, "digest": digest, "webp": webp,
+            "side": payload[pos:pos + sl], "words": payload[pos + sl:]}
+
+
+def decode(payload: bytes, net: M.IntNet, band: int = DEFAULT_BAND, batch: int = DEFAULT_BATCH,
+           device: str = "cpu") -> np.ndarray:
+    f = parse(payload)
+    h, w, k, T, q = f["height"], f["width"], f["k"], f["T"], f["q"]
+    if k not in (4, 5, 6) or T < 1:
+        raise CorruptStream(f"msr payload has impossible parameters k={k} T={T}")
+    xhat = webpbase.decode(f["webp"], h, w)
+    if webpbase.digest(xhat) != f["digest"]:
+        raise CorruptStream("msr: this machine's WebP decoder reconstructs a different lossy base than the "
+                            "encoder's (hash mismatch); decode with the libwebp the stream was made with")
+    dec = entropy.Decoder(f["words"])
+    msb, used = rle.decode(dec, f["side"], 0, (h, w, 3), k)
+    if used != len(f["side"]):
+        raise CorruptStream("msr: side information has trailing bytes")
+    esc = msb != 0
+    lsb = np.zeros((h, w, 3), np.int64)
+    lsb[esc] = dec.decode(rle.uniform(k), int(esc.sum()))
+    r = (msb << k) + lsb - (1 << (k - 1))
+    r = np.where(esc, r, 0)
+    st = _State(xhat, q, np.ascontiguousarray(esc.transpose(2, 0, 1)), np.ascontiguousarray(r.transpose(2, 0, 1)))
+    with torch.no_grad():
+        _iterations(st, net, k, T, dec, False, band, batch, device)
+    x = xhat.astype(np.int64) + st.r.transpose(1, 2, 0)
+    if x.min() < 0 or x.max() > 255:
+        raise CorruptStream("msr: decoded pixels fall outside 0..255 (damaged stream)")
+    return x.astype(np.uint8)

@@ -1,0 +1,54 @@
+"""Shipped msr weights: codec/weights/msr-<profile>.npz (integer arrays), identified by the sha256 of the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import UnsupportedStream
+from . import model as M
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+
+
+def path(profile: str) -> str:
+    return os.path.join(WEIGHTS_DIR, f"msr-{profile}.npz")
+
+
+def exists(profile: str) -> bool:
+    return os.path.isfile(path(profile))
+
+
+@lru_cache(maxsize=8)
+def load(profile: str) -> tuple[M.IntNet, str]:
+    """(integer network, model id) of a profile's shipped weights."""
+    if profile not in M.PROFILES:
+        raise UnsupportedStream(f"msr has no profile {profile!r}; this build has {sorted(M.PROFILES)}")
+    p = path(profile)
+    if not os.path.isfile(p):
+        raise UnsupportedStream(f"msr profile {profile!r} has no weights in this build ({p}); train them with "
+                                f"`pixark train --codec msr --profile {profile}`")
+    with open(p, "rb") as f:
+        data = f.read()
+    model_id = hashlib.sha256(data).hexdigest()
+    with np.load(p) as z:
+        net = M.IntNet.from_arrays(M.PROFILES[profile], {k: z[k] for k in z.files})
+    return net, model_id
+
+
+def on_device(net: M.IntNet, device) -> M.IntNet:
+    """A copy of ``net`` whose fast path runs on ``device`` (e.g. 'cuda'). The integer arrays are the same; the
+    cached torch parameters are moved. On a GPU the caller must keep TF32 off (unfold + matmul, no cuDNN)."""
+    import torch
+
+    layers = {}
+    for name, conv in net.layers.items():
+        c = dataclasses.replace(conv)  # a FastIntConv with its own (empty) torch cache
+        dt, *rest = conv._torch_params()
+        c._t = (dt, *[t.to(device) for t in rest])
+        layers[name] = c
+    return M.IntNet(net.p, layers)

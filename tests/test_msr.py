@@ -1,0 +1,253 @@
+"""msr codec: integer fast path == int64 reference on real photos, round trips (dev crops, odd and tiny sizes,
+escape-heavy noise), streams independent of thread count and tile/batch shape, decode in another process, GPU
+decode where CUDA exists, corrupt base detection, parameters and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pixark.codec as pc
+from pixark.codec.errors import CorruptStream, UnsupportedImage
+
+msr = pytest.importorskip("pixark.codec.msr")
+from pixark.codec.msr import coder, model as M, weights as W  # noqa: E402
+
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+
+pytestmark = pytest.mark.skipif(not W.exists(M.DEFAULT_PROFILE),
+                                reason="msr weights are not installed (codec/weights/msr-cpu.npz)")
+
+
+def dev_photo(i: int = 0, h: int = 96, w: int = 128) -> np.ndarray:
+    files = sorted((DEV / "gb82").glob("*.png")) + sorted((DEV / "cid22").glob("*.png"))
+    if not files:
+        pytest.skip(f"dev images not found under {DEV}")
+    from PIL import Image
+
+    with Image.open(files[i % len(files)]) as im:
+        a = np.asarray(im.convert("RGB"))
+    y, x = (a.shape[0] - h) // 2, (a.shape[1] - w) // 2
+    return np.ascontiguousarray(a[max(y, 0):max(y, 0) + h, max(x, 0):max(x, 0) + w])
+
+
+@pytest.fixture(scope="module")
+def net():
+    return W.load(M.DEFAULT_PROFILE)[0]
+
+
+@pytest.fixture
+def threads():
+    old = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------------ exactness
+def mid_coding_inputs(x: np.ndarray, known_frac: float, seed: int) -> torch.Tensor:
+    """Network input as the coder builds it, with a random subset of residuals known (a mid-coding state)."""
+    from pixark.codec.msr import webpbase
+
+    xhat = webpbase.decode(webpbase.encode(x, 90), *x.shape[:2])
+    r = x.astype(np.int64) - xhat
+    known = np.random.default_rng(seed).random(x.shape[:2]) < known_frac
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float32))[None]  # noqa
+    return M.make_inputs(t(xhat), t(r), t(np.repeat(known[:, :, None], 3, 2).astype(np.float32)), 90)
+
+
+@pytest.mark.parametrize("i,frac", [(0, 0.0), (1, 0.3), (2, 0.9)])
+def test_fast_path_equals_integer_reference(net, i, frac, threads):
+    inp = mid_coding_inputs(dev_photo(i, 64, 80), frac, i)
+    for n in (1, 2):
+        threads(n)
+        fast = net(inp).numpy()
+        assert np.array_equal(fast, net.reference(inp.numpy().astype(np.int64))), f"{n} threads"
+
+
+def test_every_layer_fast_path_equals_reference(net):
+    a = mid_coding_inputs(dev_photo(3, 48, 48), 0.5, 3)
+    for name in M.IntNet.names(net.p)[:2]:  # conv_in (49 inputs) and a 3x3 block conv
+        layer = net.layers[name]
+        if a.shape[1] != layer.w.shape[1]:
+            a = torch.from_numpy(np.random.default_rng(0).integers(0, 128, (1, layer.w.shape[1], 24, 24)).astype(np.float32))
+        assert np.array_equal(layer.forward_torch(a).numpy(), layer.forward_numpy(a.numpy()))
+
+
+# ------------------------------------------------------------------------------------------------ round trips
+@pytest.mark.parametrize("i", [0, 5, 30])
+def test_dev_photo_round_trip_through_api(i):
+    x = dev_photo(i, 120, 152)
+    data = pc.encode(x, codec="msr", verify=True)
+    info = pc.info(data)
+    assert info["codec"] == "msr" and info["params"]["T"] == 4 and len(info["model_id"]) == 64
+    assert np.array_equal(pc.decode(data).pixels, x)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 2), (3, 5), (17, 33), (31, 2)])
+def test_odd_and_tiny_sizes(net, shape):
+    rng = np.random.default_rng(sum(shape))
+    smooth = (np.add.outer(np.arange(shape[0]), np.arange(shape[1])) * 7 % 256)[:, :, None] + np.array([0, 40, 90])
+    for x in (rng.integers(0, 256, shape + (3,)).astype(np.uint8), (smooth % 256).astype(np.uint8)):
+        for T in (1, 3):
+            assert np.array_equal(coder.decode(coder.encode(x, net, 90, 5, T), net), x)
+
+
+@pytest.mark.parametrize("k,q", [(4, 60), (6, 100), (5, 0)])
+def test_other_k_and_q(net, k, q):
+    x = dev_photo(7, 40, 56)
+    assert np.array_equal(coder.decode(coder.encode(x, net, q, k, 2), net), x)
+
+
+def test_escape_heavy_noise_round_trips(net):
+    x = np.random.default_rng(5).integers(0, 256, (24, 40, 3)).astype(np.uint8)
+    x[::2] = 0
+    x[:, ::3] = 255  # large residuals everywhere: many MSB runs and escapes
+    for k in (4, 5, 6):
+        assert np.array_equal(coder.decode(coder.encode(x, net, 30, k, 5), net), x)
+
+
+def test_more_iterations_than_pixels(net):
+    x = dev_photo(2, 3, 4)
+    assert np.array_equal(coder.decode(coder.encode(x, net, 90, 5, 40), net), x)
+
+
+# ------------------------------------------------------------------------------------------------ determinism
+def test_stream_independent_of_threads_and_tiles(net, threads):
+    x = dev_photo(4, 72, 104)
+    threads(1)
+    ref = coder.encode(x, net, 90, 5, 3)
+    for n, band, batch in [(2, 32, 4), (1, 1, 1), (2, 3, 2), (2, 7, 16), (1, 1000, 1)]:
+        threads(n)
+        assert coder.encode(x, net, 90, 5, 3, band=band, batch=batch) == ref, (n, band, batch)
+        assert np.array_equal(coder.decode(ref, net, band=band, batch=batch), x), (n, band, batch)
+
+
+def test_decode_in_another_process_with_other_settings(tmp_path):
+    x = dev_photo(6, 64, 88)
+    data = pc.encode(x, codec="msr:T=3")
+    (tmp_path / "s.pxk").write_bytes(data)
+    script = (
+        "import sys, torch, pixark.codec as pc\n"
+        "from pixark.codec.msr import coder, weights\n"
+        "torch.set_num_threads(2)\n"
+        "coder.DEFAULT_BAND, coder.DEFAULT_BATCH = 2, 3\n"
+        "img = pc.decode(open(sys.argv[1], 'rb').read())\n"
+        "print(pc.pixel_sha256(img.pixels))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s.pxk")], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert out.stdout.strip() == pc.pixel_sha256(x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: GPU decode of a CPU-encoded stream")
+def test_gpu_decode_of_cpu_stream(net):
+    x = dev_photo(8, 96, 96)
+    data = coder.encode(x, net, 90, 5, 4)
+    gnet = W.on_device(net, "cuda")
+    assert np.array_equal(coder.decode(data, gnet, device="cuda"), x)
+    assert coder.encode(x, gnet, 90, 5, 4, device="cuda") == data
+
+
+# ------------------------------------------------------------------------------------------------ golden
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_MANIFEST = GOLDEN / "msr-golden.json"
+
+
+def _golden():
+    return json.loads(GOLDEN_MANIFEST.read_text()) if GOLDEN_MANIFEST.exists() else {}
+
+
+@pytest.mark.parametrize("name", sorted(_golden()))
+def test_golden_msr_stream_decodes(name):
+    exp = _golden()[name]
+    data = (GOLDEN / name).read_bytes()
+    import hashlib
+
+    assert hashlib.sha256(data).hexdigest() == exp["stream_sha256"]
+    assert pc.pixel_sha256(pc.decode(data).pixels) == exp["pixel_sha256"]
+
+
+@pytest.mark.parametrize("name", sorted(_golden()))
+def test_golden_msr_stream_reencodes_identically(name):
+    """Same pixels and parameters give the same bytes (the WebP encoder is part of this: skip if libwebp differs)."""
+    import imagecodecs
+
+    exp = _golden()[name]
+    if exp.get("libwebp") != imagecodecs.webp_version():
+        pytest.skip(f"golden stream made with {exp.get('libwebp')}, this libwebp is {imagecodecs.webp_version()}")
+    data = (GOLDEN / name).read_bytes()
+    img = pc.decode(data)
+    p = pc.info(data)["params"]
+    spec = "msr:" + ",".join(f"{k}={v}" for k, v in sorted(p.items()))
+    assert pc.encode(img.pixels, codec=spec) == data
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_changed_lossy_base_is_refused(net):
+    x = dev_photo(9, 32, 32)
+    payload = bytearray(coder.encode(x, net, 90, 5, 2))
+    payload[coder._HEAD.size] ^= 1  # first byte of the stored X̂ hash
+    with pytest.raises(CorruptStream, match="lossy base"):
+        coder.decode(bytes(payload), net)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 20, 60])
+def test_truncated_payload_is_corrupt(net, cut):
+    payload = coder.encode(dev_photo(1, 24, 24), net, 90, 5, 2)
+    with pytest.raises(CorruptStream):
+        coder.decode(payload[:cut], net)
+
+
+def test_container_damage_is_caught():
+    data = bytearray(pc.encode(dev_photo(0, 32, 40), codec="msr"))
+    data[-40] ^= 0x10
+    with pytest.raises(CorruptStream):
+        pc.decode(bytes(data))
+
+
+def test_quality_auto_keeps_smallest():
+    x = dev_photo(10, 64, 64)
+    auto = pc.encode(x, codec="msr:q=auto,T=2")
+    q = pc.info(auto)["params"]["q"]
+    assert q in msr.Q_AUTO
+    sizes = [len(pc.encode(x, codec=f"msr:q={qq},T=2")) for qq in msr.Q_AUTO]
+    assert len(auto) == min(sizes)
+    assert np.array_equal(pc.decode(auto).pixels, x)
+
+
+@pytest.mark.parametrize("spec,msg", [("msr:k=3", "k must be"), ("msr:T=0", "T must be"), ("msr:q=101", "q must"),
+                                      ("msr:q=best", "q must"), ("msr:zz=1", "no parameter")])
+def test_bad_parameters_are_refused(spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        pc.encode(dev_photo(0, 8, 8), codec=spec)
+
+
+@pytest.mark.parametrize("arr", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8),
+                                 np.zeros((8, 8, 3), np.uint16)])
+def test_refuses_what_it_cannot_code(arr):
+    with pytest.raises(UnsupportedImage, match="8-bit RGB"):
+        pc.encode(arr, codec="msr")
+
+
+def test_describe_lists_profiles():
+    d = pc.get("msr").describe()
+    cpu = {p["name"]: p for p in d["profiles"]}["cpu"]
+    assert d["learned"] and d["available"] and cpu["weights"]
+    assert cpu["params"] == M.count_params(M.PROFILES["cpu"])
+
+
+def test_training_hooks_run_a_few_steps(tmp_path):
+    from pixark.jobs.train import train
+
+    data = DEV / "gb82"
+    if not data.is_dir():
+        pytest.skip(f"dev images not found under {DEV}")
+    s = train(codec="msr", profile="small", data=str(data), dev=None, out=str(tmp_path / "run"), steps=2, batch=2,
+              crop=64, threads=1, log=lambda m: None)
+    assert s["steps"] == 2 and os.path.exists(tmp_path / "run" / "checkpoint.pt")
