@@ -274,6 +274,9 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
     try:
         info["pool"] = W.wait_ready(actors, cfg.ready_timeout)
         events.workers_ready(info["pool"])
+        for err_text in sorted({p["warmup_error"] for p in info["pool"] if p["warmup_error"]}):
+            events.message(f"warning: codec {cfg.codec!r} failed its warm-up on a worker ({err_text}); images it "
+                           "cannot code are stored as original bytes and marked failed")
         queue = [(si, bi, b) for si, s in enumerate(todo)
                  for bi, b in enumerate(_batches(s, cfg.batch_bytes, cfg.batch_items))]
         n_batches = {}

@@ -119,6 +119,7 @@ def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, v
         damage = damage_reason(img, data)
         if damage:
             row.update(status="failed", error=damage)
+            row["format"] = row["format"] or next((f for m, f, _ in _FORMATS_BY_MAGIC if data.startswith(m)), "")
         else:
             reason = img.reason or ""
             # Pillow's own message names a BytesIO address: not worth keeping, and it would differ run to run.

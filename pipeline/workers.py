@@ -75,13 +75,16 @@ class CodecWorker:
         self.device = f"cuda:{gpu_ids[0]}" if gpu_ids else "cpu"
         # Load the codec (and any model weights) now, once per process, not on the first image.
         rng = np.random.default_rng(0)
+        self.warmup_error = ""
         try:
             pc.encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), codec)
         except pc.CodecError:
             pass  # a forced codec that cannot take RGB: it still loaded
+        except Exception as exc:  # a codec bug: each image then fails on its own and is stored as original bytes
+            self.warmup_error = f"{type(exc).__name__}: {exc}"
 
     def ping(self) -> dict:
-        return {"worker": self.worker, "device": self.device, "pid": os.getpid()}
+        return {"worker": self.worker, "device": self.device, "pid": os.getpid(), "warmup_error": self.warmup_error}
 
     def code(self, items: list[tuple[str, str, str, int]]) -> list[tuple[dict, bytes | None]]:
         out = []
@@ -110,7 +113,11 @@ def wait_ready(actors: list, timeout: float) -> list[dict]:
         raise PipelineError(
             f"only {len(ready)} of {len(refs)} codec workers started within {timeout:.0f}s; cluster resources: "
             f"{ray.cluster_resources()}, available: {ray.available_resources()}. Use fewer --workers.")
-    return ray.get(refs)
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise PipelineError(f"codec workers failed to start: {first}") from exc
 
 
 def stop_pool(actors: list) -> None:

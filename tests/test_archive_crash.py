@@ -51,7 +51,7 @@ def test_kill9_of_the_whole_job_then_rerun_finishes_without_duplicates(ray_sessi
     dest = tmp_path / "archive"
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PIXARK_TEST_SLOW_SECONDS="0.25")
     cmd = [sys.executable, "-m", "pixark.jobs.cli", "archive", str(src), str(dest), "--shard-size", "12kB",
-           "--workers", "2"]
+           "--workers", "2", "--codec", "png"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         _wait_for(lambda: len(_parts(dest)) >= 1 or proc.poll() is not None, what="the first manifest part")
@@ -97,7 +97,8 @@ def test_worker_killed_mid_shard_is_restarted_and_its_batch_retried(ray_session,
     src, files = source
     dest = tmp_path / "archive"
     events = KillOnce()
-    cfg = ArchiveConfig(src=str(src), dest=str(dest), shard_size=12_000, workers=2, slow_seconds=0.2, batch_items=2)
+    cfg = ArchiveConfig(src=str(src), dest=str(dest), codec="png", shard_size=12_000, workers=2, slow_seconds=0.2,
+                        batch_items=2)
     s = run_archive(cfg, events)
     assert s["status"] == "complete" and events.killed
     rows = check_archive(LOCAL, str(dest), files)
@@ -109,10 +110,11 @@ def test_worker_killed_mid_shard_is_restarted_and_its_batch_retried(ray_session,
 def test_lost_worker_with_no_retries_left_is_a_clear_failure_and_rerun_finishes(ray_session, source, tmp_path):
     src, files = source
     dest = tmp_path / "archive"
-    cfg = ArchiveConfig(src=str(src), dest=str(dest), shard_size=12_000, workers=1, slow_seconds=0.2, max_restarts=0)
+    cfg = ArchiveConfig(src=str(src), dest=str(dest), codec="png", shard_size=12_000, workers=1, slow_seconds=0.2,
+                        max_restarts=0)
     with pytest.raises(WorkerLost, match="retry budget.*rerun the same command"):
         run_archive(cfg, KillOnce())
     assert not (dest / "archive.json").exists()
-    s = run_archive(ArchiveConfig(src=str(src), dest=str(dest), shard_size=12_000, workers=2))
+    s = run_archive(ArchiveConfig(src=str(src), dest=str(dest), codec="png", shard_size=12_000, workers=2))
     assert s["status"] in ("complete", "resumed")
     check_archive(LOCAL, str(dest), files)
