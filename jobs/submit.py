@@ -195,6 +195,43 @@ def redact(runtime_env: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     return out
 
 
+def check_job_args(job: str, args: List[str]) -> None:
+    """Parse ARGS with this build's own `pixark JOB` before anything is sent, so a typo fails here in a second and
+    not on the cluster; and refuse local relative paths, which the job would resolve on the head node."""
+    import typer.main
+
+    from .cli import app as local_app
+
+    # Typer ships its own copy of click, so go by attributes rather than click's classes.
+    command = getattr(typer.main.get_command(local_app), "commands", {}).get(job)
+    if command is None:
+        raise fail(f"this pixark build has no `{job}` command, so a cluster running it would fail")
+    try:
+        ctx = command.make_context(job, list(args), resilient_parsing=False)
+    except Exception as exc:  # click's UsageError family (unknown option, missing argument), or Exit for --help
+        if hasattr(exc, "format_message"):
+            raise fail(f"pixark {job}: {exc.format_message()}")
+        raise fail(f"pixark submit {job}: these arguments do not make a job ({type(exc).__name__}); "
+                   f"see `pixark {job} --help`")
+    for param in command.params:
+        if getattr(param, "param_type_name", "") != "argument":
+            continue
+        values = ctx.params.get(param.name)
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if isinstance(value, str) and "://" not in value and not value.startswith("/"):
+                raise fail(f"{value!r} is a relative local path: on a cluster the job would look for it on the "
+                           "head node. Use a URL every node can reach (s3://...) or an absolute shared path")
+
+
+def empty_working_dir(parent: Path) -> Path:
+    """An almost empty working_dir for the job. Without one, Ray puts the driver's current directory first on every
+    worker's sys.path, and a pixark checkout there (where a node was started from) would shadow the shipped code."""
+    wd = parent / "job-cwd"
+    wd.mkdir()
+    (wd / "README").write_text("working directory of a `pixark submit` job; the code is in py_modules\n")
+    return wd
+
+
 def entrypoint_for(job: str, args: List[str]) -> str:
     if job == "exec":
         if not args:
@@ -302,11 +339,7 @@ def submit(
     if job not in JOB_CHOICES:
         raise fail(f"unknown job {job!r}: choose one of {', '.join(JOB_CHOICES)}")
     if job in PIXARK_JOBS:
-        from .cli import app as local_app  # the commands this build has are the ones the shipped code has
-
-        known = {(c.name or c.callback.__name__).replace("_", "-") for c in local_app.registered_commands}
-        if job not in known:
-            raise fail(f"this pixark build has no `{job}` command, so a cluster running it would fail")
+        check_job_args(job, args)
     env_vars = pass_through_env(dict(os.environ)) if pass_env else {}
     env_vars.update(parse_env_pairs(env))
     base = load_runtime_env(runtime_env)
@@ -318,6 +351,8 @@ def submit(
 
     with tempfile.TemporaryDirectory(prefix="pixark-ship-") as tmp:
         shipped = package_tree(Path(tmp)) if ship else None
+        if shipped is not None and not working_dir and "working_dir" not in base:
+            working_dir = str(empty_working_dir(Path(tmp)))
         renv = build_runtime_env(base, working_dir=working_dir, ship_package=shipped, env=env_vars)
         metadata = {"pixark_job": job, "pixark_version": pixark.__version__, "submitted_by": _user(),
                     "shipped_package": str(bool(ship)).lower()}
@@ -332,8 +367,9 @@ def submit(
 
     if no_wait:
         if json_out:
-            emit_json({"job_id": submission_id, "status": "PENDING", "address": normalize_address(address),
-                       "entrypoint": entrypoint})
+            raw = client.get_job_status(submission_id)
+            emit_json({"job_id": submission_id, "status": str(getattr(raw, "value", raw)),
+                       "address": normalize_address(address), "entrypoint": entrypoint})
         else:
             err.print(f"submitted {submission_id}; follow it with `pixark jobs logs {submission_id} --follow`",
                       highlight=False)
