@@ -1,0 +1,111 @@
+"""mspsm: multi-scale progressive statistical model, integer-exact (codec name ``mspsm``).
+
+Parameters: ``profile`` (network weights, see ``model.PROFILES``), ``tile`` (tile side in pixels; tiles are coded
+independently in one payload, which bounds memory) and ``tile_batch`` (tiles run through the network together;
+speed only, never changes the bitstream). Design and measurements: docs/MSPSM.md. Importing registers the codec.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from ..container import Header
+from ..errors import UnsupportedStream
+from ..image import DecodedImage
+from ..registry import Codec, Encoded, register
+from . import model as M
+from . import export as E
+
+_NETS: dict = {}
+_LOCK = threading.Lock()
+
+
+def load_profile(profile: str):
+    """(IntNet, model_id) for a profile with shipped weights; a clear error otherwise."""
+    if profile not in M.PROFILES:
+        raise ValueError(f"mspsm: unknown profile {profile!r}; profiles: {', '.join(M.PROFILES)}")
+    with _LOCK:
+        if profile not in _NETS:
+            path = E.weights_path(profile)
+            if not os.path.exists(path):
+                raise UnsupportedStream(
+                    f"mspsm profile {profile!r} has no shipped weights ({path} missing); train it with "
+                    f"`pixark train --codec mspsm --profile {profile}` or use a profile with weights: "
+                    f"{', '.join(shipped()) or 'none'}")
+            _NETS[profile] = E.load_intnet(path, profile)
+        return _NETS[profile]
+
+
+def shipped() -> list[str]:
+    return [n for n in M.PROFILES if os.path.exists(E.weights_path(n))]
+
+
+class MspsmCodec(Codec):
+    name = "mspsm"
+    version = 1
+    versions = (1,)
+    learned = True
+    summary = ("multi-scale progressive statistical model (learned, integer-exact network and tables); "
+               "8-bit RGB")
+    defaults = {"profile": M.DEFAULT_PROFILE, "tile": 512, "tile_batch": 2}
+
+    def supports(self, image: DecodedImage) -> str | None:
+        px = image.pixels
+        if px is None:
+            return image.reason or "no pixels"
+        if px.dtype != np.uint8 or px.ndim != 3 or px.shape[2] != 3:
+            return f"mspsm codes 8-bit RGB only (got {px.dtype} with shape {px.shape})"
+        return None
+
+    def available(self) -> bool:
+        return os.path.exists(E.weights_path(M.DEFAULT_PROFILE))
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["profiles"] = {n: {"params": M.count_params(p), "macs_per_pixel": round(M.macs_per_pixel(p)),
+                             "weights": os.path.exists(E.weights_path(n)),
+                             "coder": "yes" if p.mixtures == 1 else "training only (K>1 coder not written)",
+                             "note": p.note} for n, p in M.PROFILES.items()}
+        return d
+
+    def _check(self, params: dict) -> dict:
+        p = self.params(params)
+        try:
+            p["tile"], p["tile_batch"] = int(p["tile"]), int(p["tile_batch"])
+        except (TypeError, ValueError):
+            raise ValueError(f"mspsm: tile and tile_batch must be integers, got {p['tile']!r}, {p['tile_batch']!r}") from None
+        if not 16 <= p["tile"] <= 4096:
+            raise ValueError(f"mspsm: tile must be 16..4096, got {p['tile']}")
+        if not 1 <= p["tile_batch"] <= 64:
+            raise ValueError(f"mspsm: tile_batch must be 1..64, got {p['tile_batch']}")
+        return p
+
+    def encode(self, image: DecodedImage, **params) -> Encoded:
+        from . import coder
+
+        p = self._check(params)
+        net, model_id = load_profile(p["profile"])
+        payload = coder.encode(net, image.pixels, tile=p["tile"], tile_batch=p["tile_batch"])
+        return Encoded(payload=payload, params={"profile": p["profile"], "tile": p["tile"]}, model_id=model_id)
+
+    def decode(self, payload: bytes, header: Header) -> np.ndarray:
+        from . import coder
+
+        profile = header.params.get("profile", M.DEFAULT_PROFILE)
+        net, model_id = load_profile(profile)
+        if header.model_id and header.model_id != model_id:
+            raise UnsupportedStream(
+                f"mspsm stream was made with model {header.model_id[:12]}..., this build ships "
+                f"{model_id[:12]}... for profile {profile!r}; decode it with the pixark release that wrote it")
+        px = coder.decode(net, payload, tile_batch=self.defaults["tile_batch"])
+        if px.shape[:2] != (header.height, header.width):
+            from ..errors import CorruptStream
+
+            raise CorruptStream("mspsm payload size does not match the container header")
+        return px
+
+
+register(MspsmCodec())

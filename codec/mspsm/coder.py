@@ -1,0 +1,219 @@
+"""MSPSM integer encoder/decoder (K = 1 profiles): tiles -> range-coded streams with the stored table bank.
+
+Payload layout (little endian):
+    b"MSPS" | u8 payload version (1) | u32 height | u32 width | u32 tile | u32 n_tiles | n_tiles x u32 length |
+    the tiles' range-coded streams, in raster order of tiles.
+Inside one tile's stream, in this order: the coarsest scale x^(M) with a uniform model (channel-major raster), then
+scales M-1 .. 0, groups in order, channels R, G, B; the subpixels of one (group, channel) are listed phase-major
+raster and coded in a stable sort by table index, one 1-D table call per distinct table (the decoder computes the
+same table indices before decoding, so the order is agreed).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import torch
+
+from ..entropy import Encoder, Decoder
+from ..errors import CorruptStream, UnsupportedStream
+from . import model as M
+
+MAGIC = b"MSPS"
+PAYLOAD_VERSION = 1
+UNIFORM = np.full(256, 256, np.int64)
+
+
+def tile_grid(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
+    return [(y, x, min(tile, h - y), min(tile, w - x)) for y in range(0, h, tile) for x in range(0, w, tile)]
+
+
+class _TileCoder:
+    """Per-tile entropy coding of one (group, channel): runs of equal table index."""
+
+    def __init__(self, freq: np.ndarray, enc: Encoder | None = None, dec: Decoder | None = None):
+        self.freq = freq.reshape(-1, 256)  # table index = sidx * 16 + f + 8
+        self.enc, self.dec = enc, dec
+
+    def encode(self, tbl: np.ndarray, sym: np.ndarray) -> None:
+        order = np.argsort(tbl, kind="stable")
+        ts, ss = tbl[order], sym[order]
+        cuts = np.flatnonzero(np.diff(ts)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [len(ts)]])
+        for a, b in zip(starts, ends):
+            if b > a:
+                self.enc.encode(ss[a:b], self.freq[ts[a]])
+
+    def decode(self, tbl: np.ndarray) -> np.ndarray:
+        order = np.argsort(tbl, kind="stable")
+        ts = tbl[order]
+        cuts = np.flatnonzero(np.diff(ts)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [len(ts)]])
+        out = np.empty(len(tbl), np.int64)
+        for a, b in zip(starts, ends):
+            if b > a:
+                out[order[a:b]] = self.dec.decode(self.freq[ts[a]], int(b - a))
+        return out
+
+
+def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, int], coders: list[_TileCoder],
+              check_reference: bool = False, stats: dict | None = None) -> np.ndarray:
+    """Code a batch of same-size tiles. Encoding: ``tiles`` (B,H,W,3) uint8. Decoding: ``tiles`` None and
+    ``shape`` = (B,H,W); returns the (B,H,W,3) uint8 pixels. ``check_reference`` also runs the pure-integer
+    numpy reference network at every stage and raises if it differs from the fast path."""
+    p = net.p
+    if p.mixtures != 1:
+        raise UnsupportedStream(f"profile {p.name!r} (K={p.mixtures} mixtures) has no integer coder yet")
+    bsz, H, W = shape
+    decoding = tiles is None
+    sizes = M.pyramid_sizes(H, W, p.scales)
+    dt = torch.float64
+    if not decoding:
+        x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(dt)
+        pyr = [x]
+        for _ in range(p.scales):
+            pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
+        top = pyr[-1]
+        for b in range(bsz):
+            coders[b].enc.encode(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
+    else:
+        hm, wm = sizes[-1]
+        top = torch.zeros(bsz, 3, hm, wm, dtype=dt)
+        for b in range(bsz):
+            top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float64))
+    cur = top
+    freq = coders[0].freq
+    z = None
+    for i in reversed(range(p.scales)):
+        h, w = sizes[i + 1]
+        if decoding:
+            X = torch.zeros(bsz, 3, 2 * h, 2 * w, dtype=dt)
+            X[:, :, 1::2, 1::2] = cur
+        else:
+            X = M.pad_even(pyr[i])
+        known = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=dt)
+        known[:, :, 1::2, 1::2] = 1
+        z = torch.zeros(bsz, p.context, h, w, dtype=dt) if z is None else \
+            z.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
+        gmap = M.group_map(p, i, h, w)
+        remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool)
+        for j in range(p.groups):
+            b16 = M.base16(X, known)
+            fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
+            inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
+                             torch.full((bsz, 1, h, w), 16.0 * i, dtype=dt), z * 2], dim=1)
+            P, z = net(inp)
+            if check_reference:
+                rp, rz = net.reference(inp.numpy().astype(np.int64))
+                if not (np.array_equal(rp, P.numpy().astype(np.int64)) and np.array_equal(rz, z.numpy().astype(np.int64))):
+                    raise AssertionError(f"fast path != integer reference at scale {i} group {j}")
+                if stats is not None:
+                    stats["reference_checks"] = stats.get("reference_checks", 0) + 1
+            logits, off, sidx, coup = M.split_params(P, 1)
+            if gmap is None:
+                sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
+            else:
+                sel = (gmap == j)[None].expand(bsz, 3, h, w)
+            remaining = remaining & ~sel
+            base = M.unknown_phases(b16)[:, :, :, None]  # (B,3ph,3col,1,h,w)
+            xt = M.unknown_phases(X)[:, :, :, None].clone()
+            seln = sel.numpy().reshape(bsz, -1)
+            e = []
+            for col in range(3):
+                mu = M.channel_mu16(col, base[:, :, col], off, coup, e, torch.floor)  # (B,3,1,h,w)
+                c = torch.floor((mu + 8) / 16)
+                f = mu - 16 * c
+                tbl = (sidx[:, :, col] * 16 + f + 8).reshape(bsz, -1).numpy().astype(np.int64)
+                cn = c.reshape(bsz, -1).numpy().astype(np.int64)
+                if decoding:
+                    xcol = np.zeros((bsz, cn.shape[1]), np.int64)
+                    for b in range(bsz):
+                        m = seln[b]
+                        d = coders[b].decode(tbl[b][m])
+                        xcol[b, m] = (cn[b][m] + d) & 255
+                    xv = torch.from_numpy(xcol.astype(np.float64)).reshape(bsz, 3, 1, h, w)
+                    xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
+                else:
+                    xn = xt[:, :, col].reshape(bsz, -1).numpy().astype(np.int64)
+                    for b in range(bsz):
+                        m = seln[b]
+                        coders[b].encode(tbl[b][m], (xn[b][m] - cn[b][m]) & 255)
+                    if stats is not None:
+                        fq = freq[tbl[seln], ((xn[seln] - cn[seln]) & 255)]
+                        stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(fq / 65536.0).sum())
+                e.append(16 * xt[:, :, col] - mu)
+            selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
+            for ph, (py, px) in enumerate(M.PHASES[:3]):
+                selk[:, 0, py::2, px::2] = sel[:, ph]
+                if decoding:
+                    X[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], xt[:, ph, :, 0], X[:, :, py::2, px::2])
+            known = torch.where(selk, torch.ones_like(known), known)
+        hi, wi = sizes[i]
+        cur = X[:, :, :hi, :wi]
+    if stats is not None and not decoding:
+        stats["bits"] = stats.get("bits", 0.0) + 8.0 * top.numel()
+    return cur.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def encode(net: M.IntNet, pixels: np.ndarray, tile: int = 512, tile_batch: int = 2,
+           check_reference: bool = False, stats: dict | None = None) -> bytes:
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError("mspsm codes HxWx3 uint8 pixels")
+    h, w = pixels.shape[:2]
+    if h < 1 or w < 1 or tile < 1:
+        raise ValueError("empty image or bad tile size")
+    grid = tile_grid(h, w, tile)
+    freq = M.tables()["freq"]
+    streams: list[bytes] = [b""] * len(grid)
+    for idxs in _batches(grid, tile_batch):
+        ty, tx, th, tw = grid[idxs[0]]
+        batch = np.stack([pixels[grid[k][0]:grid[k][0] + th, grid[k][1]:grid[k][1] + tw] for k in idxs])
+        coders = [_TileCoder(freq, enc=Encoder()) for _ in idxs]
+        run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats)
+        for k, cd in zip(idxs, coders):
+            streams[k] = cd.enc.finish()
+    head = MAGIC + struct.pack("<BIIII", PAYLOAD_VERSION, h, w, tile, len(grid))
+    return head + struct.pack(f"<{len(grid)}I", *[len(s) for s in streams]) + b"".join(streams)
+
+
+def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2) -> np.ndarray:
+    if len(payload) < 21 or payload[:4] != MAGIC:
+        raise CorruptStream("not an mspsm payload (bad magic)")
+    ver, h, w, tile, n = struct.unpack_from("<BIIII", payload, 4)
+    if ver != PAYLOAD_VERSION:
+        raise UnsupportedStream(f"mspsm payload version {ver} is not supported by this build (knows {PAYLOAD_VERSION})")
+    grid = tile_grid(h, w, tile) if h and w and tile else []
+    if len(grid) != n or n == 0:
+        raise CorruptStream("mspsm payload tile count does not match its size")
+    off = 21 + 4 * n
+    if len(payload) < off:
+        raise CorruptStream("mspsm payload truncated")
+    lens = struct.unpack_from(f"<{n}I", payload, 21)
+    if off + sum(lens) != len(payload):
+        raise CorruptStream("mspsm payload length does not match its tile table")
+    starts = np.concatenate([[off], off + np.cumsum(lens)])
+    freq = M.tables()["freq"]
+    out = np.zeros((h, w, 3), np.uint8)
+    for idxs in _batches(grid, tile_batch):
+        ty, tx, th, tw = grid[idxs[0]]
+        coders = [_TileCoder(freq, dec=Decoder(payload[starts[k]:starts[k + 1]])) for k in idxs]
+        px = run_tiles(net, None, (len(idxs), th, tw), coders)
+        for k, t in zip(idxs, px):
+            y, x = grid[k][:2]
+            out[y:y + th, x:x + tw] = t
+    return out
+
+
+def _batches(grid, tile_batch):
+    """Indices of same-size tiles, in raster order, at most tile_batch per batch."""
+    by_shape: dict = {}
+    for k, (_, _, th, tw) in enumerate(grid):
+        by_shape.setdefault((th, tw), []).append(k)
+    out = []
+    for ks in by_shape.values():
+        for a in range(0, len(ks), max(1, tile_batch)):
+            out.append(ks[a:a + max(1, tile_batch)])
+    return sorted(out)
