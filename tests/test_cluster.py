@@ -451,7 +451,8 @@ needs_cuda = pytest.mark.skipif(_cuda_devices() == 0, reason="no CUDA device on 
 @needs_cuda
 def test_gpu_archive_runs_one_worker_per_gpu(tmp_path):
     """A local Ray sees every GPU; `pixark archive` with no --workers starts one codec worker per GPU, each holding
-    its own device, and every row says which one coded it."""
+    its own device, and every row says which one coded it. (The row's device is the GPU Ray gave the worker; that
+    the codec's model then runs on it is the codec API's part, checked for msr by the next test.)"""
     from images import photos, png_bytes
     from PIL import Image
     import io
