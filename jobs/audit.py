@@ -38,8 +38,11 @@ def audit(
         show(report)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.2f}"
+def _size(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n} B"
 
 
 def _pct(x) -> str:
@@ -51,10 +54,10 @@ def show(r: dict) -> None:
 
     def table(title: str, groups: dict, first: str) -> Table:
         t = Table(title=title)
-        for col in (first, "images", "source MB", "archive MB", "ratio", "saved", "bpsp"):
+        for col in (first, "images", "source", "archive", "ratio", "saved", "bpsp"):
             t.add_column(col, justify="left" if col == first else "right")
         for name, g in groups.items():
-            t.add_row(name, str(g["images"]), _mb(g["source_bytes"]), _mb(g["compressed_bytes"]),
+            t.add_row(name, str(g["images"]), _size(g["source_bytes"]), _size(g["compressed_bytes"]),
                       "-" if g["ratio"] is None else f"{g['ratio']:.3f}", _pct(g["savings"]),
                       "-" if g["bpsp"] is None else f"{g['bpsp']:.3f}")
         return t

@@ -116,3 +116,32 @@ def task_options(ray, *filesystems) -> dict:
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                      soft=False)
     return opts
+
+
+def is_learned(codec: str | None) -> bool:
+    """Records of learned codecs decode orders of magnitude slower than classical ones (seconds, not milliseconds)."""
+    from pixark import codec as pc
+
+    try:
+        return bool(codec) and pc.get(codec).learned
+    except pc.CodecError:  # unknown codec: the decoder will say so; cost it like a classical one
+        return False
+
+
+def batches(rows: list[dict], max_records: int) -> list[list[dict]]:
+    """Rows of one shard -> task inputs in offset order (so adjacent records share a ranged read): up to
+    ``max_records`` classical records per task, but one task per learned-codec record so slow decodes spread over
+    every worker instead of queueing behind each other in one task."""
+    out: list[list[dict]] = []
+    current: list[dict] = []
+    for r in sorted(rows, key=lambda r: r["offset"]):
+        if is_learned(r.get("codec")):
+            out.append([r])
+            continue
+        current.append(r)
+        if len(current) == max_records:
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return out

@@ -173,7 +173,9 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     by_shard: dict[str, list[dict]] = {}
     for r in todo:
         by_shard.setdefault(r["shard"], []).append(r)
-    if total <= local_limit:
+    # Ray's start-up costs seconds: small restores of classical records run here; anything with learned-codec
+    # records (seconds per decode) or many records is spread over the Ray workers.
+    if total <= local_limit and not any(catalog.is_learned(r.get("codec")) for r in todo):
         for shard, mine in sorted(by_shard.items()):
             out = restore_records(arc.fs, arc.shard_path(shard), mine, dest_fs, dest_root, format)
             results += out
@@ -190,9 +192,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         task = ray.remote(**catalog.task_options(ray, arc.fs, dest_fs))(restore_records)
         pending = {}
         for shard, mine in sorted(by_shard.items()):
-            mine.sort(key=lambda r: r["offset"])
-            for i in range(0, len(mine), RUN_RECORDS):
-                batch = mine[i:i + RUN_RECORDS]
+            for batch in catalog.batches(mine, RUN_RECORDS):
                 pending[task.remote(arc.fs, arc.shard_path(shard), batch, dest_fs, dest_root, format)] = len(batch)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -52,8 +52,8 @@ REPORT_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("status", pa.string()), ("detail", pa.string()),
     ("shard", pa.string()), ("offset", pa.int64()),
 ])
-_COLUMNS = ["image_id", "source_url", "source_sha256", "pixel_sha256", "shard", "offset", "length", "record_crc32c",
-            "status", "error"]
+_COLUMNS = ["image_id", "source_url", "source_sha256", "pixel_sha256", "codec", "shard", "offset", "length",
+            "record_crc32c", "status", "error"]
 MAX_LISTED = 100  # mismatching records repeated in the summary (all of them are in records.parquet)
 RUN_BYTES = 16 << 20  # one ranged read per run of adjacent records, at most this much
 RUN_RECORDS = 64  # and at most this many records per task, so progress moves and work spreads
@@ -295,7 +295,7 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         pending[ref] = 0
     for name in shard_names:
         mine = [r for r in sampled if r["shard"] == name]
-        for run in _batches(mine):
+        for run in catalog.batches(mine, RUN_RECORDS):
             pending[record_task.remote(arc.fs, arc.shard_path(name), run, against_source, source_options)] = len(run)
     done, total = 0, len(sampled)
     flagged: dict[tuple, dict] = {}  # (shard, offset) -> structural result that outranks a record's own check
@@ -357,12 +357,6 @@ def _choose(rows: list[dict], sample, seed: int | None) -> list[dict]:
     if n >= len(rows):
         return rows
     return random.Random(seed).sample(rows, n)
-
-
-def _batches(rows: list[dict]) -> list[list[dict]]:
-    """Rows of one shard -> task inputs of up to RUN_RECORDS rows, kept in offset order so runs coalesce."""
-    rows = sorted(rows, key=lambda r: r["offset"])
-    return [rows[i:i + RUN_RECORDS] for i in range(0, len(rows), RUN_RECORDS)]
 
 
 def _write_report(arc: catalog.Archive, results: list[dict], summary: dict) -> dict:
