@@ -341,6 +341,13 @@ def test_no_wait_list_status_stop(cluster):
                    "pixark-test-sleeper", "--", "true")
     assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
+    # Waiting is bounded by --timeout: exit 2, the job still running and said so.
+    waited = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--job-id", "pixark-test-waiter",
+                    "--timeout", "2", "--no-logs", "--json", "--", "python", "-c", "import time; time.sleep(300)")
+    assert waited.returncode == 2 and "keeps running" in waited.stderr, waited.stderr
+    assert json.loads(waited.stdout)["status"] in ("PENDING", "RUNNING")
+    assert pixark("jobs", "stop", "pixark-test-waiter", "--no-wait", "--address", cluster.dashboard).returncode == 0
+
     stopped = pixark("jobs", "stop", "pixark-test-sleeper", "--address", cluster.dashboard, "--json")
     assert stopped.returncode == 0, stopped.stderr
     assert json.loads(stopped.stdout)["status"] == "STOPPED"
