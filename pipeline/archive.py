@@ -156,7 +156,9 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
     skip = (dest_root,) if same_fs else ()
 
     if cfg.overwrite:
-        store.remove_tree(dest_fs, dest_root)
+        # Only what an archive consists of (and reports about it): DEST may hold other things the user keeps.
+        for name in ("archive.json", "manifests", PLAN_DIR, "shards", "verify", store.TMP_DIR):
+            store.remove_tree(dest_fs, posixpath.join(dest_root, name))
     store.remove_stale_parts(dest_fs, dest_root)
     meta = _read_archive_json(dest_fs, dest_root)
     plans = _read_plans(dest_fs, dest_root)

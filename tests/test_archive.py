@@ -28,6 +28,10 @@ def source(tmp_path, dev_images):
     return tmp_path / "src", files
 
 
+def s_meta(dest):
+    return json.loads((dest / "archive.json").read_text())
+
+
 # ------------------------------------------------------------------------------------------------ planning
 def test_listing_and_plan_are_deterministic_and_filter(source, tmp_path):
     src, files = source
@@ -110,8 +114,11 @@ def test_extend_adds_only_new_objects_and_overwrite_restarts(ray_session, source
     (dest / "archive.json").unlink()
     with pytest.raises(ArchiveConflict, match="another configuration"):
         archive(str(src), str(dest), shard_size="2MB", include=["*.png"], exclude=["broken/*"])
+    (dest / "my notes.txt").write_text("the user's, not the archive's")
     s = archive(str(src), str(dest), codec="png", shard_size="2MB", overwrite=True)
     assert s["status"] == "complete" and s["images"] == len(files) + 1
+    assert (dest / "my notes.txt").exists()  # --overwrite removes the archive, nothing else
+    assert sorted(p.name for p in (dest / "shards").iterdir()) == [x["name"] for x in s_meta(dest)["shards"]]
     files = dict(files, **{"new dir/late.png": kept["new dir/late.png"]})
     rows = check_archive(LOCAL, str(dest), files)
     assert {r["codec"] for r in rows if r["pixel_sha256"]} <= {"png", "store"}
