@@ -42,6 +42,15 @@ def output_name(row: dict, format: str) -> str:
     return name
 
 
+def output_names(rows: list[dict], format: str) -> dict[str, str]:
+    """image_id -> relative output path, unique: when --format png would map two images to one name (a.gif and
+    a.png, or a.gif and a.bmp), the renamed ones keep their old suffix (a.gif.png)."""
+    ids = {r["image_id"] for r in rows}
+    wanted = {r["image_id"]: output_name(r, format) for r in rows}
+    uses = Counter(wanted.values())
+    return {i: i + ".png" if name != i and (name in ids or uses[name] > 1) else name for i, name in wanted.items()}
+
+
 def safe_relative(image_id: str) -> bool:
     """An image_id must stay inside DEST: no absolute paths, no '..' components (a damaged or hostile manifest)."""
     parts = image_id.split("/")
@@ -150,6 +159,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     dest_fs, dest_root = fsspec.core.url_to_fs(dest_url, **(dest_options or {}))
     dest_root = dest_root.rstrip("/")
 
+    names = output_names(chosen, format)
     results: list[dict] = []
     todo: list[dict] = []
     existing = _existing(dest_fs, dest_root)
@@ -160,7 +170,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         if not safe_relative(r["image_id"]):
             results.append(_res(r, "error", "image_id is not a safe relative path; not written"))
             continue
-        r = {**r, "name": output_name(r, format)}
+        r = {**r, "name": names[r["image_id"]]}
         size = existing.get(posixpath.join(dest_root, r["name"]))
         if size is not None and _complete(dest_fs, dest_root, r, size, format, check_existing):
             results.append(_res(r, "skipped", "already restored"))

@@ -267,6 +267,8 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
             results.append(_result(r, NO_RECORD, "status ok but the manifest gives no record (offset is null)"))
         else:
             results.append(_result(r, ARCHIVE_FAILED, r.get("error") or "no record"))
+    if sample is not None and seed is None:
+        seed = random.SystemRandom().randrange(1 << 31)  # reported in the summary, so the sample can be re-run
     sampled = _choose(to_check, sample, seed)
     touched = [arc.fs]
     if against_source and rows:

@@ -15,7 +15,7 @@ from fsspec.implementations.local import LocalFileSystem
 from archive_helpers import odd_source, write_tree
 from pixark import codec as pc
 from pixark.jobs.archive import archive
-from pixark.pipeline.restore import RestoreError, output_name, restore, safe_relative
+from pixark.pipeline.restore import RestoreError, output_name, output_names, restore, safe_relative
 
 pytestmark = pytest.mark.ray
 
@@ -106,6 +106,11 @@ def test_select_by_glob_and_ids_and_png_format(made, tmp_path):
     ids.write_text("\n", encoding="utf-8")
     with pytest.raises(RestoreError, match="names no image ids"):
         restore(str(arc), str(tmp_path / "x"), ids=str(ids))
+    rows = [{"image_id": i, "pixel_sha256": h} for i, h in
+            (("a.gif", "1"), ("a.png", "2"), ("b.bmp", "3"), ("b.tga", "4"), ("c.bmp", "5"), ("d.jpg", None))]
+    assert output_names(rows, "png") == {"a.gif": "a.gif.png", "a.png": "a.png", "b.bmp": "b.bmp.png",
+                                         "b.tga": "b.tga.png", "c.bmp": "c.png", "d.jpg": "d.jpg"}
+    assert output_names(rows, "original") == {r["image_id"]: r["image_id"] for r in rows}
     assert safe_relative("a/b.png") and not safe_relative("../etc/passwd") and not safe_relative("/abs.png")
 
 

@@ -168,6 +168,9 @@ def test_sample_and_against_source(arc, made):
     assert len(report_of(arc)) == 3
     s = verify(str(arc), sample="0.5")
     assert s["records_checked"] == round(len(files) / 2)
+    first = set(report_of(arc))
+    verify(str(arc), sample="0.5", seed=s["sample"]["seed"])  # the reported seed reproduces the sample
+    assert set(report_of(arc)) == first
     assert parse_sample("10") == 10 and parse_sample("0.25") == 0.25 and parse_sample(None) is None
     for wrong in ("0", "1.5", "-3", "some"):
         with pytest.raises(ValueError, match="sample"):
