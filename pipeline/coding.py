@@ -3,7 +3,8 @@
 Policy (docs/FORMAT.md, "Manifests", status rules):
 - unreadable object -> status failed, error, no record;
 - pixels decoded -> the configured codec (default ``auto``), self-checked when ``verify``; if the codec fails, the
-  original bytes are stored and the row is failed with the codec's error;
+  original bytes are stored and the row is failed with the codec's error; a forced codec whose stream is not
+  smaller than the file gives way to storing the file (invariant: never larger than storing it);
 - no pixels (JPEG, TIFF, animation, not an image, empty) -> stored as original bytes (codec ``store``), status ok
   with a note; but a file that looks like an image and does not decode is failed (its bytes are still stored).
 
@@ -133,6 +134,12 @@ def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, v
                 row["note"] = reason
     if record is None:
         record = pc.encode(img, "store")
+    elif codec.partition(":")[0] != "auto":
+        # `auto` already never exceeds storing the file; a forced codec can. Nothing grows in the archive.
+        stored = pc.encode(img, "store")
+        if len(stored) <= len(record):
+            row["note"] = f"{codec} output ({len(record)} bytes) is not smaller than the file: kept as original bytes"
+            record = stored
     head = pc.info(record)
     subpixels = (row.get("width") or 0) * (row.get("height") or 0) * (row.get("channels") or 0)
     row.update(codec=head["codec"], codec_params=json.dumps(head["params"], sort_keys=True), model_id=head["model_id"],
