@@ -96,6 +96,8 @@ def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str)
             blob, how = img.to_file(format), format
     except pc.CodecError as exc:
         return _res(row, "error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # an unforeseen decoder or writer failure is this record's error, not the job's
+        return _res(row, "error", f"{type(exc).__name__}: {exc}")
     if img.pixels is None and row.get("source_sha256") and hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
         return _res(row, "error", "stored bytes do not match the manifest's source_sha256")
     path = posixpath.join(dest_root, row["name"])
@@ -203,12 +205,16 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         pending = {}
         for shard, mine in sorted(by_shard.items()):
             for batch in catalog.batches(mine, RUN_RECORDS):
-                pending[task.remote(arc.fs, arc.shard_path(shard), batch, dest_fs, dest_root, format)] = len(batch)
+                pending[task.remote(arc.fs, arc.shard_path(shard), batch, dest_fs, dest_root, format)] = batch
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            n = pending.pop(ready[0])
-            results += ray.get(ready[0])
-            done += n
+            batch = pending.pop(ready[0])
+            try:
+                results += ray.get(ready[0])
+            except Exception as exc:  # the task died after Ray's retries; a rerun resumes these
+                why = f"restore task failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+                results += [_res(r, "error", why) for r in batch]
+            done += len(batch)
             if progress:
                 progress(done, total)
 

@@ -45,8 +45,9 @@ MISSING_ROW = "missing_manifest_row"  # a record in a shard's index with no mani
 DUPLICATE = "duplicate_row"  # an image_id listed more than once
 NO_RECORD = "no_record"  # a row with status ok that points at no record
 SOURCE = "source_mismatch"  # with against_source: the source object changed, vanished, or decodes differently
+NOT_VERIFIED = "not_verified"  # the task checking this record died (worker lost, out of memory) after Ray's retries
 NOT_OK = {SHARD_MISSING, TRUNCATED, CHECKSUM, CORRUPT, UNSUPPORTED, PIXELS, NOT_IN_INDEX, MISSING_ROW, DUPLICATE,
-          NO_RECORD, SOURCE}
+          NO_RECORD, SOURCE, NOT_VERIFIED}
 
 REPORT_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("status", pa.string()), ("detail", pa.string()),
@@ -91,6 +92,8 @@ def check_record(row: dict, data: bytes, against_source: bool = False, source_op
         return _result(row, UNSUPPORTED, str(exc))
     except pc.CodecError as exc:
         return _result(row, CORRUPT, str(exc))
+    except Exception as exc:  # a decoder failing in a way nobody foresaw is still a finding, not a crashed job
+        return _result(row, CORRUPT, f"decoder raised {type(exc).__name__}: {exc}")
     if img.pixels is not None:
         got = pc.pixel_sha256(img.pixels)
         if row.get("pixel_sha256") and got != row["pixel_sha256"]:
@@ -294,21 +297,27 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         with_record = [r for r in by_shard.get(name, []) if r.get("offset") is not None]
         ref = shard_task.remote(arc.fs, arc.shard_path(name), with_record, info.get("bytes"), info.get("sha256"),
                                 sample is None)
-        pending[ref] = 0
+        pending[ref] = (name, None)
     for name in shard_names:
         mine = [r for r in sampled if r["shard"] == name]
         for run in catalog.batches(mine, RUN_RECORDS):
-            pending[record_task.remote(arc.fs, arc.shard_path(name), run, against_source, source_options)] = len(run)
+            ref = record_task.remote(arc.fs, arc.shard_path(name), run, against_source, source_options)
+            pending[ref] = (name, run)
     done, total = 0, len(sampled)
     flagged: dict[tuple, dict] = {}  # (shard, offset) -> structural result that outranks a record's own check
     checked: list[dict] = []
+    shard_problems: dict[str, list[str]] = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
-        ref = ready[0]
-        n = pending.pop(ref)
-        out = ray.get(ref)
-        if isinstance(out, dict):
-            problems += out["problems"]
+        name, run = pending.pop(ready[0])
+        try:
+            out = ray.get(ready[0])
+        except Exception as exc:  # the task died after Ray's retries: say what could not be checked, go on
+            why = f"verification task failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+            out = {"problems": [f"shard {name}: {why}"], "results": []} if run is None else \
+                [_result(r, NOT_VERIFIED, why) for r in run]
+        if run is None:
+            shard_problems[name] = out["problems"]
             for res in out["results"]:
                 if res["status"] == MISSING_ROW:
                     results.append(res)
@@ -316,9 +325,10 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
                     flagged[(res["shard"], res["offset"])] = res
         else:
             checked += out
-            done += n
+            done += len(run)
             if progress:
                 progress(done, total)
+    problems += [p for name in sorted(shard_problems) for p in shard_problems[name]]
     for res in checked:
         # A row the index contradicts is reported as such even if its bytes happened to decode.
         res = flagged.pop((res["shard"], res["offset"]), res)

@@ -152,6 +152,30 @@ def test_row_the_index_contradicts(arc):
     assert bad(s) == {"made/up.png": "not_in_shard_index", real_id: "missing_manifest_row"}
 
 
+def test_damage_behind_a_matching_checksum_is_still_caught(arc):
+    """Record CRCs are not the last line: a damaged record whose manifest CRC matches (damage before it was
+    checksummed) fails the container's own checks, and pixels that differ from the manifest's hash are reported."""
+    import crc32c
+    import pyarrow as pa
+
+    part = sorted((arc / "manifests").glob("*.parquet"))[0]
+    t = pq.read_table(part)
+    rows = t.to_pylist()
+    a, b = [r for r in rows if r["offset"] is not None and r["pixel_sha256"]][:2]
+    shard = arc / "shards" / a["shard"]
+    data = bytearray(shard.read_bytes())
+    data[a["offset"] + a["length"] - 8] ^= 0x10
+    shard.write_bytes(bytes(data))
+    a["record_crc32c"] = crc32c.crc32c(bytes(data[a["offset"]:a["offset"] + a["length"]]))
+    b["pixel_sha256"] = "0" * 64
+    pq.write_table(pa.Table.from_pylist(rows, schema=t.schema), part)
+
+    s = verify(str(arc))
+    assert bad(s) == {a["image_id"]: "corrupt_stream", b["image_id"]: "pixel_mismatch"}
+    rep = report_of(arc)
+    assert "checksum" in rep[a["image_id"]]["detail"] and "manifest" in rep[b["image_id"]]["detail"]
+
+
 def test_missing_archive_json_and_not_an_archive(arc, tmp_path):
     (arc / "archive.json").unlink()
     s = verify(str(arc))
