@@ -48,10 +48,13 @@ def list_jobs(
     from rich.table import Table
 
     table = Table(title=f"jobs on {normalize_address(address)}")
-    for col in ("job id", "status", "started (UTC)", "entrypoint"):
-        table.add_column(col)
+    # Ids are what users copy into `pixark jobs logs/stop`: never cut them; the entrypoint wraps instead.
+    table.add_column("job id", no_wrap=True, min_width=max([6] + [len(r["job_id"]) for r in rows]))
+    table.add_column("status", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("entrypoint", overflow="fold")
     for r in rows:
-        table.add_row(r["job_id"], r["status"], _when(r["start_time"]), r["entrypoint"])
+        table.add_row(r["job_id"], r["status"], _when(r["start_time"], "%m-%d %H:%M"), r["entrypoint"])
     err.print(table)
 
 
@@ -128,12 +131,12 @@ def stop(
         raise fail(f"job {job_id} still {final} after {timeout:g}s")
 
 
-def _when(ms: Optional[int]) -> str:
+def _when(ms: Optional[int], fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     if not ms:
         return "-"
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime(fmt)
 
 
 def register(app: typer.Typer) -> None:
