@@ -53,6 +53,11 @@ def image_tag() -> str:
     return f"pixark:0.1.0-ray{lock_pins()['ray']}-torch{a['TORCH_VERSION']}"
 
 
+def runs_our_image(ref: str) -> bool:
+    """The image built from infra/docker at the pinned versions, under any registry it was pushed to."""
+    return ref.rsplit("/", 1)[-1] == image_tag()
+
+
 def containers(pod_template: dict) -> list[dict]:
     return pod_template["spec"]["containers"]
 
@@ -98,6 +103,8 @@ def test_image_pins_what_the_tests_ran_with():
     import ray
 
     assert lock_pins()["ray"] == ray.__version__, "the image's Ray must match the Ray the tests ran with"
+    assert runs_our_image("123456789012.dkr.ecr.us-east-1.amazonaws.com/" + image_tag())
+    assert not runs_our_image("pixark:latest") and not runs_our_image(image_tag() + "-dirty")
 
 
 # ---------------------------------------------------------------------------------------------- cluster launcher
@@ -129,7 +136,7 @@ def test_launcher_config_has_gpu_workers_and_a_driver_only_head():
         assert t["max_workers"] >= 1 and t["min_workers"] == 0
         assert t["node_config"]["InstanceType"].startswith(("g4dn", "g5", "g6", "p3", "p4", "p5"))
     assert 0 < cfg["max_workers"] and all(t.get("max_workers", 0) <= cfg["max_workers"] for t in types.values())
-    assert cfg["docker"]["image"] == image_tag()
+    assert runs_our_image(cfg["docker"]["image"])
     head_cmd = " ".join(cfg["head_start_ray_commands"])
     assert "ray start --head" in head_cmd and "--num-cpus=0" in head_cmd and "--dashboard-host=0.0.0.0" in head_cmd
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_cmd
@@ -144,7 +151,7 @@ def check_ray_cluster_spec(spec: dict) -> None:
     head = spec["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0" and head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
     (head_c,) = containers(head["template"])
-    assert head_c["image"] == image_tag()
+    assert runs_our_image(head_c["image"])
     assert {p["containerPort"] for p in head_c["ports"]} >= {6379, 8265, 10001, 8080}
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
     gpu_groups = [g for g in groups.values()
@@ -153,7 +160,7 @@ def check_ray_cluster_spec(spec: dict) -> None:
     for g in groups.values():
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"] and g["maxReplicas"] >= 1
         (c,) = containers(g["template"])
-        assert c["image"] == image_tag()
+        assert runs_our_image(c["image"])
         # Kubernetes requires request == limit for extended resources such as GPUs; equal CPU/memory keeps the
         # pods in the Guaranteed QoS class, so Ray's view of the node is what it really gets.
         assert c["resources"]["requests"] == c["resources"]["limits"]
