@@ -6,13 +6,16 @@ Three measurements on the same images:
 2. the archive job with 1 worker, 3. with 2 (or --workers-list) workers, on a local Ray, into a scratch folder.
 For the archive runs, "steady" time runs from the moment the workers are ready (model loaded) to the last shard
 committed; "total" adds listing, planning, worker start-up and archive.json. Pipeline overhead = steady time of the
-1-worker run over the codec's own time, minus 1.
+1-worker run over the codec's own time, minus 1. "Workers busy coding" = the workers' own per-object time (the
+manifests' encode_seconds) over steady time x workers: the share of worker time not lost to scheduling, transfer
+and writing, a figure that other load on the machine does not distort the way wall-clock comparisons are.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +63,7 @@ def bench_pipeline(directory: str | None = None, codec: str = "auto", workers_li
     from pixark import codec as pc
     from pixark.pipeline import workers as W
     from pixark.pipeline.archive import ArchiveConfig, run_archive
+    from pixark.pipeline.manifest import read_manifests
     from pixark.pipeline.sources import parse_size
 
     src = Path(directory) if directory else default_images()
@@ -80,7 +84,12 @@ def bench_pipeline(directory: str | None = None, codec: str = "auto", workers_li
 
         # Each measurement is repeated, interleaved, and the best time kept: this box is shared, and the best of
         # several runs is the one least disturbed by other processes.
+        # The codec alone runs with the threads a worker gets: Ray gives a 1-CPU actor OMP_NUM_THREADS=1, and a
+        # multi-threaded torch in this process would measure thread contention, not the codec.
+        os.environ["OMP_NUM_THREADS"] = "1"
         pc.encode(staged[0].read_bytes(), codec)  # warm-up: loading a model is not coding
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
         best: dict[str, dict] = {}
 
         def keep(row: dict) -> None:
@@ -106,10 +115,12 @@ def bench_pipeline(directory: str | None = None, codec: str = "auto", workers_li
                     s = run_archive(ArchiveConfig(src=str(data_dir), dest=str(dest), codec=codec, workers=n,
                                                   verify=verify, shard_size=parse_size(shard_size)), clock.events)
                     total = time.perf_counter() - t
+                    coding = sum(v or 0 for v in read_manifests(str(dest)).column("encode_seconds").to_pylist())
                     shutil.rmtree(dest, ignore_errors=True)
+                    steady = clock.stopped - clock.ready
                     keep({"run": f"archive, {n} worker{'s' if n > 1 else ''}", "workers": n,
-                          "seconds": clock.stopped - clock.ready, "total_seconds": total,
-                          "out_bytes": s["compressed_bytes"]})
+                          "seconds": steady, "total_seconds": total, "out_bytes": s["compressed_bytes"],
+                          "worker_coding_seconds": coding, "worker_busy": coding / (steady * n)})
         finally:
             if started:
                 import ray
@@ -159,12 +170,14 @@ def bench_pipeline_cmd(
         return
     table = Table(title=f"pipeline throughput: {doc['images']} images, {doc['source_bytes'] / 1e6:.1f} MB, codec "
                         f"{doc['codec']}, {doc['cpus']} CPUs")
-    for col in ("run", "seconds (steady)", "seconds (total)", "images/s", "MB/s", "vs codec alone", "speedup vs 1 worker"):
+    for col in ("run", "seconds (steady)", "seconds (total)", "images/s", "MB/s", "vs codec alone", "speedup vs 1 worker",
+                "workers busy coding"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for r in doc["runs"]:
         table.add_row(r["run"], f"{r['seconds']:.2f}", f"{r['total_seconds']:.2f}", f"{r['images_per_s']:.2f}",
                       f"{r['mb_per_s']:.2f}", f"{r['vs_codec'] * 100:+.1f}%",
-                      f"{r['speedup_vs_1_worker']:.2f}x" if r["speedup_vs_1_worker"] else "")
+                      f"{r['speedup_vs_1_worker']:.2f}x" if r["speedup_vs_1_worker"] else "",
+                      f"{r['worker_busy'] * 100:.1f}%" if "worker_busy" in r else "")
     err.print(table)
     err.print(f"load average during the run: {' '.join(f'{x:.1f}' for x in doc['load_average'])} "
               "(other processes on this machine slow every row)", highlight=False)

@@ -279,8 +279,11 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
         for err_text in sorted({p["warmup_error"] for p in info["pool"] if p["warmup_error"]}):
             events.message(f"warning: codec {cfg.codec!r} failed its warm-up on a worker ({err_text}); images it "
                            "cannot code are stored as original bytes and marked failed")
+        # Small jobs get small batches, so that every worker has something to do (at least ~4 batches each).
+        n_items = sum(len(s.items) for s in todo)
+        per_batch = max(1, min(cfg.batch_items, -(-n_items // (4 * n))))
         queue = [(si, bi, b) for si, s in enumerate(todo)
-                 for bi, b in enumerate(_batches(s, cfg.batch_bytes, cfg.batch_items))]
+                 for bi, b in enumerate(_batches(s, cfg.batch_bytes, per_batch))]
         n_batches = {}
         for si, _, _ in queue:
             n_batches[si] = n_batches.get(si, 0) + 1
