@@ -28,7 +28,8 @@ def audit(
     if plot and not plot.lower().endswith(".png"):
         raise fail(f"--plot writes a PNG image; give a name ending in .png, not {plot!r}")
     try:
-        with err.status(f"auditing {archive}" + (f" (re-encoding {baseline_sample} images)" if baseline_sample else "")):
+        what = f" (re-encoding {baseline_sample} images)" if baseline_sample else ""
+        with err.status(f"auditing {archive}{what}"):
             report = run(archive, baseline_sample=baseline_sample, plot=plot)
     except (PipelineError, OSError, ValueError) as exc:
         raise fail(f"cannot audit {archive}: {exc}")

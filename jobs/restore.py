@@ -12,9 +12,10 @@ from .console import emit_json, err, fail
 def restore(
     archive: str = typer.Argument(..., help="archive URL (local path, s3://bucket/prefix, any fsspec URL)"),
     dest: str = typer.Argument(..., help="where to write the images (any fsspec URL); relative paths are kept"),
-    include: Optional[List[str]] = typer.Option(None, "--include", metavar="GLOB",
-                                                help="restore only image ids matching GLOB (repeatable; '*' crosses '/')"),
-    ids: Optional[str] = typer.Option(None, "--ids", metavar="FILE", help="restore only the image ids listed in FILE, one per line"),
+    include: Optional[List[str]] = typer.Option(
+        None, "--include", metavar="GLOB", help="restore only image ids matching GLOB (repeatable; '*' crosses '/')"),
+    ids: Optional[str] = typer.Option(
+        None, "--ids", metavar="FILE", help="restore only the image ids listed in FILE, one per line"),
     format: str = typer.Option("original", "--format", help="original (source format and metadata) or png"),
     check_existing: bool = typer.Option(False, "--check-existing",
                                         help="on resume, hash outputs already in DEST instead of trusting their size"),

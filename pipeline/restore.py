@@ -94,9 +94,7 @@ def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str)
             blob, how = img.to_file("original"), "original bytes (no pixels to write as PNG)"
         else:
             blob, how = img.to_file(format), format
-    except pc.CodecError as exc:
-        return _res(row, "error", f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # an unforeseen decoder or writer failure is this record's error, not the job's
+    except Exception as exc:  # CodecError, or a failure nobody foresaw: this record's error, not the job's
         return _res(row, "error", f"{type(exc).__name__}: {exc}")
     if img.pixels is None and row.get("source_sha256") and hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
         return _res(row, "error", "stored bytes do not match the manifest's source_sha256")
@@ -195,7 +193,6 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
             if progress:
                 progress(done, total)
     else:
-        
         import ray
 
         from .workers import connect

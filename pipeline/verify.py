@@ -82,8 +82,9 @@ def check_record(row: dict, data: bytes, against_source: bool = False, source_op
     import crc32c
 
     if len(data) < row["length"]:
-        return _result(row, TRUNCATED, f"record is bytes [{row['offset']}, {row['offset'] + row['length']}) of the shard "
-                                       f"but only {len(data)} of them exist: the shard is truncated")
+        end = row["offset"] + row["length"]
+        return _result(row, TRUNCATED, f"record is bytes [{row['offset']}, {end}) of the shard but only {len(data)} "
+                                       "of them exist: the shard is truncated")
     if row.get("record_crc32c") is not None and crc32c.crc32c(data) != row["record_crc32c"]:
         return _result(row, CHECKSUM, f"CRC32C {crc32c.crc32c(data):08x} != manifest {row['record_crc32c']:08x}")
     try:
