@@ -17,7 +17,7 @@ from . import model as M
 from . import weights as W
 from .webpbase import MAX_SIDE
 
-Q_AUTO = (80, 90, 95, 100)
+Q_AUTO = (85, 90, 95)
 
 
 class MsrCodec(Codec):

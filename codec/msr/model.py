@@ -33,7 +33,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.fastconv import FastIntConv
 from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsb_tables.npz")
@@ -115,7 +114,7 @@ class IntNet:
 
     def __init__(self, p: Profile, layers: dict[str, IntConv]):
         self.p = p
-        self.layers = {n: c if isinstance(c, FastIntConv) else FastIntConv.of(c) for n, c in layers.items()}
+        self.layers = layers
 
     @staticmethod
     def names(p: Profile) -> list[str]:

@@ -47,7 +47,7 @@ def on_device(net: M.IntNet, device) -> M.IntNet:
 
     layers = {}
     for name, conv in net.layers.items():
-        c = dataclasses.replace(conv)  # a FastIntConv with its own (empty) torch cache
+        c = dataclasses.replace(conv)  # same integers, its own (empty) torch cache
         dt, *rest = conv._torch_params()
         c._t = (dt, *[t.to(device) for t in rest])
         layers[name] = c
