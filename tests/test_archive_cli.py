@@ -31,14 +31,15 @@ def _pixark(*args, env=None):
 def test_cli_json_summary_strict_exit_code_and_one_line_errors(ray_session, source, tmp_path):
     src, files = source
     dest = tmp_path / "arc dir ü"
-    out = _pixark("archive", str(src), str(dest), "--shard-size", "30kB", "--json", "--exclude", "broken/*")
+    out = _pixark("archive", str(src), str(dest), "--shard-size", "30kB", "--json", "--exclude", "broken/*",
+                  "--codec", "jxl-ll")
     assert out.returncode == 0, out.stderr[-3000:]
     s = json.loads(out.stdout)  # exactly one JSON document on stdout
     assert s["status"] == "complete" and s["images"] == len(files) - 2 and s["failed"] == 0
     assert "complete:" in out.stderr and "ratio" in out.stderr
 
     # Failures exit non-zero only with --strict; the summary names them.
-    out = _pixark("archive", str(src), str(tmp_path / "b"), "--shard-size", "30kB")
+    out = _pixark("archive", str(src), str(tmp_path / "b"), "--shard-size", "30kB", "--codec", "jxl-ll")
     assert out.returncode == 0 and "failed broken/truncated.png" in out.stderr
     out = _pixark("archive", str(src), str(tmp_path / "b"), "--strict")
     assert out.returncode != 0 and "already a complete archive" in out.stderr and "--strict" in out.stderr
