@@ -9,7 +9,7 @@ from .container import Header
 from .errors import CodecError, CorruptStream, UnsupportedImage, UnsupportedStream
 from .image import DecodedImage, Metadata, pixel_sha256
 
-# Learned codecs `auto` prefers for 8-bit RGB, best first; used when installed with weights.
+# Learned codecs `auto` tries for 8-bit RGB when installed with weights.
 LEARNED_PREFERENCE = ("mspsm", "msr")
 
 
@@ -59,9 +59,11 @@ def _encode_with(img: DecodedImage, codec: registry.Codec, params: dict) -> byte
 
 
 def candidates(img: DecodedImage, **params) -> list[tuple[str, dict]]:
-    """What `auto` tries for this image, in order."""
+    """What `auto` tries for this image; it keeps the smallest result. For 8-bit RGB that is every learned codec
+    with weights plus JPEG XL, so a learned model that loses on some image never costs the user bytes."""
     if img.pixels is None:
         return [("store", {})]
+    out = []
     if img.is_rgb8:
         for name in LEARNED_PREFERENCE:
             try:
@@ -69,21 +71,20 @@ def candidates(img: DecodedImage, **params) -> list[tuple[str, dict]]:
             except UnsupportedStream:
                 continue
             if codec.available() and codec.supports(img) is None:
-                return [(name, codec.params({k: v for k, v in params.items() if k in codec.defaults}))]
+                out.append((name, codec.params({k: v for k, v in params.items() if k in codec.defaults})))
+    out.append(("jxl-ll", {}))
     if img.mode in ("P", "1"):  # palette indices and bilevel: PNG's filters sometimes beat JPEG XL here
-        return [("jxl-ll", {}), ("png", {})]
-    return [("jxl-ll", {})]
+        out.append(("png", {}))
+    return out
 
 
 def _auto(img: DecodedImage, **params) -> bytes:
     """Smallest of the candidates, never larger than storing the file as it is."""
     best = None
-    errors = []
     for name, p in candidates(img, **params):
         try:
             data = _encode_with(img, registry.get(name), p)
-        except CodecError as exc:
-            errors.append(f"{name}: {exc}")
+        except CodecError:  # e.g. a learned model's size limit: the other candidates and store remain
             continue
         if best is None or len(data) < len(best):
             best = data
