@@ -86,7 +86,8 @@ def test_dev_photo_round_trip_through_api(i):
     x = dev_photo(i, 120, 152)
     data = pc.encode(x, codec="msr", verify=True)
     info = pc.info(data)
-    assert info["codec"] == "msr" and info["params"]["T"] == 4 and len(info["model_id"]) == 64
+    assert info["codec"] == "msr" and info["params"]["T"] == msr.MsrCodec.defaults["T"]
+    assert len(info["model_id"]) == 64
     assert np.array_equal(pc.decode(data).pixels, x)
 
 
@@ -251,3 +252,8 @@ def test_training_hooks_run_a_few_steps(tmp_path):
     s = train(codec="msr", profile="small", data=str(data), dev=None, out=str(tmp_path / "run"), steps=2, batch=2,
               crop=64, threads=1, log=lambda m: None)
     assert s["steps"] == 2 and os.path.exists(tmp_path / "run" / "checkpoint.pt")
+
+
+def test_images_above_the_memory_bound_are_declined():
+    big = pc.load(np.zeros((1500, 1500, 3), np.uint8))
+    assert "up to" in pc.get("msr").supports(big)

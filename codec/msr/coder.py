@@ -45,7 +45,7 @@ def run_net(net: M.IntNet, inp: torch.Tensor, band: int = DEFAULT_BAND, batch: i
         y1 = min(h, y0 + band)
         a, b = max(0, y0 - halo), min(h, y1 + halo)
         jobs.append((a, b, y0 - a, y1 - a))
-    out = torch.empty(1, M.N_OUT, h, w, dtype=torch.float64)
+    out = torch.empty(1, M.N_OUT, h, w, dtype=torch.float32)  # integers below 2**15: exact
     by_shape: dict[int, list] = {}
     for j in jobs:
         by_shape.setdefault(j[1] - j[0], []).append(j)
