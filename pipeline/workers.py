@@ -97,11 +97,28 @@ class CodecWorker:
         return out
 
 
+# Storage settings the driver may hold only in its environment (credentials from AWS variables, fsspec's
+# FSSPEC_<PROTOCOL>_<KEY> config). Workers on a cluster started elsewhere do not inherit the driver's environment,
+# so their values travel in the actors' runtime_env. Values only: paths to files (AWS_SHARED_CREDENTIALS_FILE ...)
+# would name files on the driver's machine.
+PASS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
+PASS_ENV_PREFIXES = ("FSSPEC_",)
+
+
+def storage_env(environ=None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(environ.items()) if k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)}
+
+
 def start_pool(n: int, cpus: float, gpus: float, src_fs, codec: str, verify: bool, slow_seconds: float,
                run_tag: str, max_restarts: int) -> list:
     opts = dict(num_cpus=cpus, max_restarts=max_restarts, max_task_retries=max_restarts)
     if gpus:
         opts["num_gpus"] = gpus
+    env = storage_env()
+    if env:
+        opts["runtime_env"] = {"env_vars": env}
     return [CodecWorker.options(name=f"{ACTOR_PREFIX}-{run_tag}-w{i}", **opts).remote(src_fs, codec, verify, slow_seconds)
             for i in range(n)]
 

@@ -64,7 +64,7 @@ def check_archive(fs, root: str, files: dict[str, bytes]) -> list[dict]:
     assert set(ids) == set(files), f"missing {set(files) - set(ids)}, extra {set(ids) - set(files)}"
     for r in rows:
         data = files[r["image_id"]]
-        assert r["source_sha256"] == hashlib.sha256(data).hexdigest()
+        assert r["source_sha256"] == hashlib.sha256(data).hexdigest(), (r["image_id"], r["status"], r["error"])
         assert r["source_bytes"] == len(data)
         assert r["status"] in ("ok", "failed")
         assert r["offset"] is not None, f"{r['image_id']} has no record"

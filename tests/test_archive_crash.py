@@ -41,30 +41,33 @@ def _wait_for(cond, timeout=120.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _parts(dest):
-    d = dest / "manifests"
-    return sorted(p.name for p in d.glob("*.parquet")) if d.is_dir() else []
+def _kill9_then_rerun(src_url: str, dest_url: str, fs, dest_root: str, files: dict, extra_env: dict | None = None):
+    """Run `pixark archive` as a subprocess, kill -9 its whole process group once the first shard is committed
+    (its manifest part is visible), rerun the same command, and check the archive."""
+    import pyarrow.parquet as pq
 
+    from pixark.pipeline import store
 
-def test_kill9_of_the_whole_job_then_rerun_finishes_without_duplicates(ray_session, source, tmp_path):
-    src, files = source
-    dest = tmp_path / "archive"
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PIXARK_TEST_SLOW_SECONDS="0.25")
-    cmd = [sys.executable, "-m", "pixark.jobs.cli", "archive", str(src), str(dest), "--shard-size", "12kB",
+    def parts():
+        return [p for p in store.list_now(fs, f"{dest_root}/manifests") if p.endswith(".parquet")]
+
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PIXARK_TEST_SLOW_SECONDS="0.25",
+               **(extra_env or {}))
+    cmd = [sys.executable, "-m", "pixark.jobs.cli", "archive", src_url, dest_url, "--shard-size", "12kB",
            "--workers", "2", "--codec", "png"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        _wait_for(lambda: len(_parts(dest)) >= 1 or proc.poll() is not None, what="the first manifest part")
+        _wait_for(lambda: len(parts()) >= 1 or proc.poll() is not None, what="the first manifest part")
         assert proc.poll() is None, f"job ended before the kill: {proc.stderr.read().decode()[-2000:]}"
         os.killpg(proc.pid, signal.SIGKILL)  # the whole job: driver and anything it started in its session
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    done_before = _parts(dest)
-    plan = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_schema(
-        dest / "plan" / "plan-000000.parquet").metadata[b"pixark.plan"])
-    assert not (dest / "archive.json").exists() and 1 <= len(done_before) < len(plan["shards"])
+    done_before = parts()
+    with fs.open(f"{dest_root}/plan/plan-000000.parquet", "rb") as f:
+        plan = json.loads(pq.read_schema(f).metadata[b"pixark.plan"])
+    assert not store.exists_now(fs, f"{dest_root}/archive.json") and 1 <= len(done_before) < len(plan["shards"])
 
     env.pop("PIXARK_TEST_SLOW_SECONDS")
     out = subprocess.run(cmd + ["--json"], env=env, capture_output=True, text=True, timeout=600)
@@ -73,8 +76,23 @@ def test_kill9_of_the_whole_job_then_rerun_finishes_without_duplicates(ray_sessi
     assert s["status"] == "resumed" and s["shards_resumed"] == len(done_before)
     assert s["shards_written"] == len(plan["shards"]) - len(done_before)
     assert "resuming" in out.stderr
-    check_archive(LOCAL, str(dest), files)
-    assert not list(dest.rglob("*.part")) and not (dest / ".pixark-tmp").exists()
+    check_archive(fs, dest_root, files)
+    assert not [p for p in store.list_now(fs, dest_root) if p.endswith(".part") or "/.pixark-tmp/" in p]
+
+
+def test_kill9_of_the_whole_job_then_rerun_finishes_without_duplicates(ray_session, source, tmp_path):
+    src, files = source
+    dest = tmp_path / "archive"
+    _kill9_then_rerun(str(src), str(dest), LOCAL, str(dest), files)
+
+
+@pytest.mark.s3
+def test_kill9_then_rerun_on_s3(ray_session, s3, s3_server, source):
+    fs, bucket = s3
+    src, files = source
+    fs.put(str(src) + "/", f"{bucket}/src/", recursive=True)
+    _kill9_then_rerun(f"s3://{bucket}/src", f"s3://{bucket}/archive", fs, f"{bucket}/archive", files,
+                      s3_server["env"])
 
 
 class KillOnce(Events):
