@@ -38,10 +38,12 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def plan_workers(workers: int | None, gpus_per_worker: float | None) -> tuple[int, float, float]:
-    """(workers, cpus per worker, gpus per worker) from what the cluster has. GPUs are requested only when the
-    cluster reports some: Ray would otherwise keep the actors pending forever."""
-    res = ray.cluster_resources()
+def plan_workers(workers: int | None, gpus_per_worker: float | None, resources: dict | None = None
+                 ) -> tuple[int, float, float]:
+    """(workers, cpus per worker, gpus per worker) from what the cluster has (``resources``, default
+    ``ray.cluster_resources()``). GPUs are requested only when the cluster reports some: Ray would otherwise keep
+    the actors pending forever."""
+    res = ray.cluster_resources() if resources is None else resources
     cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
     if gpus > 0 and gpus_per_worker != 0:
         gpw = gpus_per_worker if gpus_per_worker else 1.0

@@ -195,3 +195,19 @@ def test_default_auto_codec_on_real_photos(ray_session, dev_images, tmp_path):
     assert s["failed"] == 0, s["failures"]
     rows = check_archive(LOCAL, str(tmp_path / "archive"), files)
     assert all(r["status"] == "ok" and r["pixel_sha256"] for r in rows)
+
+
+def test_worker_sizing_asks_for_gpus_only_where_they_exist():
+    from pixark.pipeline.workers import plan_workers, storage_env
+
+    assert plan_workers(None, None, {"CPU": 2.0}) == (2, 1.0, 0.0)
+    assert plan_workers(None, 1.0, {"CPU": 8.0}) == (8, 1.0, 0.0)  # no GPUs: CPU workers, never a GPU request
+    assert plan_workers(5, None, {"CPU": 2.0}) == (5, 0.4, 0.0)  # more workers than CPUs still schedules
+    assert plan_workers(None, None, {"CPU": 16.0, "GPU": 4.0}) == (4, 1.0, 1.0)  # one worker per GPU
+    assert plan_workers(None, 0.5, {"CPU": 16.0, "GPU": 4.0}) == (8, 1.0, 0.5)
+    assert plan_workers(None, 0, {"CPU": 4.0, "GPU": 4.0}) == (4, 1.0, 0.0)  # --gpus-per-worker 0: CPU only
+    with pytest.raises(PipelineError, match="more than the cluster"):
+        plan_workers(None, 2.0, {"CPU": 4.0, "GPU": 1.0})
+    env = storage_env({"AWS_SECRET_ACCESS_KEY": "s", "FSSPEC_S3_ENDPOINT_URL": "http://x", "HOME": "/root",
+                       "AWS_SHARED_CREDENTIALS_FILE": "/root/.aws/credentials"})
+    assert env == {"AWS_SECRET_ACCESS_KEY": "s", "FSSPEC_S3_ENDPOINT_URL": "http://x"}
