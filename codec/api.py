@@ -9,8 +9,10 @@ from .container import Header
 from .errors import CodecError, CorruptStream, UnsupportedImage, UnsupportedStream
 from .image import DecodedImage, Metadata, pixel_sha256
 
-# Learned codecs `auto` tries for 8-bit RGB when installed with weights.
-LEARNED_PREFERENCE = ("mspsm", "msr")
+# Learned codecs `auto` tries for 8-bit RGB (when installed with weights). A learned codec enters this list only
+# once its shipped default profile has been measured to beat jxl-ll on dev (`pixark bench ../shared/data/dev`):
+# until then it is opt-in with --codec, so an unproven model never costs users bytes or time.
+AUTO_LEARNED: tuple[str, ...] = ()
 
 
 def load(image) -> DecodedImage:
@@ -59,13 +61,13 @@ def _encode_with(img: DecodedImage, codec: registry.Codec, params: dict) -> byte
 
 
 def candidates(img: DecodedImage, **params) -> list[tuple[str, dict]]:
-    """What `auto` tries for this image; it keeps the smallest result. For 8-bit RGB that is every learned codec
-    with weights plus JPEG XL, so a learned model that loses on some image never costs the user bytes."""
+    """What `auto` tries for this image; it keeps the smallest result. For 8-bit RGB that is the proven learned
+    codecs (AUTO_LEARNED) plus JPEG XL, so a learned model that loses on some image never costs the user bytes."""
     if img.pixels is None:
         return [("store", {})]
     out = []
     if img.is_rgb8:
-        for name in LEARNED_PREFERENCE:
+        for name in AUTO_LEARNED:
             try:
                 codec = registry.get(name)
             except UnsupportedStream:

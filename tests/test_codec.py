@@ -195,3 +195,15 @@ def test_every_registered_codec_describes_itself():
     assert {"store", "png", "webp-ll", "jxl-ll"} <= set(rows)
     for row in rows.values():
         assert row["summary"] and isinstance(row["params"], dict)
+
+
+def test_auto_keeps_the_smallest_candidate(monkeypatch):
+    """With a learned codec in auto's list, auto still returns whichever candidate is smallest."""
+    from pixark.codec import api
+
+    img = pc.load(png_bytes(photo_array(32)))
+    monkeypatch.setattr(api, "AUTO_LEARNED", ("png",))  # any registered codec stands in for a learned one here
+    names = [n for n, _ in api.candidates(img)]
+    assert names[0] == "png" and "jxl-ll" in names
+    sizes = {n: len(pc.encode(img, n)) for n in names}
+    assert len(pc.encode(img, "auto")) == min(min(sizes.values()), len(pc.encode(img, "store")))
