@@ -271,11 +271,13 @@ async def _tail(client, job_id: str, out) -> None:
         out.flush()
 
 
-def follow_logs(client, job_id: str, out=None) -> None:
-    """Copy the job's log to OUT (stderr) as it is written, until the job ends."""
+def follow_logs(client, job_id: str, out=None, timeout: Optional[float] = None) -> None:
+    """Copy the job's log to OUT (stderr) as it is written, until the job ends or TIMEOUT seconds have passed."""
     out = out or sys.stderr
     try:
-        asyncio.run(_tail(client, job_id, out))
+        asyncio.run(asyncio.wait_for(_tail(client, job_id, out), timeout))
+    except asyncio.TimeoutError:
+        return  # the caller's status poll reports that the job is still running
     except Exception as exc:  # the log websocket can drop (proxies, head restart): the status poll still decides
         err.print(f"[yellow]log stream ended early ({exc}); waiting for the job's status[/yellow]", highlight=False)
 
@@ -378,9 +380,11 @@ def submit(
 
     err.print(f"submitted {submission_id}: {entrypoint}", highlight=False, soft_wrap=True)
     try:
+        started = time.monotonic()
         if logs:
-            follow_logs(client, submission_id)
-        status = wait_terminal(client, submission_id, timeout)
+            follow_logs(client, submission_id, timeout=timeout)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        status = wait_terminal(client, submission_id, left)
     except KeyboardInterrupt:
         err.print(f"stopped waiting; the job keeps running. `pixark jobs stop {submission_id}` ends it.",
                   highlight=False)

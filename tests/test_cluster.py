@@ -302,6 +302,7 @@ def test_exec_job_runs_on_both_nodes_with_shipped_code_and_env(cluster, tmp_path
     assert doc["status"] == "SUCCEEDED" and doc["entrypoint"] == "python probe.py"
     assert doc["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "***"
     assert "not-for-printing" not in res.stdout + res.stderr
+    assert "PROBE [" in res.stderr  # the job's log was streamed while submit waited
 
     logs = pixark("jobs", "logs", doc["job_id"], "--address", cluster.dashboard, "--json")
     assert logs.returncode == 0, logs.stderr
@@ -314,23 +315,28 @@ def test_exec_job_runs_on_both_nodes_with_shipped_code_and_env(cluster, tmp_path
         assert r["endpoint"] == "http://127.0.0.1:9" and r["probe"] == "passed-through"
 
 
-def test_failed_job_exit_code_is_the_drivers(cluster):
-    res = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--json", "--",
+def test_no_wait_then_status_wait_gives_the_drivers_exit_code(cluster):
+    res = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--no-wait", "--",
                  "python", "-c", "import sys; print('about to fail'); sys.exit(3)")
-    assert res.returncode == 3, res.stderr[-2000:]
-    assert "about to fail" in res.stderr and "FAILED" in res.stderr  # the log was streamed while waiting
-    doc = json.loads(res.stdout)
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip()  # --no-wait prints the id alone on stdout, for scripts
+    assert job_id.startswith("pixark-exec-") and "\n" not in job_id
+
+    status = pixark("jobs", "status", job_id, "--wait", "--json", "--address", cluster.dashboard)
+    assert status.returncode == 3, status.stderr
+    doc = json.loads(status.stdout)
     assert doc["status"] == "FAILED" and doc["driver_exit_code"] == 3
     # Following a finished job prints its whole log and returns.
-    logs = pixark("jobs", "logs", doc["job_id"], "--follow", "--address", cluster.dashboard)
+    logs = pixark("jobs", "logs", job_id, "--follow", "--address", cluster.dashboard)
     assert logs.returncode == 0 and "about to fail" in logs.stdout, logs.stderr
 
 
-def test_no_wait_list_status_stop(cluster):
-    res = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--no-wait", "--job-id",
-                 "pixark-test-sleeper", "--", "python", "-c", "import time; print('sleeping', flush=True); time.sleep(300)")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "pixark-test-sleeper"
+def test_timeout_list_stop(cluster):
+    # Waiting is bounded by --timeout: exit 2, and the job still runs.
+    res = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--job-id", "pixark-test-sleeper",
+                 "--timeout", "2", "--json", "--", "python", "-c", "import time; print('sleeping', flush=True); time.sleep(300)")
+    assert res.returncode == 2 and "keeps running" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["status"] in ("PENDING", "RUNNING")
 
     listed = json.loads(pixark("jobs", "list", "--address", cluster.dashboard, "--pixark-only", "--json").stdout)
     mine = [j for j in listed["jobs"] if j["job_id"] == "pixark-test-sleeper"]
@@ -341,19 +347,9 @@ def test_no_wait_list_status_stop(cluster):
                    "pixark-test-sleeper", "--", "true")
     assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
-    # Waiting is bounded by --timeout: exit 2, the job still running and said so.
-    waited = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--job-id", "pixark-test-waiter",
-                    "--timeout", "2", "--no-logs", "--json", "--", "python", "-c", "import time; time.sleep(300)")
-    assert waited.returncode == 2 and "keeps running" in waited.stderr, waited.stderr
-    assert json.loads(waited.stdout)["status"] in ("PENDING", "RUNNING")
-    assert pixark("jobs", "stop", "pixark-test-waiter", "--no-wait", "--address", cluster.dashboard).returncode == 0
-
     stopped = pixark("jobs", "stop", "pixark-test-sleeper", "--address", cluster.dashboard, "--json")
     assert stopped.returncode == 0, stopped.stderr
     assert json.loads(stopped.stdout)["status"] == "STOPPED"
-
-    status = pixark("jobs", "status", "pixark-test-sleeper", "--address", cluster.dashboard, "--wait", "--json")
-    assert status.returncode == 1 and json.loads(status.stdout)["status"] == "STOPPED"
 
     missing = pixark("jobs", "status", "no-such-job", "--address", cluster.dashboard)
     assert missing.returncode != 0 and "no job 'no-such-job'" in missing.stderr and "Traceback" not in missing.stderr
