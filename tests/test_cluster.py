@@ -334,7 +334,7 @@ def test_no_wait_then_status_wait_gives_the_drivers_exit_code(cluster):
 def test_timeout_list_stop(cluster):
     # Waiting is bounded by --timeout: exit 2, and the job still runs.
     res = pixark("submit", "exec", "--address", cluster.dashboard, "--no-ship", "--job-id", "pixark-test-sleeper",
-                 "--timeout", "2", "--json", "--", "python", "-c", "import time; print('sleeping', flush=True); time.sleep(300)")
+                 "--timeout", "2", "--json", "--", "python", "-c", "import time; time.sleep(300)")
     assert res.returncode == 2 and "keeps running" in res.stderr, res.stderr
     assert json.loads(res.stdout)["status"] in ("PENDING", "RUNNING")
 
