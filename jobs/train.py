@@ -99,10 +99,10 @@ def _mspsm():
     def make_loss(profile, net):
         return M.Trainer(M.PROFILES[profile], net)
 
-    def export(profile, net, weights_path, card_path, dev_dirs, info):
+    def export(profile, net, weights_path, card_path, dev_dirs, info, **kw):
         from pixark.codec.mspsm import export as E
 
-        return E.export_weights(profile, net, weights_path, card_path, dev_dirs, info)
+        return E.export_weights(profile, net, weights_path, card_path, dev_dirs, info, **kw)
 
     def profile_cfg(profile):
         p = M.PROFILES[profile]
@@ -189,7 +189,8 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
 
     def save():
         _atomic_save({"codec": codec, "profile": profile, "model": net.state_dict(), "opt": opt.state_dict(),
-                      "state": state, "minutes": minutes}, ckpt_path)
+                      "state": state, "minutes": minutes, "data": data, "batch": batch, "crop": crop, "lr": lr0},
+                     ckpt_path)
 
     def dev_eval():
         if devx is None:
@@ -225,6 +226,7 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
             run_loss, run_n = 0.0, 0
         if now - last_dev > 60 * dev_minutes:
             d = dev_eval()
+            state["last_dev"] = d
             say(f"dev step {state['step']} dev_bpsp_est {d:.4f} (float estimate, {len(devx)} centre crops 256)")
             last_dev = t_prev = time.time()
         if now - last_ckpt > 60 * ckpt_minutes:
@@ -244,6 +246,29 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
     return summary
 
 
+def export_checkpoint(codec: str, profile: str, out: str, export_to: str, dev: str | None,
+                      limit: int | None = None, log=print) -> dict:
+    """Export the integer model of the checkpoint in ``out`` to ``export_to`` and measure dev with the real coder."""
+    make_model, _, export, _ = TRAINABLE[codec]()
+    ck = torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=False)
+    if ck.get("profile") != profile or ck.get("codec") != codec:
+        raise SystemExit(f"checkpoint in {out} is for {ck.get('codec')}/{ck.get('profile')}")
+    net = make_model(profile)
+    net.load_state_dict(ck["model"])
+    net.eval()
+    st = ck["state"]
+    hist = st.get("history") or []
+    info = {"codec": codec, "profile": profile, "steps": st["step"], "minutes": st["elapsed"] / 60,
+            "train_loss_last": hist[-1][1] if hist else None, "data": ck.get("data", "../shared/data/train"),
+            "batch": ck.get("batch"), "crop": ck.get("crop", 128), "lr": ck.get("lr"),
+            "dev_bpsp_est": st.get("last_dev"), "measure_limit": limit}
+    card = os.path.splitext(export_to)[0] + ".md"
+    dev_dirs = [os.path.join(dev, s) for s in sorted(os.listdir(dev))] if dev and os.path.isdir(dev) else []
+    kw = {"limit": limit, "log": log} if codec == "mspsm" else {}  # other codecs' hooks take the base signature
+    res = export(profile, net, export_to, card, dev_dirs, info, **kw)
+    return {**info, "export": res}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="pixark train", description=__doc__.split("\n")[0])
     ap.add_argument("--codec", default="mspsm")
@@ -261,9 +286,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--dev-minutes", type=float, default=10.0)
+    ap.add_argument("--export-only", action="store_true", help="export the checkpoint in --out and measure dev")
+    ap.add_argument("--measure-limit", type=int, help="with --export-only: images per dev set to measure")
     ap.add_argument("--export", dest="export_to", help="weights path to write at the end, e.g. "
                     "codec/weights/mspsm-cpu.npz")
     a = ap.parse_args(argv)
+    if a.export_only:
+        if not a.export_to:
+            ap.error("--export-only needs --export PATH")
+        r = export_checkpoint(a.codec, a.profile, a.out, a.export_to, a.dev, a.measure_limit,
+                              log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(json.dumps(r, default=str))
+        return 0
     if a.steps is None and a.minutes is None:
         ap.error("give --steps and/or --minutes")
     s = train(codec=a.codec, profile=a.profile, data=a.data, dev=a.dev, out=a.out, steps=a.steps,

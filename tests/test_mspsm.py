@@ -223,8 +223,8 @@ def test_gpu_decode_of_cpu_stream(inet):  # pragma: no cover - runs on GPU machi
 
     def gpu_call(self, inp):
         for layer in self.layers.values():
-            dt, w2, b, m, half, inv = layer._torch_params()
-            layer._t = (dt, w2.cuda(), b.cuda(), m.cuda(), half.cuda(), inv.cuda())
+            dt, w, r, c = layer._torch_params()
+            layer._t = (dt, w.cuda(), r.cuda(), c.cuda())
         P, z = orig(self, inp.cuda())
         return P.cpu(), z.cpu()
 

@@ -83,7 +83,7 @@ def measure(net: M.IntNet, paths: list[str], tile: int = 512, verify: bool = Tru
 
 
 def export_weights(profile: str, net, weights_file: str, card_path: str, dev_dirs: list[str], info: dict,
-                   log=print) -> dict:
+                   limit: int | None = None, log=print) -> dict:
     """Export a trained torch Net to the integer weights file, measure every dev image with the real coder
     (round trip checked) and write the model card."""
     from pixark.jobs.train import list_images
@@ -93,7 +93,7 @@ def export_weights(profile: str, net, weights_file: str, card_path: str, dev_dir
     inet, _ = load_intnet(weights_file, profile)
     res = {"model_id": model_id, "params": M.count_params(inet.p), "macs_per_pixel": M.macs_per_pixel(inet.p)}
     for d in dev_dirs:
-        paths = list_images(d)
+        paths = list_images(d)[:limit] if limit else list_images(d)
         if paths:
             r = measure(inet, paths, log=log)
             res[os.path.basename(d.rstrip("/"))] = {k: v for k, v in r.items() if k != "per_image"}
@@ -107,7 +107,9 @@ def export_weights(profile: str, net, weights_file: str, card_path: str, dev_dir
              f"- data: {info.get('data')} (random {info.get('crop')}x{info.get('crop')} crops, flips, transposes)",
              f"- steps: {info.get('steps')}, batch {info.get('batch')}, Adam lr {info.get('lr')} cosine-decayed, "
              f"training time {float(info.get('minutes') or 0):.1f} min on 2 shared CPU cores",
-             f"- float estimate on 8 dev centre crops at the end: {info.get('dev_bpsp_est')}", "",
+             f"- last training loss (25-step mean): {info.get('train_loss_last')}; float estimate on 8 dev centre "
+             f"crops: {info.get('dev_bpsp_est')}",
+             f"- dev images measured per set: {info.get('measure_limit') or 'all'}", "",
              "## Dev results (real integer coder, payload bytes, every image round-tripped bit-exact)", "",
              "| set | images | bpsp | encode MP/s | decode MP/s |", "|---|---|---|---|---|"]
     for k, v in res.items():

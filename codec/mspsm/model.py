@@ -87,7 +87,7 @@ def input_max(p: Profile) -> np.ndarray:
 
 def head_gain(p: Profile) -> torch.Tensor:
     k = p.mixtures
-    per = [8.0] * k + [16.0] * 3 * k + [8.0] * 3 * k + [32.0] * 3 * k
+    per = [8.0] * k + [64.0] * 3 * k + [32.0] * 3 * k + [64.0] * 3 * k
     return torch.tensor(per * 3)
 
 
@@ -112,10 +112,12 @@ class Net(nn.Module):
             self.head_p.weight.mul_(0.05)
             k = p.mixtures
             b = torch.zeros(3, 10 * k)
-            b[:, 4 * k:7 * k] = 28.0 / 8.0  # scale index ~28 (s ~ 2 pixels)
+            b[:, 4 * k:7 * k] = 28.0 / 32.0  # scale index ~28 (s ~ 2 pixels)
             if k > 1:  # spread the mixture scales
                 for j in range(k):
-                    b[:, 4 * k + j:7 * k:k] = (16.0 + 24.0 * j / (k - 1)) / 8.0
+                    b[:, 4 * k + j:7 * k:k] = (16.0 + 24.0 * j / (k - 1)) / 32.0
+            # channel coupling (1/64 units): G += 0.75 eR, B += 0.375 eR + 0.5 eG
+            b[:, 7 * k:8 * k], b[:, 8 * k:9 * k], b[:, 9 * k:10 * k] = 48 / 64.0, 24 / 64.0, 32 / 64.0
             self.head_p.bias.copy_(b.reshape(-1))
 
     def forward(self, inp: torch.Tensor):

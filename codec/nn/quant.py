@@ -10,7 +10,7 @@ Number formats (fixed for every model built from these layers)
   ``floor(x + 0.5)`` on the same quantities with a straight-through gradient.
 
 Training uses ``QConv2d`` (float, fake-quantized). ``export_conv`` turns one into an ``IntConv`` (plain integer
-arrays). ``IntConv.forward_torch`` is the fast path (unfold + matmul in float32 when every partial sum is provably
+arrays). ``IntConv.forward_torch`` is the fast path (conv2d in float32 when every partial sum is provably
 an integer below 2**24, else float64; requantization in float64, exact below 2**53) and
 ``IntConv.forward_numpy`` is the slow pure-integer int64 reference. The two must agree exactly.
 """
@@ -99,40 +99,34 @@ class IntConv:
     def __post_init__(self):
         self.k = int(self.w.shape[-1])
         bound = (np.abs(self.w.astype(np.int64)) * self.in_max[None, :, None, None]).sum(axis=(1, 2, 3))
-        bound = bound + np.abs(self.b)  # the bias is added later, but keep margin
-        self.f32_ok = bool(bound.max() < F32_EXACT)
+        self.f32_ok = bool((bound + np.abs(self.b)).max() < F32_EXACT)
+        if ((bound + np.abs(self.b)) * self.m).max() >= (1 << 52):
+            raise ValueError("integer layer out of the exact float64 range (|acc + b| * m >= 2**52)")
         self._t = None
 
     # ---------------- fast path (torch) ----------------
     def _torch_params(self):
         if self._t is None:
             dt = torch.float32 if self.f32_ok else torch.float64
-            w2 = torch.from_numpy(self.w.reshape(self.w.shape[0], -1).astype(np.float64)).to(dt)
-            self._t = (dt, w2,
-                       torch.from_numpy(self.b.astype(np.float64))[:, None],
-                       torch.from_numpy(self.m.astype(np.float64))[:, None],
-                       torch.from_numpy((2.0 ** (self.sh - 1)).astype(np.float64))[:, None],
-                       torch.from_numpy((2.0 ** (-self.sh.astype(np.float64))))[:, None])
+            w = torch.from_numpy(self.w.astype(np.float64)).to(dt)
+            # requantization q = floor((acc + b) * r + 0.5) with r = m / 2**sh: (acc + b) * m < 2**53 (checked
+            # below), so acc * r and b * r + 0.5 are exact float64 values on the 2**-sh grid and so is their sum.
+            r = self.m.astype(np.float64) * np.exp2(-self.sh.astype(np.float64))
+            c = self.b.astype(np.float64) * r + 0.5
+            self._t = (dt, w, torch.from_numpy(r)[None, :, None, None], torch.from_numpy(c)[None, :, None, None])
         return self._t
 
     def acc_torch(self, a: torch.Tensor) -> torch.Tensor:
-        """Integer accumulator (float64 tensor holding exact integers), shape (B, cout, H, W)."""
-        dt, w2, b, _, _, _ = self._torch_params()
-        bsz, cin, h, wd = a.shape
-        a = a.to(dt)
-        if self.k == 1:
-            cols = a.reshape(bsz, cin, h * wd)
-        else:
-            cols = F.unfold(a, self.k, padding=self.k // 2)
-        acc = torch.matmul(w2, cols).to(torch.float64) + b
-        return acc.reshape(bsz, -1, h, wd)
+        """Integer accumulator without bias (float tensor holding exact integers), shape (B, cout, H, W).
+        conv2d on CPU runs oneDNN's direct convolution (no Winograd/FFT); with every partial sum an integer
+        below 2**24 any summation order is exact. tests/test_mspsm.py checks it against the int64 reference."""
+        dt, w, _, _ = self._torch_params()
+        return F.conv2d(a.to(dt), w, padding=self.k // 2)
 
     def forward_torch(self, a: torch.Tensor) -> torch.Tensor:
-        _, _, _, m, half, inv = self._torch_params()
-        acc = self.acc_torch(a)
-        bsz, cout, h, wd = acc.shape
-        acc = acc.reshape(bsz, cout, h * wd)
-        q = torch.floor((acc * m + half) * inv).reshape(bsz, cout, h, wd)
+        _, _, r, c = self._torch_params()
+        acc = self.acc_torch(a).to(torch.float64)
+        q = torch.addcmul(c, acc, r).floor_()
         if self.mode == "relu":
             return q.clamp_(0, ACT_MAX)
         return q.clamp_(-self.out_clamp, self.out_clamp)
