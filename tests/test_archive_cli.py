@@ -66,3 +66,21 @@ def test_demo_stages_scikit_image_samples_and_compares_restores(tmp_path):
     victim.unlink()
     c = compare_restored(src, restored)
     assert c == {"same_bytes": n - 1, "same_pixels": n - 1, "missing": 1}
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(ray_session, tmp_path):
+    """`pixark demo`'s job on the session's Ray: every sample image archived, and verify/restore/audit (where this
+    build has them) agree."""
+    from pixark.jobs.demo import run_demo, sample_images
+
+    doc = run_demo(str(tmp_path / "demo"), quiet=True)
+    a = doc["steps"]["archive"]
+    assert a["images"] == len(sample_images()) and a["failed"] == 0, a["failures"]
+    assert (tmp_path / "demo" / "archive" / "archive.json").exists()
+    for step in ("verify", "restore", "audit"):
+        assert "error" not in doc["steps"][step], doc["steps"][step]
+    if "compared_with_source" in doc["steps"]["restore"]:
+        c = doc["steps"]["restore"]["compared_with_source"]
+        assert c["same_pixels"] == a["images"] and c["missing"] == 0
+    assert doc["ok"]
