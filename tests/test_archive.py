@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import posixpath
-import shutil
 
 import fsspec
 import pyarrow.parquet as pq
