@@ -28,6 +28,8 @@ from pixark.jobs import submit as sub
 
 pytestmark = pytest.mark.ray
 
+# `ray` as this interpreter's module, not whatever `ray` is first on PATH (a pyenv shim, another venv).
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 START_TIMEOUT = 120  # bounded wait for GCS, dashboard and both nodes; a 2-core box under load needs a while
 JOB_TIMEOUT = 150
 
@@ -207,8 +209,6 @@ def _node_flags(temp_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    if shutil.which("ray") is None:
-        pytest.skip("the `ray` CLI is not on PATH")
     # Short paths under /tmp: Ray's unix sockets live in the temp dir and socket paths are limited to 107 bytes.
     head_dir = Path(tempfile.mkdtemp(prefix="pxh-", dir="/tmp"))
     worker_dir = Path(tempfile.mkdtemp(prefix="pxw-", dir="/tmp"))
@@ -223,14 +223,14 @@ def cluster():
     try:
         with open(head_dir / "ray-start.log", "w") as log:
             procs.append(subprocess.Popen(
-                ["ray", "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
+                [*RAY_CLI, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
                  "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--ray-client-server-port={_free_port()}",
                  '--resources={"node_head": 1}', *_node_flags(head_dir)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
         _wait(lambda: _port_open(gcs_port), "the head's GCS", procs)
         with open(worker_dir / "ray-start.log", "w") as log:
             procs.append(subprocess.Popen(
-                ["ray", "start", f"--address=127.0.0.1:{gcs_port}", '--resources={"node_worker": 1}',
+                [*RAY_CLI, "start", f"--address=127.0.0.1:{gcs_port}", '--resources={"node_worker": 1}',
                  *_node_flags(worker_dir)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
         _wait(lambda: _get_json(f"{dashboard}/api/version"), "the dashboard", procs)
