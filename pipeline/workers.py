@@ -34,7 +34,10 @@ def connect(address: str | None) -> bool:
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise PipelineError(f"cannot connect to Ray at {address}: {exc}") from exc
         return False
-    ray.init(address="local", include_dashboard=False, **kwargs)
+    # Ray runs its workers at niceness 15 by default (to keep its own daemons responsive). On a machine shared with
+    # other work that makes the codec workers lose the CPU to anything at normal priority, including this driver:
+    # a local Ray started for one job runs its workers at normal priority instead.
+    ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0}, **kwargs)
     return True
 
 
