@@ -263,16 +263,26 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
     from . import workers as W
 
     started_here = W.connect(cfg.ray_address)
-    n, cpus, gpus = W.plan_workers(cfg.workers, cfg.gpus_per_worker)
+    pin_node = None
+    resources = None
+    if store.is_local(src_fs):
+        # A local source path exists on the driver's node only: the workers run there, sized by that node.
+        pin_node, resources = W.this_node()
+        if not resources.get("CPU"):
+            raise PipelineError(f"the source {cfg.src} is a local path, but this driver's Ray node has no CPUs for "
+                                "codec workers; put the source on a shared store (s3://...) or run the driver on a "
+                                "worker node")
+    n, cpus, gpus = W.plan_workers(cfg.workers, cfg.gpus_per_worker, resources)
     run_tag = uuid.uuid4().hex[:8]
-    actors = W.start_pool(n, cpus, gpus, src_fs, cfg.codec, cfg.verify, cfg.slow_seconds, run_tag, cfg.max_restarts)
+    actors = W.start_pool(n, cpus, gpus, src_fs, cfg.codec, cfg.verify, cfg.slow_seconds, run_tag, cfg.max_restarts,
+                          pin_node)
     spool_root = (posixpath.join(dest_root, store.TMP_DIR) if store.is_local(dest_fs) else None)
     if spool_root:
         os.makedirs(spool_root, exist_ok=True)  # same device as the shards: the commit is a rename
     spool = tempfile.mkdtemp(prefix="spool-", dir=spool_root)
     committer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixark-commit")
     commits: list[cf.Future] = []
-    info = {"workers": n, "cpus_per_worker": cpus, "gpus_per_worker": gpus}
+    info = {"workers": n, "cpus_per_worker": cpus, "gpus_per_worker": gpus, "pinned_to_driver_node": bool(pin_node)}
     try:
         info["pool"] = W.wait_ready(actors, cfg.ready_timeout)
         events.workers_ready(info["pool"])

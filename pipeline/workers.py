@@ -116,9 +116,23 @@ def storage_env(environ=None) -> dict[str, str]:
     return {k: v for k, v in sorted(environ.items()) if k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)}
 
 
+def this_node() -> tuple[str, dict]:
+    """(node id, resources) of the node this driver runs on."""
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            return node_id, dict(node.get("Resources") or {})
+    return node_id, {}
+
+
 def start_pool(n: int, cpus: float, gpus: float, src_fs, codec: str, verify: bool, slow_seconds: float,
-               run_tag: str, max_restarts: int) -> list:
+               run_tag: str, max_restarts: int, pin_node: str | None = None) -> list:
+    """``pin_node``: run every worker on that node (a local source path exists only on the driver's node)."""
     opts = dict(num_cpus=cpus, max_restarts=max_restarts, max_task_retries=max_restarts)
+    if pin_node:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=pin_node, soft=False)
     if gpus:
         opts["num_gpus"] = gpus
     env = storage_env()
