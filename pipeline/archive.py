@@ -217,8 +217,11 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
         finally:
             events.stop()
     meta = _write_archive_json(cfg, dest_fs, dest_root, source, plans, meta)
+    message = ""
+    if not all_shards:
+        message = f"warning: {cfg.src} holds no objects" + (" matching --include/--exclude" if cfg.include or cfg.exclude else "")
     status = "extended" if (cfg.extend and new_plan is not None and covered) else ("resumed" if done else "complete")
-    return _summary(cfg, dest_fs, dest_root, meta, t0, status=status, run=run_info,
+    return _summary(cfg, dest_fs, dest_root, meta, t0, status=status, message=message, run=run_info,
                     shards_written=len(todo), shards_resumed=len(done))
 
 
