@@ -24,8 +24,13 @@ from pixark import codec as pc
 
 # Leading bytes of image formats: a file starting like this that Pillow cannot read is a damaged image, not a
 # non-image object.
-_IMAGE_MAGICS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM", b"RIFF",
+_IMAGE_MAGICS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM",
                  b"\x00\x00\x00\x0cjXL", b"\xff\x0a", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+
+
+def _image_magic(data: bytes) -> bool:
+    # RIFF is also WAV and AVI: only RIFF....WEBP is an image.
+    return data.startswith(_IMAGE_MAGICS) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 # What DecodedImage.from_bytes says about files it reads but keeps as bytes on purpose.
 _KEPT_ON_PURPOSE = ("files are kept as original bytes", "animated image", "image too large", "is kept as original",
                     "is empty or larger")
@@ -50,7 +55,7 @@ def damage_reason(img: pc.DecodedImage, data: bytes) -> str:
         except Exception as exc:
             return f"corrupt or truncated {img.format or 'image'} data: {type(exc).__name__}: {exc}"
         return ""
-    if reason.startswith("not an image") and not data.startswith(_IMAGE_MAGICS):
+    if reason.startswith("not an image") and not _image_magic(data):
         return ""
     if reason.startswith("not an image"):
         # BMP's "BM" and the PNM "Pn" magics are two bytes: plain text can start with them. Only call such a file a
@@ -71,7 +76,8 @@ _FORMATS_BY_MAGIC = ((b"\x89PNG", "PNG", "PNG_DECODE"), (b"\xff\xd8\xff", "JPEG"
 def _second_opinion(data: bytes) -> str:
     """A file that starts like an image but that Pillow cannot identify: a variant Pillow lacks (some TIFFs) or
     damage. imagecodecs decides; only when it cannot decode the file either is the file called damaged."""
-    fmt, key = next(((f, k) for m, f, k in _FORMATS_BY_MAGIC if data.startswith(m)), ("image", ""))
+    fmt, key = next(((f, k) for m, f, k in _FORMATS_BY_MAGIC if data.startswith(m)), ("image", "")) \
+        if _image_magic(data) else ("image", "")
     try:
         import imagecodecs
 
@@ -120,11 +126,12 @@ def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, v
         damage = damage_reason(img, data)
         if damage:
             row.update(status="failed", error=damage)
-            row["format"] = row["format"] or next((f for m, f, _ in _FORMATS_BY_MAGIC if data.startswith(m)), "")
+            row["format"] = row["format"] or (
+                next((f for m, f, _ in _FORMATS_BY_MAGIC if data.startswith(m)), "") if _image_magic(data) else "")
         else:
             reason = img.reason or ""
             # Pillow's own message names a BytesIO address: not worth keeping, and it would differ run to run.
-            magic_fmt = next((f for m, f, _ in _FORMATS_BY_MAGIC if data.startswith(m)), "")
+            magic_fmt = next((f for m, f, _ in _FORMATS_BY_MAGIC if data.startswith(m)), "") if _image_magic(data) else ""
             if reason.startswith("not an image") and magic_fmt:
                 row["format"] = row["format"] or magic_fmt
                 row["note"] = f"a {magic_fmt} file Pillow cannot read: kept as original bytes"
