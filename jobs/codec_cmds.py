@@ -90,6 +90,10 @@ def codecs(json_out: bool = typer.Option(False, "--json")) -> None:
     from pixark import codec as pc
 
     rows = [c.describe() for c in pc.all_codecs()]
+    for r in rows:  # learned codecs describe profiles as a list of dicts or as {name: dict}; show one shape
+        profiles = r.get("profiles", [])
+        if isinstance(profiles, dict):
+            r["profiles"] = [{"name": k, **v} for k, v in profiles.items()]
     if json_out:
         emit_json(rows)
         return
@@ -99,9 +103,11 @@ def codecs(json_out: bool = typer.Option(False, "--json")) -> None:
     for r in rows:
         table.add_row(r["name"], "yes" if r["learned"] else "no", "yes" if r["available"] else "no (no weights)",
                       ", ".join(f"{k}={v}" for k, v in r["params"].items()), r["summary"])
-        for extra in r.get("profiles", []):
-            table.add_row("", "", "yes" if extra.get("weights") else "no weights", f"profile={extra['name']}",
-                          extra.get("summary", ""))
+        for prof in r.get("profiles", []):
+            macs = prof.get("macs_per_pixel", prof.get("macs_per_pixel_per_iteration"))
+            size = f"{prof.get('params', '?'):,} params, {2 * macs:,.0f} FLOPs/px" if macs else ""
+            table.add_row("", "", "weights ship" if prof.get("weights") else "no weights",
+                          f"profile={prof['name']}", "; ".join(filter(None, [size, prof.get("note", "")])))
     err.print(table)
 
 

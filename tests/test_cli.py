@@ -57,6 +57,10 @@ def test_codecs_lists_classical_and_learned(tmp_path):
     rows = json.loads(pixark("codecs", "--json").stdout)
     names = {r["name"] for r in rows}
     assert {"store", "png", "webp-ll", "jxl-ll"} <= names
+    for row in rows:
+        if row["learned"]:  # every profile named, with its size, and whether its weights ship
+            assert row["profiles"] and all({"name", "params", "weights"} <= set(p) for p in row["profiles"])
+    assert "profile=" in pixark("codecs").stderr or not any(r["learned"] for r in rows)
 
 
 def test_bench_json_and_table(folder):
