@@ -67,7 +67,7 @@ class MspsmCodec(Codec):
         d = super().describe()
         d["profiles"] = {n: {"params": M.count_params(p), "macs_per_pixel": round(M.macs_per_pixel(p)),
                              "weights": os.path.exists(E.weights_path(n)),
-                             "coder": "yes" if p.mixtures == 1 else "training only (K>1 coder not written)",
+                             "coder": "table bank (fast)" if p.mixtures == 1 else "per-symbol mixture tables (slow)",
                              "note": p.note} for n, p in M.PROFILES.items()}
         return d
 

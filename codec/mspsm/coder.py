@@ -65,8 +65,8 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
     ``shape`` = (B,H,W); returns the (B,H,W,3) uint8 pixels. ``check_reference`` also runs the pure-integer
     numpy reference network at every stage and raises if it differs from the fast path."""
     p = net.p
-    if p.mixtures != 1:
-        raise UnsupportedStream(f"profile {p.name!r} (K={p.mixtures} mixtures) has no integer coder yet")
+    if p.mixtures > 1:
+        return _run_tiles_mixture(net, tiles, shape, coders, check_reference, stats)
     bsz, H, W = shape
     decoding = tiles is None
     sizes = M.pyramid_sizes(H, W, p.scales)
@@ -144,6 +144,136 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                     if stats is not None:
                         fq = freq[tbl[seln], ((xn[seln] - cn[seln]) & 255)]
                         stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(fq / 65536.0).sum())
+                e.append(16 * xt[:, :, col] - mu)
+            selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
+            for ph, (py, px) in enumerate(M.PHASES[:3]):
+                selk[:, 0, py::2, px::2] = sel[:, ph]
+                if decoding:
+                    X[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], xt[:, ph, :, 0], X[:, :, py::2, px::2])
+            known = torch.where(selk, torch.ones_like(known), known)
+        hi, wi = sizes[i]
+        cur = X[:, :, :hi, :wi]
+    if stats is not None and not decoding:
+        stats["bits"] = stats.get("bits", 0.0) + 8.0 * top.numel()
+    return cur.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def _exp_weight() -> np.ndarray:
+    global _EXPW
+    if _EXPW is None:
+        _EXPW = np.load(M.TABLES_PATH.replace("logistic256.npz", "mixture.npz"))["exp_weight"].astype(np.int64)
+    return _EXPW
+
+
+_EXPW = None
+CHUNK = 4096
+
+
+def _mixture_pmf(freq2: np.ndarray, tbl: np.ndarray, cen: np.ndarray) -> np.ndarray:
+    """Per-position, per-component integer pmf over x = 0..255: freq[tbl][(x - c) mod 256]. (n, K, 256)."""
+    rows = freq2[tbl]  # (n, K, 256) indexed by d
+    idx = (np.arange(256)[None, None, :] - cen[:, :, None]) & 255
+    return np.take_along_axis(rows, idx, axis=2)
+
+
+def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=None):
+    """K > 1: per-symbol 2-D integer tables. Subpixel pmf = sum_k w_k pmf_k (then entropy.normalize); w_k from
+    the integer logits by the stored exp table; channel coupling by integer posterior weights
+    w_k <- (w_k * pmf_k(x)) >> 16 after each channel (the coded symbol is x itself)."""
+    from ..entropy import normalize
+
+    p = net.p
+    k = p.mixtures
+    bsz, H, W = shape
+    decoding = tiles is None
+    sizes = M.pyramid_sizes(H, W, p.scales)
+    dt = torch.float64
+    expw = _exp_weight()
+    freq2 = coders[0].freq
+    if not decoding:
+        x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(dt)
+        pyr = [x]
+        for _ in range(p.scales):
+            pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
+        top = pyr[-1]
+        for b in range(bsz):
+            coders[b].enc.encode(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
+    else:
+        hm, wm = sizes[-1]
+        top = torch.zeros(bsz, 3, hm, wm, dtype=dt)
+        for b in range(bsz):
+            top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float64))
+    cur = top
+    z = None
+    for i in reversed(range(p.scales)):
+        h, w = sizes[i + 1]
+        if decoding:
+            X = torch.zeros(bsz, 3, 2 * h, 2 * w, dtype=dt)
+            X[:, :, 1::2, 1::2] = cur
+        else:
+            X = M.pad_even(pyr[i])
+        known = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=dt)
+        known[:, :, 1::2, 1::2] = 1
+        z = torch.zeros(bsz, p.context, h, w, dtype=dt) if z is None else \
+            z.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
+        gmap = M.group_map(p, i, h, w)
+        remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool)
+        for j in range(p.groups):
+            b16 = M.base16(X, known)
+            fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
+            inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
+                             torch.full((bsz, 1, h, w), 16.0 * i, dtype=dt), z * 2], dim=1)
+            P, z = net(inp)
+            if check_reference:
+                rp, rz = net.reference(inp.numpy().astype(np.int64))
+                if not (np.array_equal(rp, P.numpy().astype(np.int64)) and np.array_equal(rz, z.numpy().astype(np.int64))):
+                    raise AssertionError(f"fast path != integer reference at scale {i} group {j}")
+            logits, off, sidx, coup = M.split_params(P, k)
+            if gmap is None:
+                sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
+            else:
+                sel = (gmap == j)[None].expand(bsz, 3, h, w)
+            remaining = remaining & ~sel
+            base = M.unknown_phases(b16)[:, :, :, None]
+            xt = M.unknown_phases(X)[:, :, :, None].clone()  # (B,3ph,3col,1,h,w)
+            seln = sel.numpy().reshape(bsz, -1)
+            lg = logits.permute(0, 1, 3, 4, 2).reshape(bsz, -1, k).numpy().astype(np.int64)  # (B, n, K)
+            wts = [None] * bsz
+            for b in range(bsz):
+                l = lg[b][seln[b]]
+                wts[b] = expw[np.minimum(l.max(axis=1, keepdims=True) - l, 255)]
+            e = []
+            for col in range(3):
+                mu = M.channel_mu16(col, base[:, :, col], off, coup, e, torch.floor)  # (B,3,K,h,w)
+                c = torch.floor((mu + 8) / 16)
+                f = mu - 16 * c
+                tbl = (sidx[:, :, col] * 16 + f + 8).permute(0, 1, 3, 4, 2).reshape(bsz, -1, k).numpy().astype(np.int64)
+                cn = c.permute(0, 1, 3, 4, 2).reshape(bsz, -1, k).numpy().astype(np.int64)
+                xcol = xt[:, :, col, 0].reshape(bsz, -1).numpy().astype(np.int64)
+                for b in range(bsz):
+                    m = seln[b]
+                    tb, cb, wb = tbl[b][m], cn[b][m], wts[b]
+                    n = len(tb)
+                    xs = xcol[b][m] if not decoding else np.zeros(n, np.int64)
+                    for a0 in range(0, n, CHUNK):
+                        sl = slice(a0, min(n, a0 + CHUNK))
+                        pmf = _mixture_pmf(freq2, tb[sl], cb[sl])  # (n, K, 256)
+                        counts = (wb[sl][:, :, None] * pmf).sum(axis=1)
+                        table = normalize(counts)
+                        if decoding:
+                            xs[sl] = coders[b].dec.decode(table)
+                        else:
+                            coders[b].enc.encode(xs[sl], table)
+                            if stats is not None:
+                                fq = table[np.arange(len(table)), xs[sl]]
+                                stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(fq / 65536.0).sum())
+                        pk = np.take_along_axis(pmf, xs[sl][:, None, None].repeat(k, 1), axis=2)[:, :, 0]
+                        wb[sl] = (wb[sl] * pk) >> 16
+                    if decoding:
+                        xcol[b][m] = xs
+                if decoding:
+                    xv = torch.from_numpy(xcol.astype(np.float64)).reshape(bsz, 3, 1, h, w)
+                    xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
                 e.append(16 * xt[:, :, col] - mu)
             selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
             for ph, (py, px) in enumerate(M.PHASES[:3]):

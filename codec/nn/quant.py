@@ -125,8 +125,7 @@ class IntConv:
 
     def forward_torch(self, a: torch.Tensor) -> torch.Tensor:
         _, _, r, c = self._torch_params()
-        acc = self.acc_torch(a).to(torch.float64)
-        q = torch.addcmul(c, acc, r).floor_()
+        q = torch.addcmul(c, self.acc_torch(a), r).floor_()  # float32 acc promotes exactly to float64
         if self.mode == "relu":
             return q.clamp_(0, ACT_MAX)
         return q.clamp_(-self.out_clamp, self.out_clamp)
