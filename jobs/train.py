@@ -294,6 +294,7 @@ def main(argv=None) -> int:
     if a.export_only:
         if not a.export_to:
             ap.error("--export-only needs --export PATH")
+        torch.set_num_threads(a.threads)
         r = export_checkpoint(a.codec, a.profile, a.out, a.export_to, a.dev, a.measure_limit,
                               log=lambda m: print(m, file=sys.stderr, flush=True))
         print(json.dumps(r, default=str))
