@@ -37,26 +37,77 @@ class _TileCoder:
         self.enc, self.dec = enc, dec
 
     def encode(self, tbl: np.ndarray, sym: np.ndarray) -> None:
-        order = np.argsort(tbl, kind="stable")
-        ts, ss = tbl[order], sym[order]
-        cuts = np.flatnonzero(np.diff(ts)) + 1
-        starts = np.concatenate([[0], cuts])
-        ends = np.concatenate([cuts, [len(ts)]])
-        for a, b in zip(starts, ends):
-            if b > a:
-                self.enc.encode(ss[a:b], self.freq[ts[a]])
+        order, ts, runs = _runs(tbl)
+        ss = sym[order]
+        for a, b in runs:
+            self.enc.encode(ss[a:b], self.freq[ts[a]])
 
     def decode(self, tbl: np.ndarray) -> np.ndarray:
-        order = np.argsort(tbl, kind="stable")
-        ts = tbl[order]
-        cuts = np.flatnonzero(np.diff(ts)) + 1
-        starts = np.concatenate([[0], cuts])
-        ends = np.concatenate([cuts, [len(ts)]])
+        order, ts, runs = _runs(tbl)
         out = np.empty(len(tbl), np.int64)
-        for a, b in zip(starts, ends):
-            if b > a:
-                out[order[a:b]] = self.dec.decode(self.freq[ts[a]], int(b - a))
+        for a, b in runs:
+            out[order[a:b]] = self.dec.decode(self.freq[ts[a]], int(b - a))
         return out
+
+
+def _runs(tbl: np.ndarray):
+    """Stable sort by table index and the [a, b) runs of equal index: the order both sides code in."""
+    order = np.argsort(tbl, kind="stable")
+    ts = tbl[order]
+    cuts = np.flatnonzero(np.diff(ts)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(ts)]])
+    return order, ts, [(a, b) for a, b in zip(starts, ends) if b > a]
+
+
+def _coarsest(tiles, sizes, bsz: int, scales: int, coders, dt):
+    """The scale pyramid (encoding; None when decoding) and x^(M), coded with the uniform model."""
+    if tiles is not None:
+        x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(dt)
+        pyr = [x]
+        for _ in range(scales):
+            pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
+        top = pyr[-1]
+        for b in range(bsz):
+            coders[b].enc.encode(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
+        return pyr, top
+    hm, wm = sizes[-1]
+    top = torch.zeros(bsz, 3, hm, wm, dtype=dt)
+    for b in range(bsz):
+        top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float64))
+    return None, top
+
+
+def _scale_start(p, i: int, h: int, w: int, bsz: int, cur, pyr, z, dt):
+    """State at the start of scale i: x-hat (true coarser pixels; when encoding, all true pixels), the known
+    mask, the context carried up from the coarser scale, the group map and the not-yet-coded set."""
+    if pyr is None:
+        X = torch.zeros(bsz, 3, 2 * h, 2 * w, dtype=dt)
+        X[:, :, 1::2, 1::2] = cur
+    else:
+        X = M.pad_even(pyr[i])
+    known = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=dt)
+    known[:, :, 1::2, 1::2] = 1
+    z = torch.zeros(bsz, p.context, h, w, dtype=dt) if z is None else \
+        z.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
+    return X, known, z, M.group_map(p, i, h, w), torch.ones(bsz, 3, h, w, dtype=torch.bool)
+
+
+def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, dt):
+    """One stage's network pass: (neighbour-average base in 1/16 px, outputs P, next context z)."""
+    bsz, _, h2, w2 = X.shape
+    b16 = M.base16(X, known)
+    fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
+    inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
+                     torch.full((bsz, 1, h2 // 2, w2 // 2), 16.0 * i, dtype=dt), z * 2], dim=1)
+    P, z = net(inp)
+    if check_reference:
+        rp, rz = net.reference(inp.numpy().astype(np.int64))
+        if not (np.array_equal(rp, P.numpy().astype(np.int64)) and np.array_equal(rz, z.numpy().astype(np.int64))):
+            raise AssertionError(f"fast path != integer reference at scale {i} group {j}")
+        if stats is not None:
+            stats["reference_checks"] = stats.get("reference_checks", 0) + 1
+    return b16, P, z
 
 
 def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, int], coders: list[_TileCoder],
@@ -71,47 +122,15 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
     decoding = tiles is None
     sizes = M.pyramid_sizes(H, W, p.scales)
     dt = torch.float64
-    if not decoding:
-        x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(dt)
-        pyr = [x]
-        for _ in range(p.scales):
-            pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
-        top = pyr[-1]
-        for b in range(bsz):
-            coders[b].enc.encode(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
-    else:
-        hm, wm = sizes[-1]
-        top = torch.zeros(bsz, 3, hm, wm, dtype=dt)
-        for b in range(bsz):
-            top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float64))
+    pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders, dt)
     cur = top
     freq = coders[0].freq
     z = None
     for i in reversed(range(p.scales)):
         h, w = sizes[i + 1]
-        if decoding:
-            X = torch.zeros(bsz, 3, 2 * h, 2 * w, dtype=dt)
-            X[:, :, 1::2, 1::2] = cur
-        else:
-            X = M.pad_even(pyr[i])
-        known = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=dt)
-        known[:, :, 1::2, 1::2] = 1
-        z = torch.zeros(bsz, p.context, h, w, dtype=dt) if z is None else \
-            z.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
-        gmap = M.group_map(p, i, h, w)
-        remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool)
+        X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z, dt)
         for j in range(p.groups):
-            b16 = M.base16(X, known)
-            fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
-            inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
-                             torch.full((bsz, 1, h, w), 16.0 * i, dtype=dt), z * 2], dim=1)
-            P, z = net(inp)
-            if check_reference:
-                rp, rz = net.reference(inp.numpy().astype(np.int64))
-                if not (np.array_equal(rp, P.numpy().astype(np.int64)) and np.array_equal(rz, z.numpy().astype(np.int64))):
-                    raise AssertionError(f"fast path != integer reference at scale {i} group {j}")
-                if stats is not None:
-                    stats["reference_checks"] = stats.get("reference_checks", 0) + 1
+            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, dt)
             logits, off, sidx, coup = M.split_params(P, 1)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
@@ -190,44 +209,14 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
     dt = torch.float64
     expw = _exp_weight()
     freq2 = coders[0].freq
-    if not decoding:
-        x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(dt)
-        pyr = [x]
-        for _ in range(p.scales):
-            pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
-        top = pyr[-1]
-        for b in range(bsz):
-            coders[b].enc.encode(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
-    else:
-        hm, wm = sizes[-1]
-        top = torch.zeros(bsz, 3, hm, wm, dtype=dt)
-        for b in range(bsz):
-            top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float64))
+    pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders, dt)
     cur = top
     z = None
     for i in reversed(range(p.scales)):
         h, w = sizes[i + 1]
-        if decoding:
-            X = torch.zeros(bsz, 3, 2 * h, 2 * w, dtype=dt)
-            X[:, :, 1::2, 1::2] = cur
-        else:
-            X = M.pad_even(pyr[i])
-        known = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=dt)
-        known[:, :, 1::2, 1::2] = 1
-        z = torch.zeros(bsz, p.context, h, w, dtype=dt) if z is None else \
-            z.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
-        gmap = M.group_map(p, i, h, w)
-        remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool)
+        X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z, dt)
         for j in range(p.groups):
-            b16 = M.base16(X, known)
-            fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
-            inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
-                             torch.full((bsz, 1, h, w), 16.0 * i, dtype=dt), z * 2], dim=1)
-            P, z = net(inp)
-            if check_reference:
-                rp, rz = net.reference(inp.numpy().astype(np.int64))
-                if not (np.array_equal(rp, P.numpy().astype(np.int64)) and np.array_equal(rz, z.numpy().astype(np.int64))):
-                    raise AssertionError(f"fast path != integer reference at scale {i} group {j}")
+            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, dt)
             logits, off, sidx, coup = M.split_params(P, k)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
