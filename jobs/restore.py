@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .console import emit_json, err, fail
+from .console import err, fail, report, run_with_progress
 
 
 def restore(
@@ -28,28 +28,16 @@ def restore(
     Ranged reads of just the records needed; large restores run on Ray. Rerun to resume: complete outputs are
     skipped. Exit code 1 when a record could not be restored or a requested id is not in the archive.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from pixark.pipeline.errors import PipelineError
     from pixark.pipeline.restore import FORMATS, restore as run
 
     if format not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
-    with Progress(TextColumn("restore"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-                  TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("restore", total=None)
-        try:
-            summary = run(archive, dest, include=include or None, ids=ids, format=format, ray_address=ray_address,
-                          check_existing=check_existing,
-                          progress=lambda done, total: bar.update(task, completed=done, total=total))
-        except (PipelineError, OSError, ValueError) as exc:
-            raise fail(f"cannot restore from {archive}: {exc}")
-    if json_out:
-        emit_json(summary)
-    else:
-        show(summary)
-    if not summary["ok"]:
-        raise typer.Exit(1)
+    summary = run_with_progress(
+        "restore", "images",
+        lambda progress: run(archive, dest, include=include or None, ids=ids, format=format,
+                             ray_address=ray_address, check_existing=check_existing, progress=progress),
+        f"cannot restore from {archive}")
+    report(summary, json_out, show)
 
 
 def show(s: dict) -> None:

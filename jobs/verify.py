@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .console import emit_json, err, fail
+from .console import err, fail, report, run_with_progress
 
 
 def verify(
@@ -26,29 +26,18 @@ def verify(
     A Ray job reading only what the archive holds. Writes ARCHIVE/verify/records.parquet (one row per record:
     image_id, status, detail) and ARCHIVE/verify/summary.json. Exit code 1 on any mismatch.
     """
-    from pixark.pipeline.errors import PipelineError
     from pixark.pipeline.verify import parse_sample, verify as run
 
     try:
         parse_sample(sample)
     except ValueError as exc:
         raise fail(str(exc))
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("verify"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
-                  TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("verify", total=None)
-        try:
-            summary = run(archive, sample=sample, against_source=against_source, ray_address=ray_address, seed=seed,
-                          progress=lambda done, total: bar.update(task, completed=done, total=total))
-        except (PipelineError, OSError, ValueError) as exc:
-            raise fail(f"cannot verify {archive}: {exc}")
-    if json_out:
-        emit_json(summary)
-    else:
-        show(summary)
-    if not summary["ok"]:
-        raise typer.Exit(1)
+    summary = run_with_progress(
+        "verify", "records",
+        lambda progress: run(archive, sample=sample, against_source=against_source, ray_address=ray_address,
+                             seed=seed, progress=progress),
+        f"cannot verify {archive}")
+    report(summary, json_out, show)
 
 
 def show(summary: dict) -> None:
