@@ -54,15 +54,44 @@ def normalize(counts: np.ndarray) -> np.ndarray:
     return np.diff(scaled, axis=-1)
 
 
+class Table:
+    """One integer frequency table, validated once, with its constriction model built once: for codecs that
+    code many short runs against a fixed bank of tables (checking a table costs ~20x the coding of a few symbols)."""
+
+    __slots__ = ("size", "model")
+
+    def __init__(self, freqs: np.ndarray) -> None:
+        table = _check_table(freqs)
+        if table.ndim != 1:
+            raise ValueError("a Table is one 1-D frequency table")
+        self.size = table.shape[0]
+        self.model = constriction.stream.model.Categorical(table, perfect=False) if self.size > 1 else None
+
+
+def bank(freqs: np.ndarray) -> list[Table]:
+    """A ``Table`` per row of a 2-D integer table array."""
+    return [Table(row) for row in np.asarray(freqs)]
+
+
 class Encoder:
     """Appends symbols to one range-coded stream. Decode with ``Decoder`` in the same order."""
 
     def __init__(self) -> None:
         self._enc = constriction.stream.queue.RangeEncoder()
 
-    def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
-        """Encode ``symbols`` (1-D ints). ``freqs`` is one table shared by all symbols (1-D) or one row per symbol (2-D)."""
+    def encode(self, symbols: np.ndarray, freqs: np.ndarray | Table) -> None:
+        """Encode ``symbols`` (1-D ints). ``freqs`` is one table shared by all symbols (1-D or a ``Table``) or one
+        row per symbol (2-D)."""
         symbols = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
+        if isinstance(freqs, Table):
+            if freqs.model is not None and symbols.size:
+                try:
+                    self._enc.encode(symbols, freqs.model)
+                except KeyError as exc:  # constriction's error for a symbol outside the alphabet
+                    raise ValueError(f"symbol outside the alphabet 0..{freqs.size - 1}") from exc
+            elif symbols.size and (symbols.min() < 0 or symbols.max() >= freqs.size):
+                raise ValueError(f"symbol outside the alphabet 0..{freqs.size - 1}")
+            return
         table = _check_table(freqs)
         n = table.shape[-1]
         if symbols.size and (symbols.min() < 0 or symbols.max() >= n):
@@ -93,8 +122,16 @@ class Decoder:
         except Exception as exc:  # constriction rejects some malformed word sequences outright
             raise CorruptStream(f"range decoder rejected the payload: {exc}") from exc
 
-    def decode(self, freqs: np.ndarray, count: int | None = None) -> np.ndarray:
-        """Decode ``count`` symbols with one shared table (1-D ``freqs``) or one symbol per row (2-D ``freqs``)."""
+    def decode(self, freqs: np.ndarray | Table, count: int | None = None) -> np.ndarray:
+        """Decode ``count`` symbols with one shared table (1-D ``freqs`` or a ``Table``) or one symbol per row
+        (2-D ``freqs``)."""
+        if isinstance(freqs, Table):
+            if freqs.model is None or not count:
+                return np.zeros(count or 0, np.int32)
+            try:
+                return np.asarray(self._dec.decode(freqs.model, int(count)), dtype=np.int32)
+            except Exception as exc:
+                raise CorruptStream(f"range decoding failed: {exc}") from exc
         table = _check_table(freqs)
         if table.shape[-1] == 1:
             return np.zeros((count or 0) if table.ndim == 1 else table.shape[0], np.int32)

@@ -88,3 +88,36 @@ def test_damaged_payloads_raise_or_decode_some_symbols_never_crash():
 
 
 GOLDEN_HEX = "7eb50300eb086072b37a196c"
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), alphabet=st.integers(1, 300), runs=st.integers(0, 30))
+def test_prevalidated_tables_code_the_same_bytes(data, alphabet, runs):
+    """entropy.Table (validated once, for fixed table banks) is a speed path only: same bytes, same symbols."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    freqs = entropy.normalize(rng.integers(0, 1000, (4, alphabet)) ** 2)
+    bank = entropy.bank(freqs)
+    plan = [(int(rng.integers(4)), rng.integers(0, alphabet, int(rng.integers(0, 20)))) for _ in range(runs)]
+    plain, fast = entropy.Encoder(), entropy.Encoder()
+    for t, sym in plan:
+        plain.encode(sym, freqs[t])
+        fast.encode(sym, bank[t])
+    data_bytes = fast.finish()
+    assert data_bytes == plain.finish()
+    dec = entropy.Decoder(data_bytes)
+    for t, sym in plan:
+        assert np.array_equal(dec.decode(bank[t], len(sym)), sym)
+
+
+def test_prevalidated_tables_refuse_bad_input():
+    with pytest.raises(TypeError):
+        entropy.Table(np.full(4, entropy.TOTAL / 4))
+    with pytest.raises(ValueError):
+        entropy.Table(np.array([entropy.TOTAL - 1, 2]))
+    t = entropy.Table(entropy.normalize(np.array([1, 1, 1])))
+    with pytest.raises(ValueError):
+        entropy.Encoder().encode(np.array([3]), t)
+    with pytest.raises(ValueError):
+        entropy.Encoder().encode(np.array([-1]), t)
+    with pytest.raises(ValueError):  # a one-symbol alphabet still checks its symbols
+        entropy.Encoder().encode(np.array([1]), entropy.Table(np.array([entropy.TOTAL])))

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 import torch
 
-from ..entropy import Encoder, Decoder
+from ..entropy import Encoder, Decoder, bank
 from ..errors import CorruptStream, UnsupportedStream
 from . import model as M
 
@@ -32,21 +32,25 @@ def tile_grid(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
 class _TileCoder:
     """Per-tile entropy coding of one (group, channel): runs of equal table index."""
 
-    def __init__(self, freq: np.ndarray, enc: Encoder | None = None, dec: Decoder | None = None):
-        self.freq = freq.reshape(-1, 256)  # table index = sidx * 16 + f + 8
+    def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None):
+        t = M.tables()
+        self.freq = t["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
+        if "bank" not in t:  # validated once per process: coding uses ~40k short runs per megapixel
+            t["bank"] = bank(self.freq)
+        self.bank = t["bank"]
         self.enc, self.dec = enc, dec
 
     def encode(self, tbl: np.ndarray, sym: np.ndarray) -> None:
         order, ts, runs = _runs(tbl)
         ss = sym[order]
         for a, b in runs:
-            self.enc.encode(ss[a:b], self.freq[ts[a]])
+            self.enc.encode(ss[a:b], self.bank[ts[a]])
 
     def decode(self, tbl: np.ndarray) -> np.ndarray:
         order, ts, runs = _runs(tbl)
         out = np.empty(len(tbl), np.int64)
         for a, b in runs:
-            out[order[a:b]] = self.dec.decode(self.freq[ts[a]], int(b - a))
+            out[order[a:b]] = self.dec.decode(self.bank[ts[a]], int(b - a))
         return out
 
 
@@ -285,12 +289,11 @@ def encode(net: M.IntNet, pixels: np.ndarray, tile: int = 512, tile_batch: int =
     if h < 1 or w < 1 or tile < 1:
         raise ValueError("empty image or bad tile size")
     grid = tile_grid(h, w, tile)
-    freq = M.tables()["freq"]
     streams: list[bytes] = [b""] * len(grid)
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
         batch = np.stack([pixels[grid[k][0]:grid[k][0] + th, grid[k][1]:grid[k][1] + tw] for k in idxs])
-        coders = [_TileCoder(freq, enc=Encoder()) for _ in idxs]
+        coders = [_TileCoder(enc=Encoder()) for _ in idxs]
         run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats)
         for k, cd in zip(idxs, coders):
             streams[k] = cd.enc.finish()
@@ -314,11 +317,10 @@ def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2) -> np.ndarray:
     if off + sum(lens) != len(payload):
         raise CorruptStream("mspsm payload length does not match its tile table")
     starts = np.concatenate([[off], off + np.cumsum(lens)])
-    freq = M.tables()["freq"]
     out = np.zeros((h, w, 3), np.uint8)
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
-        coders = [_TileCoder(freq, dec=Decoder(payload[starts[k]:starts[k + 1]])) for k in idxs]
+        coders = [_TileCoder(dec=Decoder(payload[starts[k]:starts[k + 1]])) for k in idxs]
         px = run_tiles(net, None, (len(idxs), th, tw), coders)
         for k, t in zip(idxs, px):
             y, x = grid[k][:2]
