@@ -94,10 +94,10 @@ def _mspsm():
     from pixark.codec.mspsm import model as M
 
     def make_model(profile):
-        return M.Net(M.PROFILES[profile])
+        return M.Net(M.resolve(profile))
 
     def make_loss(profile, net):
-        return M.Trainer(M.PROFILES[profile], net)
+        return M.Trainer(M.resolve(profile), net)
 
     def export(profile, net, weights_path, card_path, dev_dirs, info, **kw):
         from pixark.codec.mspsm import export as E
@@ -105,7 +105,7 @@ def _mspsm():
         return E.export_weights(profile, net, weights_path, card_path, dev_dirs, info, **kw)
 
     def profile_cfg(profile):
-        p = M.PROFILES[profile]
+        p = M.resolve(profile)
         return {"batch": p.batch, "lr": p.lr}
 
     return make_model, make_loss, export, profile_cfg

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 
 import numpy as np
 import torch
@@ -71,6 +71,27 @@ PROFILES: dict[str, Profile] = {
     "extra": Profile("extra", 4, "b", 128, 4, 32, 10, batch=8, lr=2e-4, note="paper Table 3 extra"),
 }
 DEFAULT_PROFILE = "cpu"
+_VARIANT_KEYS = {"scales": int, "grouping": str, "channels": int, "blocks": int, "context": int, "mixtures": int}
+
+
+def resolve(spec: str) -> Profile:
+    """A named profile, or a training variant of one for design studies: ``"cpu-small:grouping=b,scales=3"``.
+    Variants train and evaluate like profiles but are never shipped (no weights path is registered for them)."""
+    name, _, rest = spec.partition(":")
+    if name not in PROFILES:
+        raise ValueError(f"mspsm: unknown profile {name!r}; profiles: {', '.join(PROFILES)}")
+    p = PROFILES[name]
+    if not rest:
+        return p
+    kw = {}
+    for item in rest.split(","):
+        k, _, v = item.partition("=")
+        if k not in _VARIANT_KEYS or not v:
+            raise ValueError(f"mspsm: bad variant {item!r}; keys: {', '.join(_VARIANT_KEYS)}")
+        kw[k] = _VARIANT_KEYS[k](v)
+    if kw.get("grouping", p.grouping) not in ("a", "b", "random", "dynamic"):
+        raise ValueError(f"mspsm: unknown grouping {kw['grouping']!r}")
+    return replace(p, name=spec, **kw)
 
 
 def n_inputs(p: Profile) -> int:
