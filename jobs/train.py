@@ -224,7 +224,7 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
                 f"elapsed_min {state['elapsed'] / 60:.1f}")
             state["history"].append((state["step"], run_loss / run_n))
             run_loss, run_n = 0.0, 0
-        if now - last_dev > 60 * dev_minutes:
+        if devx is not None and now - last_dev > 60 * dev_minutes:
             d = dev_eval()
             state["last_dev"] = d
             say(f"dev step {state['step']} dev_bpsp_est {d:.4f} (float estimate, {len(devx)} centre crops 256)")
