@@ -26,26 +26,34 @@ def load(image) -> DecodedImage:
     raise TypeError(f"encode() takes file bytes, a numpy array or a DecodedImage, not {type(image).__name__}")
 
 
-def encode(image, codec: str = "auto", verify: bool = False, **params) -> bytes:
+def encode(image, codec: str = "auto", verify: bool = False, device: str | None = None, **params) -> bytes:
     """Code one image into a pixark container. ``codec`` is a name or a spec like 'jxl-ll:effort=9'.
-    With ``verify`` the result is decoded and compared with the input before it is returned."""
+    With ``verify`` the result is decoded and compared with the input before it is returned.
+    ``device`` ('cpu', 'cuda', 'cuda:N'; None = cpu) is where a learned codec runs its network; classical codecs
+    ignore it. The stream is the same whatever the device."""
     img = load(image)
+    registry.check_device(device)  # a misspelt device is an error even when no learned codec runs
     name, spec_params = registry.parse_spec(codec)
     params = {**spec_params, **params}
     if name == "auto":
-        data = _auto(img, **params)
+        data = _auto(img, device, **params)
     else:
-        data = _encode_with(img, registry.get(name), params)
+        data = _encode_with(img, registry.get(name), params, device)
     if verify:
-        _verify(img, data)
+        _verify(img, data, device)
     return data
 
 
-def _encode_with(img: DecodedImage, codec: registry.Codec, params: dict) -> bytes:
+def _device_kw(codec: registry.Codec, device: str | None) -> dict:
+    """``device=`` for a learned codec (checked: it must exist on this machine), nothing for a classical one."""
+    return {"device": registry.check_device(device, available=True)} if codec.learned else {}
+
+
+def _encode_with(img: DecodedImage, codec: registry.Codec, params: dict, device: str | None = None) -> bytes:
     reason = codec.supports(img)
     if reason:
         raise UnsupportedImage(f"codec {codec.name!r} cannot code this image: {reason}")
-    enc = codec.encode(img, **params)
+    enc = codec.encode(img, **params, **_device_kw(codec, device))
     original_kept = codec.keeps_original and not enc.params.get("raw")
     meta = img.metadata
     info = dict(meta.info)
@@ -80,12 +88,12 @@ def candidates(img: DecodedImage, **params) -> list[tuple[str, dict]]:
     return out
 
 
-def _auto(img: DecodedImage, **params) -> bytes:
+def _auto(img: DecodedImage, device: str | None = None, **params) -> bytes:
     """Smallest of the candidates, never larger than storing the file as it is."""
     best = None
     for name, p in candidates(img, **params):
         try:
-            data = _encode_with(img, registry.get(name), p)
+            data = _encode_with(img, registry.get(name), p, device)
         except CodecError:  # e.g. a learned model's size limit: the other candidates and store remain
             continue
         if best is None or len(data) < len(best):
@@ -94,15 +102,17 @@ def _auto(img: DecodedImage, **params) -> bytes:
     return stored if best is None or len(stored) <= len(best) else best
 
 
-def _verify(img: DecodedImage, data: bytes) -> None:
-    back = decode(data)
+def _verify(img: DecodedImage, data: bytes, device: str | None = None) -> None:
+    back = decode(data, device)
     if img.pixels is not None and (back.pixels is None or pixel_sha256(back.pixels) != img.pixel_sha256()):
         raise CorruptStream("encoder self-check failed: the stream does not decode to the input pixels")
 
 
-def decode(data: bytes) -> DecodedImage:
+def decode(data: bytes, device: str | None = None) -> DecodedImage:
     """Decode a container. Damaged input raises CorruptStream, streams this build cannot read UnsupportedStream;
-    pixels are always checked against the hash the encoder stored."""
+    pixels are always checked against the hash the encoder stored. ``device`` as in ``encode`` (a bad one is a
+    ValueError, never reported as a damaged stream)."""
+    registry.check_device(device)
     header, blobs, payload = container.unpack(data)
     codec = registry.get(header.codec)
     if header.codec_version not in codec.versions:
@@ -110,8 +120,9 @@ def decode(data: bytes) -> DecodedImage:
             f"codec {header.codec!r} payload version {header.codec_version} is not supported "
             f"(this build reads {codec.versions}); upgrade pixark"
         )
+    kw = _device_kw(codec, device)  # checked before decoding: a missing GPU is not a damaged payload
     try:
-        pixels = codec.decode(payload, header)
+        pixels = codec.decode(payload, header, **kw)
     except CodecError:
         raise
     except Exception as exc:  # a damaged payload can make any decoder library fail in its own way

@@ -4,6 +4,7 @@ when their module is first asked for, so using PNG does not import torch."""
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,12 @@ class Encoded:
 
 
 class Codec:
-    """One image <-> one payload. Subclasses set the class attributes and implement the four methods."""
+    """One image <-> one payload. Subclasses set the class attributes and implement the four methods.
+
+    Learned codecs (``learned = True``) also take ``device`` in ``encode`` and ``decode``: a name checked by
+    ``check_device`` ('cpu', 'cuda', 'cuda:N') where their integer network runs. The payload never depends on it
+    (CPU and GPU streams are byte-identical). Classical codecs run on the CPU and take no device: the API passes
+    ``device`` to learned codecs only."""
 
     name: str = ""
     version: int = 1  # bumped when the payload layout changes; decoders list what they accept in `versions`
@@ -90,6 +96,32 @@ def names() -> list[str]:
 
 def all_codecs() -> list[Codec]:
     return [get(n) for n in names()]
+
+
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+def check_device(device=None, available: bool = False) -> str:
+    """A codec ``device`` argument as a torch device name: None -> 'cpu'; 'cpu', 'cuda' or 'cuda:N' (or the
+    torch.device of one) as given. Anything else is a ValueError: the integer networks are proven exact on CPUs and
+    on CUDA GPUs with cuDNN and TF32 off, on nothing else. With ``available`` (a learned codec is about to run
+    there) a CUDA device must also exist on this machine; torch is imported only then."""
+    if device is None:
+        return "cpu"
+    name = str(device).strip()
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"unknown codec device {device!r}: use 'cpu', 'cuda' or 'cuda:N' (None means cpu)")
+    if available and name != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"codec device {name!r}: torch {torch.__version__} sees no CUDA GPU on this machine; "
+                             "use device='cpu' (or leave it unset)")
+        n = torch.cuda.device_count()
+        index = int(name.partition(":")[2] or 0)
+        if index >= n:
+            raise ValueError(f"codec device {name!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    return name
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:

@@ -2,7 +2,9 @@
 
 Parameters: ``profile`` (network weights, see ``model.PROFILES``), ``tile`` (tile side in pixels; tiles are coded
 independently in one payload, which bounds memory) and ``tile_batch`` (tiles run through the network together;
-speed only, never changes the bitstream). Design and measurements: docs/MSPSM.md. Importing registers the codec.
+speed only, never changes the bitstream). ``device`` (an argument of encode/decode, not a stream parameter) is
+where the integer network runs: 'cpu' (default) or 'cuda[:N]'; the bitstream is the same. Design and
+measurements: docs/MSPSM.md. Importing registers the codec.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from ..container import Header
 from ..errors import UnsupportedStream
 from ..image import DecodedImage
-from ..registry import Codec, Encoded, register
+from ..registry import Codec, Encoded, check_device, register
 from . import model as M
 from . import export as E
 
@@ -83,24 +85,26 @@ class MspsmCodec(Codec):
             raise ValueError(f"mspsm: tile_batch must be 1..64, got {p['tile_batch']}")
         return p
 
-    def encode(self, image: DecodedImage, **params) -> Encoded:
+    def encode(self, image: DecodedImage, device: str | None = None, **params) -> Encoded:
         from . import coder
 
         p = self._check(params)
+        device = check_device(device, available=True)
         net, model_id = load_profile(p["profile"])
-        payload = coder.encode(net, image.pixels, tile=p["tile"], tile_batch=p["tile_batch"])
+        payload = coder.encode(net, image.pixels, tile=p["tile"], tile_batch=p["tile_batch"], device=device)
         return Encoded(payload=payload, params={"profile": p["profile"], "tile": p["tile"]}, model_id=model_id)
 
-    def decode(self, payload: bytes, header: Header) -> np.ndarray:
+    def decode(self, payload: bytes, header: Header, device: str | None = None) -> np.ndarray:
         from . import coder
 
+        device = check_device(device, available=True)
         profile = header.params.get("profile", M.DEFAULT_PROFILE)
         net, model_id = load_profile(profile)
         if header.model_id and header.model_id != model_id:
             raise UnsupportedStream(
                 f"mspsm stream was made with model {header.model_id[:12]}..., this build ships "
                 f"{model_id[:12]}... for profile {profile!r}; decode it with the pixark release that wrote it")
-        px = coder.decode(net, payload, tile_batch=self.defaults["tile_batch"])
+        px = coder.decode(net, payload, tile_batch=self.defaults["tile_batch"], device=device)
         if px.shape[:2] != (header.height, header.width):
             from ..errors import CorruptStream
 

@@ -18,6 +18,7 @@ import torch
 
 from ..entropy import Encoder, Decoder, bank
 from ..errors import CorruptStream, UnsupportedStream
+from ..nn.quant import run_on
 from . import model as M
 
 MAGIC = b"MSPS"
@@ -97,14 +98,15 @@ def _scale_start(p, i: int, h: int, w: int, bsz: int, cur, pyr, z, dt):
     return X, known, z, M.group_map(p, i, h, w), torch.ones(bsz, 3, h, w, dtype=torch.bool)
 
 
-def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, dt):
-    """One stage's network pass: (neighbour-average base in 1/16 px, outputs P, next context z)."""
+def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, dt, device: str = "cpu"):
+    """One stage's network pass: (neighbour-average base in 1/16 px, outputs P, next context z). Only the network
+    runs on ``device``; its integer outputs come back to the CPU, where the rest of the stage runs as always."""
     bsz, _, h2, w2 = X.shape
     b16 = M.base16(X, known)
     fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
     inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
                      torch.full((bsz, 1, h2 // 2, w2 // 2), 16.0 * i, dtype=dt), z * 2], dim=1)
-    P, z = net(inp)
+    P, z = run_on(device, net, inp)
     if check_reference:
         rp, rz = net.reference(inp.numpy().astype(np.int64))
         if not (np.array_equal(rp, P.numpy().astype(np.int64)) and np.array_equal(rz, z.numpy().astype(np.int64))):
@@ -115,13 +117,14 @@ def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, dt)
 
 
 def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, int], coders: list[_TileCoder],
-              check_reference: bool = False, stats: dict | None = None) -> np.ndarray:
+              check_reference: bool = False, stats: dict | None = None, device: str = "cpu") -> np.ndarray:
     """Code a batch of same-size tiles. Encoding: ``tiles`` (B,H,W,3) uint8. Decoding: ``tiles`` None and
     ``shape`` = (B,H,W); returns the (B,H,W,3) uint8 pixels. ``check_reference`` also runs the pure-integer
-    numpy reference network at every stage and raises if it differs from the fast path."""
+    numpy reference network at every stage and raises if it differs from the fast path. ``device``: where the
+    network runs ('cpu', 'cuda[:N]'); the stream does not depend on it."""
     p = net.p
     if p.mixtures > 1:
-        return _run_tiles_mixture(net, tiles, shape, coders, check_reference, stats)
+        return _run_tiles_mixture(net, tiles, shape, coders, check_reference, stats, device)
     bsz, H, W = shape
     decoding = tiles is None
     sizes = M.pyramid_sizes(H, W, p.scales)
@@ -134,7 +137,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
         h, w = sizes[i + 1]
         X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z, dt)
         for j in range(p.groups):
-            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, dt)
+            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, dt, device)
             logits, off, sidx, coup = M.split_params(P, 1)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
@@ -199,7 +202,7 @@ def _mixture_pmf(freq2: np.ndarray, tbl: np.ndarray, cen: np.ndarray) -> np.ndar
     return np.take_along_axis(rows, idx, axis=2)
 
 
-def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=None):
+def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=None, device="cpu"):
     """K > 1: per-symbol 2-D integer tables. Subpixel pmf = sum_k w_k pmf_k (then entropy.normalize); w_k from
     the integer logits by the stored exp table; channel coupling by integer posterior weights
     w_k <- (w_k * pmf_k(x)) >> 16 after each channel (the coded symbol is x itself)."""
@@ -220,7 +223,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
         h, w = sizes[i + 1]
         X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z, dt)
         for j in range(p.groups):
-            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, dt)
+            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, dt, device)
             logits, off, sidx, coup = M.split_params(P, k)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
@@ -282,7 +285,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
 
 
 def encode(net: M.IntNet, pixels: np.ndarray, tile: int = 512, tile_batch: int = 2,
-           check_reference: bool = False, stats: dict | None = None) -> bytes:
+           check_reference: bool = False, stats: dict | None = None, device: str = "cpu") -> bytes:
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError("mspsm codes HxWx3 uint8 pixels")
     h, w = pixels.shape[:2]
@@ -294,14 +297,15 @@ def encode(net: M.IntNet, pixels: np.ndarray, tile: int = 512, tile_batch: int =
         ty, tx, th, tw = grid[idxs[0]]
         batch = np.stack([pixels[grid[k][0]:grid[k][0] + th, grid[k][1]:grid[k][1] + tw] for k in idxs])
         coders = [_TileCoder(enc=Encoder()) for _ in idxs]
-        run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats)
+        run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats,
+                  device=device)
         for k, cd in zip(idxs, coders):
             streams[k] = cd.enc.finish()
     head = MAGIC + struct.pack("<BIIII", PAYLOAD_VERSION, h, w, tile, len(grid))
     return head + struct.pack(f"<{len(grid)}I", *[len(s) for s in streams]) + b"".join(streams)
 
 
-def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2) -> np.ndarray:
+def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cpu") -> np.ndarray:
     if len(payload) < 21 or payload[:4] != MAGIC:
         raise CorruptStream("not an mspsm payload (bad magic)")
     ver, h, w, tile, n = struct.unpack_from("<BIIII", payload, 4)
@@ -321,7 +325,7 @@ def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2) -> np.ndarray:
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
         coders = [_TileCoder(dec=Decoder(payload[starts[k]:starts[k + 1]])) for k in idxs]
-        px = run_tiles(net, None, (len(idxs), th, tw), coders)
+        px = run_tiles(net, None, (len(idxs), th, tw), coders, device=device)
         for k, t in zip(idxs, px):
             y, x = grid[k][:2]
             out[y:y + th, x:x + tw] = t

@@ -2,6 +2,8 @@
 
 Parameters: ``q`` WebP quality 0..100 or ``"auto"`` (tries ``Q_AUTO`` and keeps the smallest stream), ``k``
 LSB width (4, 5, 6), ``T`` masked-sampling iterations (rate vs latency), ``profile`` (network weights).
+``device`` (an argument of encode/decode, not a stream parameter): where the integer network runs, 'cpu' (default)
+or 'cuda[:N]'; the stream is the same.
 Design, payload layout and measurements: docs/MSR.md. Importing this module registers the codec.
 """
 
@@ -12,7 +14,7 @@ import numpy as np
 from ..container import Header
 from ..errors import CorruptStream, UnsupportedStream
 from ..image import DecodedImage
-from ..registry import Codec, Encoded, register
+from ..registry import Codec, Encoded, check_device, register
 from . import model as M
 from . import weights as W
 from .webpbase import MAX_SIDE
@@ -75,22 +77,24 @@ class MsrCodec(Codec):
                 raise ValueError(f"msr: q must be 0..100 or 'auto', got {out['q']}")
         return out
 
-    def encode(self, image: DecodedImage, **params) -> Encoded:
+    def encode(self, image: DecodedImage, device: str | None = None, **params) -> Encoded:
         from . import coder
 
         p = self._check(self.params(params))
+        device = check_device(device, available=True)
         net, model_id = W.load(p["profile"])
         qs = Q_AUTO if p["q"] == "auto" else (p["q"],)
         best = None
         for q in qs:
-            payload = coder.encode(image.pixels, net, q, p["k"], p["T"])
+            payload = coder.encode(image.pixels, net, q, p["k"], p["T"], device=device)
             if best is None or len(payload) < len(best[0]):
                 best = (payload, q)
         return Encoded(best[0], {**p, "q": best[1]}, model_id)
 
-    def decode(self, payload: bytes, header: Header) -> np.ndarray:
+    def decode(self, payload: bytes, header: Header, device: str | None = None) -> np.ndarray:
         from . import coder
 
+        device = check_device(device, available=True)
         prm = header.params
         profile = prm.get("profile", M.DEFAULT_PROFILE)
         net, model_id = W.load(profile)
@@ -102,7 +106,7 @@ class MsrCodec(Codec):
             raise CorruptStream("msr payload size does not match the container header")
         if (f["k"], f["T"], f["q"]) != (prm.get("k"), prm.get("T"), prm.get("q")):
             raise CorruptStream("msr payload parameters do not match the container header")
-        return coder.decode(payload, net)
+        return coder.decode(payload, net, device=device)
 
 
 register(MsrCodec())

@@ -20,6 +20,7 @@ import torch
 
 from .. import entropy
 from ..errors import CorruptStream
+from ..nn.quant import run_on
 from . import model as M
 from . import rle, webpbase
 
@@ -35,8 +36,9 @@ def run_net(net: M.IntNet, inp: torch.Tensor, band: int = DEFAULT_BAND, batch: i
             device: str = "cpu") -> torch.Tensor:
     """Head output (1, 36, h, w) of the integer network, computed tile by tile: row bands of ``band`` grid rows
     plus a halo of the receptive-field radius, so every kept output equals the whole-image result exactly;
-    bands of equal shape go through the network ``batch`` at a time. ``device`` other than cpu: ``net`` must
-    come from ``weights.on_device``; cuDNN (Winograd/FFT kernels) and TF32 are switched off around the call."""
+    bands of equal shape go through the network ``batch`` at a time. ``device`` other than cpu ('cuda[:N]'): the
+    layers copy their tensors there once and cuDNN (Winograd/FFT kernels) and TF32 are switched off around the call
+    (``nn.quant.exact_cuda``); the output comes back to the CPU."""
     _, _, h, w = inp.shape
     halo = M.halo_cells(net.p)
     band = max(1, int(band))
@@ -53,23 +55,10 @@ def run_net(net: M.IntNet, inp: torch.Tensor, band: int = DEFAULT_BAND, batch: i
         for i in range(0, len(group), max(1, int(batch))):
             part = group[i:i + max(1, int(batch))]
             x = torch.cat([inp[:, :, a:b] for a, b, _, _ in part], dim=0)
-            if device == "cpu":
-                res = net(x)
-            else:
-                res = _on_gpu(net, x, device)
+            res = run_on(device, net, x)
             for n, (a, b, k0, k1) in enumerate(part):
                 out[0, :, a + k0:a + k1] = res[n, :, k0:k1]
     return out
-
-
-def _on_gpu(net, x, device):
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=False):
-            return net(x.to(device)).cpu()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 # ------------------------------------------------------------------------------------------------ iterations

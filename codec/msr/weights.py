@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from functools import lru_cache
@@ -41,14 +40,9 @@ def load(profile: str) -> tuple[M.IntNet, str]:
 
 
 def on_device(net: M.IntNet, device) -> M.IntNet:
-    """A copy of ``net`` whose fast path runs on ``device`` (e.g. 'cuda'). The integer arrays are the same; the
-    cached torch parameters are moved. On a GPU the caller must keep TF32 off (unfold + matmul, no cuDNN)."""
-    import torch
-
-    layers = {}
-    for name, conv in net.layers.items():
-        c = dataclasses.replace(conv)  # same integers, its own (empty) torch cache
-        dt, *rest = conv._torch_params()
-        c._t = (dt, *[t.to(device) for t in rest])
-        layers[name] = c
-    return M.IntNet(net.p, layers)
+    """``net`` with its layers' torch tensors also copied to ``device`` (e.g. 'cuda') now rather than on first use.
+    Each layer keeps one copy per device and picks the one its input is on, so the same net serves the CPU and
+    GPUs; run it on a GPU through ``coder``'s ``device`` argument (cuDNN and TF32 off, ``nn.quant.exact_cuda``)."""
+    for conv in net.layers.values():
+        conv._torch_params(device)
+    return net

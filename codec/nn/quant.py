@@ -18,6 +18,7 @@ an integer below 2**24, else float64; requantization in float64, exact below 2**
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,34 @@ IN_STEP = 1.0 / 64
 W_MAX = 127
 M_BITS = 15
 F32_EXACT = 1 << 24
+
+
+@contextmanager
+def exact_cuda():
+    """CUDA settings under which ``IntConv.forward_torch`` stays integer-exact, restored on exit (process-global
+    flags: hold this only around the network call). Why: the fast path is exact because every float32 partial sum
+    is an integer below 2**24 (so any summation order gives the same value) and the float64 requantization
+    products are exact (so FMA or not gives the same value). cuDNN may pick Winograd or FFT convolutions, which
+    transform the operands and round, and TF32 keeps only 10 mantissa bits: either changes the integers. With
+    cuDNN disabled conv2d runs PyTorch's own im2col + cuBLAS GEMM, with TF32 off in full float32/float64."""
+    with torch.backends.cudnn.flags(enabled=False, allow_tf32=False):
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def run_on(device: str, fn, x: torch.Tensor):
+    """``fn(x)`` (an integer network) with ``x`` on ``device`` ('cpu', 'cuda', 'cuda:N'); the output tensor, or
+    tuple of tensors, comes back on the CPU for entropy coding. The layers keep one copy of their tensors per
+    device (``IntConv._torch_params``), so the weights move once, not per call."""
+    if device is None or str(device) == "cpu":
+        return fn(x)
+    with exact_cuda():
+        out = fn(x.to(device))
+        return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -102,29 +131,41 @@ class IntConv:
         self.f32_ok = bool((bound + np.abs(self.b)).max() < F32_EXACT)
         if ((bound + np.abs(self.b)) * self.m).max() >= (1 << 52):
             raise ValueError("integer layer out of the exact float64 range (|acc + b| * m >= 2**52)")
-        self._t = None
+        self._t: dict = {}  # torch.device -> (dtype, weights, requant multiplier, requant offset)
 
     # ---------------- fast path (torch) ----------------
-    def _torch_params(self):
-        if self._t is None:
-            dt = torch.float32 if self.f32_ok else torch.float64
-            w = torch.from_numpy(self.w.astype(np.float64)).to(dt)
-            # requantization q = floor((acc + b) * r + 0.5) with r = m / 2**sh: (acc + b) * m < 2**53 (checked
-            # below), so acc * r and b * r + 0.5 are exact float64 values on the 2**-sh grid and so is their sum.
-            r = self.m.astype(np.float64) * np.exp2(-self.sh.astype(np.float64))
-            c = self.b.astype(np.float64) * r + 0.5
-            self._t = (dt, w, torch.from_numpy(r)[None, :, None, None], torch.from_numpy(c)[None, :, None, None])
-        return self._t
+    def _torch_params(self, device=None):
+        """The layer's torch tensors on ``device`` (default CPU), built once per device: the CPU copy from the
+        integer arrays, any other as a copy of the CPU tensors (same values, so the same integers)."""
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        if dev.type == "cuda" and dev.index is None:  # the key tensors report: cuda:N
+            dev = torch.device("cuda", torch.cuda.current_device())
+        t = self._t.get(dev)
+        if t is None:
+            if dev.type == "cpu":
+                dt = torch.float32 if self.f32_ok else torch.float64
+                w = torch.from_numpy(self.w.astype(np.float64)).to(dt)
+                # requantization q = floor((acc + b) * r + 0.5) with r = m / 2**sh: (acc + b) * m < 2**53 (checked
+                # below), so acc * r and b * r + 0.5 are exact float64 values on the 2**-sh grid and so is their sum.
+                r = self.m.astype(np.float64) * np.exp2(-self.sh.astype(np.float64))
+                c = self.b.astype(np.float64) * r + 0.5
+                t = (dt, w, torch.from_numpy(r)[None, :, None, None], torch.from_numpy(c)[None, :, None, None])
+            else:
+                dt, *rest = self._torch_params()
+                t = (dt, *[x.to(dev) for x in rest])
+            self._t[dev] = t
+        return t
 
     def acc_torch(self, a: torch.Tensor) -> torch.Tensor:
-        """Integer accumulator without bias (float tensor holding exact integers), shape (B, cout, H, W).
-        conv2d on CPU runs oneDNN's direct convolution (no Winograd/FFT); with every partial sum an integer
-        below 2**24 any summation order is exact. tests/test_mspsm.py checks it against the int64 reference."""
-        dt, w, _, _ = self._torch_params()
+        """Integer accumulator without bias (float tensor holding exact integers), shape (B, cout, H, W), on
+        ``a``'s device. conv2d on CPU runs oneDNN's direct convolution (no Winograd/FFT); on CUDA the caller
+        holds ``exact_cuda()`` (no cuDNN, no TF32). With every partial sum an integer below 2**24 any summation
+        order is exact. tests/test_mspsm.py checks it against the int64 reference."""
+        dt, w, _, _ = self._torch_params(a.device)
         return F.conv2d(a.to(dt), w, padding=self.k // 2)
 
     def forward_torch(self, a: torch.Tensor) -> torch.Tensor:
-        _, _, r, c = self._torch_params()
+        _, _, r, c = self._torch_params(a.device)
         q = torch.addcmul(c, self.acc_torch(a), r).floor_()  # float32 acc promotes exactly to float64
         if self.mode == "relu":
             return q.clamp_(0, ACT_MAX)
