@@ -99,8 +99,10 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, verify: bool) -> tuple[dict, bytes | None]:
-    """(manifest row without shard/offset fields, record bytes or None)."""
+def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, verify: bool,
+                device: str | None = None) -> tuple[dict, bytes | None]:
+    """(manifest row without shard/offset fields, record bytes or None). ``device``: where a learned codec runs
+    its network ('cuda:N' on a GPU worker; None = cpu); the record is the same bytes either way."""
     t0 = time.perf_counter()
     row: dict = {"image_id": image_id, "source_url": url, "source_bytes": size, "status": "ok"}
     try:
@@ -119,7 +121,7 @@ def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, v
         row.update(pixel_sha256=img.pixel_sha256(), width=img.width, height=img.height, channels=img.channels,
                    bit_depth=img.bit_depth, mode=img.mode)
         try:
-            record = pc.encode(img, codec, verify=verify)
+            record = pc.encode(img, codec, verify=verify, device=device)
         except Exception as exc:  # a codec bug or an image it cannot take: keep the bytes, flag the row
             row.update(status="failed", error=f"codec {codec} failed: {type(exc).__name__}: {exc}; original bytes stored")
     else:

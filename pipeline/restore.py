@@ -65,8 +65,10 @@ def _expected_size(row: dict, format: str) -> int | None:
 
 
 # ----------------------------------------------------------------------------------------------- worker side
-def restore_records(archive_fs, shard_path: str, rows: list[dict], dest_fs, dest_root: str, format: str) -> list[dict]:
-    """Fetch, decode and write the records of one shard (adjacent records share one ranged read)."""
+def restore_records(archive_fs, shard_path: str, rows: list[dict], dest_fs, dest_root: str, format: str,
+                    device: str | None = None) -> list[dict]:
+    """Fetch, decode and write the records of one shard (adjacent records share one ranged read). ``device``:
+    where learned codecs decode (None = cpu)."""
     out = []
     for run in catalog.coalesce(rows):
         try:
@@ -75,11 +77,19 @@ def restore_records(archive_fs, shard_path: str, rows: list[dict], dest_fs, dest
             out += [_res(r, "error", f"shard {posixpath.basename(shard_path)} is missing") for r in run]
             continue
         for row, data in zip(run, datas):
-            out.append(restore_record(row, data, dest_fs, dest_root, format))
+            out.append(restore_record(row, data, dest_fs, dest_root, format, device))
     return out
 
 
-def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str) -> dict:
+def _restore_records_task(archive_fs, shard_path: str, rows: list[dict], dest_fs, dest_root: str,
+                          format: str) -> list[dict]:
+    """restore_records as a Ray task: decodes on the GPU Ray gave the task, if any (tasks ask for none yet)."""
+    from .workers import task_device
+
+    return restore_records(archive_fs, shard_path, rows, dest_fs, dest_root, format, task_device())
+
+
+def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str, device: str | None = None) -> dict:
     import crc32c
 
     from pixark import codec as pc
@@ -89,7 +99,7 @@ def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str)
     if row.get("record_crc32c") is not None and crc32c.crc32c(data) != row["record_crc32c"]:
         return _res(row, "error", "record fails its CRC32C check: the shard is damaged (run pixark verify)")
     try:
-        img = pc.decode(data)  # checks the container's checksums and the decoded pixels' hash
+        img = pc.decode(data, device=device)  # checks the container's checksums and the decoded pixels' hash
         if format == "png" and img.pixels is None:
             blob, how = img.to_file("original"), "original bytes (no pixels to write as PNG)"
         else:
@@ -198,7 +208,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         from .workers import connect
 
         connect(ray_address)  # the archive job's rules: existing session, address / RAY_ADDRESS, or local
-        task = ray.remote(**catalog.task_options(ray, arc.fs, dest_fs))(restore_records)
+        task = ray.remote(**catalog.task_options(ray, arc.fs, dest_fs))(_restore_records_task)
         pending = {}
         for shard, mine in sorted(by_shard.items()):
             for batch in catalog.batches(mine, RUN_RECORDS):

@@ -62,8 +62,9 @@ RUN_RECORDS = 64  # and at most this many records per task, so progress moves an
 
 # ----------------------------------------------------------------------------------------------- worker side
 def check_records(fs, shard_path: str, rows: list[dict], against_source: bool = False,
-                  source_options: dict | None = None) -> list[dict]:
-    """Check records of one shard (rows are manifest rows, adjacent records grouped into one ranged read)."""
+                  source_options: dict | None = None, device: str | None = None) -> list[dict]:
+    """Check records of one shard (rows are manifest rows, adjacent records grouped into one ranged read).
+    ``device``: where learned codecs decode (None = cpu)."""
     out = []
     for run in catalog.coalesce(rows, RUN_BYTES):
         try:
@@ -72,11 +73,20 @@ def check_records(fs, shard_path: str, rows: list[dict], against_source: bool = 
             out += [_result(r, SHARD_MISSING, f"shard object {shard_path} does not exist") for r in run]
             continue
         for row, data in zip(run, datas):
-            out.append(check_record(row, data, against_source, source_options))
+            out.append(check_record(row, data, against_source, source_options, device))
     return out
 
 
-def check_record(row: dict, data: bytes, against_source: bool = False, source_options: dict | None = None) -> dict:
+def _check_records_task(fs, shard_path: str, rows: list[dict], against_source: bool = False,
+                        source_options: dict | None = None) -> list[dict]:
+    """check_records as a Ray task: decodes on the GPU Ray gave the task, if any (tasks ask for none yet)."""
+    from .workers import task_device
+
+    return check_records(fs, shard_path, rows, against_source, source_options, task_device())
+
+
+def check_record(row: dict, data: bytes, against_source: bool = False, source_options: dict | None = None,
+                 device: str | None = None) -> dict:
     from pixark import codec as pc
 
     import crc32c
@@ -88,7 +98,7 @@ def check_record(row: dict, data: bytes, against_source: bool = False, source_op
     if row.get("record_crc32c") is not None and crc32c.crc32c(data) != row["record_crc32c"]:
         return _result(row, CHECKSUM, f"CRC32C {crc32c.crc32c(data):08x} != manifest {row['record_crc32c']:08x}")
     try:
-        img = pc.decode(data)
+        img = pc.decode(data, device=device)
     except pc.UnsupportedStream as exc:
         return _result(row, UNSUPPORTED, str(exc))
     except pc.CodecError as exc:
@@ -290,7 +300,7 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
     connect(ray_address)  # the archive job's rules: existing session, address / RAY_ADDRESS, or local
     opts = catalog.task_options(ray, *touched)
     shard_task = ray.remote(**opts)(check_shard)
-    record_task = ray.remote(**opts)(check_records)
+    record_task = ray.remote(**opts)(_check_records_task)
     shard_names = sorted(set(listed) | set(by_shard))
     pending = {}
     for name in shard_names:

@@ -64,6 +64,24 @@ def plan_workers(workers: int | None, gpus_per_worker: float | None, resources: 
     return n, min(1.0, cpus / n), 0.0
 
 
+def torch_device(gpu_ids, environ=None) -> str:
+    """The torch device name of the first GPU Ray gave this process, "cpu" without one. Ray reports node-level
+    GPU ids but (by default) narrows CUDA_VISIBLE_DEVICES to the GPUs it assigned, and torch numbers the visible
+    GPUs from 0: GPU 3 of a node is cuda:0 inside its actor. So the index is the id's position in
+    CUDA_VISIBLE_DEVICES, or the id itself when that is unset (as ray.train.torch.get_device does)."""
+    if not gpu_ids:
+        return "cpu"
+    gid = str(gpu_ids[0])
+    env = os.environ if environ is None else environ
+    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return f"cuda:{visible.index(gid)}" if gid in visible else f"cuda:{gid}"
+
+
+def task_device() -> str:
+    """The torch device for codec work in the running Ray task or actor: its first GPU, else "cpu"."""
+    return torch_device(ray.get_gpu_ids())
+
+
 @ray.remote
 class CodecWorker:
     def __init__(self, src_fs, codec: str, verify: bool, slow_seconds: float = 0.0):
@@ -77,12 +95,13 @@ class CodecWorker:
         self.slow = slow_seconds  # test hook (PIXARK_TEST_SLOW_SECONDS): makes kill tests deterministic
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         gpu_ids = ray.get_gpu_ids()
-        self.device = f"cuda:{gpu_ids[0]}" if gpu_ids else "cpu"
-        # Load the codec (and any model weights) now, once per process, not on the first image.
+        self.device = f"cuda:{gpu_ids[0]}" if gpu_ids else "cpu"  # the manifests' label: the node's GPU id
+        self.torch_device = torch_device(gpu_ids)  # where the codec runs its network (learned codecs only)
+        # Load the codec (and any model weights, onto the GPU too) now, once per process, not on the first image.
         rng = np.random.default_rng(0)
         self.warmup_error = ""
         try:
-            pc.encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), codec)
+            pc.encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), codec, device=self.torch_device)
         except pc.CodecError:
             pass  # a forced codec that cannot take RGB: it still loaded
         except Exception as exc:  # a codec bug: each image then fails on its own and is stored as original bytes
@@ -96,7 +115,7 @@ class CodecWorker:
         for image_id, path, url, size in items:
             if self.slow:
                 time.sleep(self.slow)
-            row, record = code_object(self.fs, path, image_id, url, size, self.codec, self.verify)
+            row, record = code_object(self.fs, path, image_id, url, size, self.codec, self.verify, self.torch_device)
             row.update(worker=self.worker, device=self.device)
             out.append((row, record))
         return out
