@@ -54,6 +54,35 @@ def normalize(counts: np.ndarray) -> np.ndarray:
     return np.diff(scaled, axis=-1)
 
 
+COST_FRAC = 8  # code lengths from ``cost`` are in 1/256 bit
+
+
+def _log2_fixed(v: np.ndarray) -> np.ndarray:
+    """floor-ish log2(v) * 2**COST_FRAC for integers 1..2**16 by integer squaring: deterministic everywhere
+    (a float log2 may differ in its last bit between math libraries)."""
+    v = np.asarray(v, np.int64)
+    n = np.zeros_like(v)
+    for k in range(1, 17):
+        n += v >= (1 << k)
+    m = v << (30 - n)  # mantissa in [2**30, 2**31)
+    out = n << COST_FRAC
+    for k in range(COST_FRAC - 1, -1, -1):
+        m = (m * m) >> 30
+        top = m >= (1 << 31)
+        out += top.astype(np.int64) << k
+        m = np.where(top, m >> 1, m)
+    return out
+
+
+def cost(freqs: np.ndarray) -> np.ndarray:
+    """Integer code length of each entry of integer frequency table(s), in 1/256 bit: what coding that symbol
+    costs, for deterministic model selection on both sides of a stream."""
+    freqs = np.asarray(freqs)
+    if not np.issubdtype(freqs.dtype, np.integer) or (freqs.size and (freqs.min() < 1 or freqs.max() > TOTAL)):
+        raise ValueError(f"cost needs integer frequencies in 1..{TOTAL}")
+    return (PRECISION << COST_FRAC) - _log2_fixed(freqs)
+
+
 class Table:
     """One integer frequency table, validated once, with its constriction model built once: for codecs that
     code many short runs against a fixed bank of tables (checking a table costs ~20x the coding of a few symbols)."""

@@ -1,7 +1,7 @@
 """MSPSM integer encoder/decoder (K = 1 profiles): tiles -> range-coded streams with the stored table bank.
 
 Payload layout (little endian):
-    b"MSPS" | u8 payload version (1) | u32 height | u32 width | u32 tile | u32 n_tiles | n_tiles x u32 length |
+    b"MSPS" | u8 payload version (1 or 2) | u32 height | u32 width | u32 tile | u32 n_tiles | n_tiles x u32 length |
     the tiles' range-coded streams, in raster order of tiles.
 Inside one tile's stream, in this order: the coarsest scale x^(M) with a uniform model (channel-major raster), then
 scales M-1 .. 0, groups in order, channels R, G, B; the subpixels of one (group, channel) are listed phase-major
@@ -20,9 +20,10 @@ from ..entropy import Encoder, Decoder, bank
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
 from . import model as M
+from .adapt import ScaleAdapter
 
 MAGIC = b"MSPS"
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSIONS = (1, 2)  # 1: as first shipped; 2: K = 1 with per-tile scale correction (adapt.py)
 UNIFORM = np.full(256, 256, np.int64)
 
 
@@ -31,15 +32,29 @@ def tile_grid(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
 
 
 class _TileCoder:
-    """Per-tile entropy coding of one (group, channel): runs of equal table index."""
+    """Per-tile entropy coding of one (group, channel): runs of equal table index, with the tile's scale
+    correction state when ``adaptive`` (payload version 2, K = 1; see adapt.py)."""
 
-    def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None):
+    def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None, adaptive: bool = False):
+        self.adapt = ScaleAdapter() if adaptive else None
         t = M.tables()
         self.freq = t["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
         if "bank" not in t:  # validated once per process: coding uses ~40k short runs per megapixel
             t["bank"] = bank(self.freq)
         self.bank = t["bank"]
         self.enc, self.dec = enc, dec
+
+    def code(self, col: int, s: np.ndarray, f8: np.ndarray, sym: np.ndarray | None):
+        """Encode ``sym`` (decode when None) of channel ``col`` given the network's scale indices ``s`` and mean
+        fractions ``f8``; returns (symbols, table indices used)."""
+        tbl = (self.adapt.shift(col, s) if self.adapt else s) * 16 + f8
+        if sym is None:
+            sym = self.decode(tbl)
+        else:
+            self.encode(tbl, sym)
+        if self.adapt:
+            self.adapt.update(col, s, f8, sym)
+        return sym, tbl
 
     def encode(self, tbl: np.ndarray, sym: np.ndarray) -> None:
         order, ts, runs = _runs(tbl)
@@ -152,13 +167,14 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 mu = M.channel_mu16(col, base[:, :, col], off, coup, e, torch.floor)  # (B,3,1,h,w)
                 c = torch.floor((mu + 8) / 16)
                 f = mu - 16 * c
-                tbl = (sidx[:, :, col] * 16 + f + 8).reshape(bsz, -1).numpy().astype(np.int64)
+                s = sidx[:, :, col].reshape(bsz, -1).numpy().astype(np.int64)
+                f8 = (f + 8).reshape(bsz, -1).numpy().astype(np.int64)
                 cn = c.reshape(bsz, -1).numpy().astype(np.int64)
                 if decoding:
                     xcol = np.zeros((bsz, cn.shape[1]), np.int64)
                     for b in range(bsz):
                         m = seln[b]
-                        d = coders[b].decode(tbl[b][m])
+                        d, _ = coders[b].code(col, s[b][m], f8[b][m], None)
                         xcol[b, m] = (cn[b][m] + d) & 255
                     xv = torch.from_numpy(xcol.astype(np.float64)).reshape(bsz, 3, 1, h, w)
                     xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
@@ -166,10 +182,10 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                     xn = xt[:, :, col].reshape(bsz, -1).numpy().astype(np.int64)
                     for b in range(bsz):
                         m = seln[b]
-                        coders[b].encode(tbl[b][m], (xn[b][m] - cn[b][m]) & 255)
-                    if stats is not None:
-                        fq = freq[tbl[seln], ((xn[seln] - cn[seln]) & 255)]
-                        stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(fq / 65536.0).sum())
+                        d, tbl = coders[b].code(col, s[b][m], f8[b][m], (xn[b][m] - cn[b][m]) & 255)
+                        if stats is not None:
+                            fq = freq[tbl, d]
+                            stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(fq / 65536.0).sum())
                 e.append(16 * xt[:, :, col] - mu)
             selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
             for ph, (py, px) in enumerate(M.PHASES[:3]):
@@ -292,16 +308,17 @@ def encode(net: M.IntNet, pixels: np.ndarray, tile: int = 512, tile_batch: int =
     if h < 1 or w < 1 or tile < 1:
         raise ValueError("empty image or bad tile size")
     grid = tile_grid(h, w, tile)
+    adaptive = net.p.mixtures == 1  # version 2: K = 1 with per-tile scale correction; mixtures stay version 1
     streams: list[bytes] = [b""] * len(grid)
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
         batch = np.stack([pixels[grid[k][0]:grid[k][0] + th, grid[k][1]:grid[k][1] + tw] for k in idxs])
-        coders = [_TileCoder(enc=Encoder()) for _ in idxs]
+        coders = [_TileCoder(enc=Encoder(), adaptive=adaptive) for _ in idxs]
         run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats,
                   device=device)
         for k, cd in zip(idxs, coders):
             streams[k] = cd.enc.finish()
-    head = MAGIC + struct.pack("<BIIII", PAYLOAD_VERSION, h, w, tile, len(grid))
+    head = MAGIC + struct.pack("<BIIII", 2 if adaptive else 1, h, w, tile, len(grid))
     return head + struct.pack(f"<{len(grid)}I", *[len(s) for s in streams]) + b"".join(streams)
 
 
@@ -309,8 +326,12 @@ def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cp
     if len(payload) < 21 or payload[:4] != MAGIC:
         raise CorruptStream("not an mspsm payload (bad magic)")
     ver, h, w, tile, n = struct.unpack_from("<BIIII", payload, 4)
-    if ver != PAYLOAD_VERSION:
-        raise UnsupportedStream(f"mspsm payload version {ver} is not supported by this build (knows {PAYLOAD_VERSION})")
+    if ver not in PAYLOAD_VERSIONS:
+        raise UnsupportedStream(f"mspsm payload version {ver} is not supported by this build (knows "
+                                f"{', '.join(map(str, PAYLOAD_VERSIONS))})")
+    adaptive = ver == 2
+    if adaptive and net.p.mixtures > 1:
+        raise CorruptStream("mspsm payload version 2 (scale correction) is for K = 1 profiles only")
     grid = tile_grid(h, w, tile) if h and w and tile else []
     if len(grid) != n or n == 0:
         raise CorruptStream("mspsm payload tile count does not match its size")
@@ -324,7 +345,7 @@ def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cp
     out = np.zeros((h, w, 3), np.uint8)
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
-        coders = [_TileCoder(dec=Decoder(payload[starts[k]:starts[k + 1]])) for k in idxs]
+        coders = [_TileCoder(dec=Decoder(payload[starts[k]:starts[k + 1]]), adaptive=adaptive) for k in idxs]
         px = run_tiles(net, None, (len(idxs), th, tw), coders, device=device)
         for k, t in zip(idxs, px):
             y, x = grid[k][:2]
