@@ -9,6 +9,7 @@ from .container import Header
 from .errors import CorruptStream, UnsupportedImage
 from .image import DecodedImage
 from .registry import Codec, Encoded, register
+from .sniff import jxl_size, png_size, webp_size
 
 
 def _shape(pixels: np.ndarray, header: Header) -> np.ndarray:
@@ -17,6 +18,13 @@ def _shape(pixels: np.ndarray, header: Header) -> np.ndarray:
     if arr.shape != want or arr.dtype.itemsize * 8 != header.bit_depth:
         raise CorruptStream(f"payload decoded to {arr.shape} {arr.dtype}, header says {want} {header.bit_depth}-bit")
     return np.ascontiguousarray(arr)
+
+
+def _inner(size: tuple[int, int] | None, header: Header, what: str) -> None:
+    """Refuse a payload whose own header announces other dimensions than the container's, before the library
+    allocates for them (the container's dimensions are bounded; the inner ones are not)."""
+    if size is not None and size != (header.width, header.height):
+        raise CorruptStream(f"{what} payload says {size[0]}x{size[1]}, header says {header.width}x{header.height}")
 
 
 def _plane(pixels: np.ndarray) -> np.ndarray:
@@ -60,6 +68,7 @@ class Png(Codec):
         return Encoded(imagecodecs.png_encode(_plane(image.pixels), level=int(p["level"])), p)
 
     def decode(self, payload: bytes, header: Header) -> np.ndarray:
+        _inner(png_size(payload), header, "PNG")
         return _shape(imagecodecs.png_decode(payload), header)
 
 
@@ -82,6 +91,7 @@ class WebpLossless(Codec):
         return Encoded(data, p)
 
     def decode(self, payload: bytes, header: Header) -> np.ndarray:
+        _inner(webp_size(payload), header, "WebP")
         arr = imagecodecs.webp_decode(payload)
         if header.channels in (2, 4) and arr.shape[2] == 3:  # libwebp drops an all-opaque alpha channel
             arr = np.concatenate([arr, np.full(arr.shape[:2] + (1,), 255, np.uint8)], axis=2)
@@ -104,6 +114,7 @@ class JxlLossless(Codec):
         return Encoded(data, p)
 
     def decode(self, payload: bytes, header: Header) -> np.ndarray:
+        _inner(jxl_size(payload), header, "JPEG XL")
         return _shape(imagecodecs.jpegxl_decode(payload, numthreads=1), header)
 
 

@@ -117,3 +117,19 @@ def test_info_reads_only_the_header():
     damaged = bytearray(STREAMS["jxl-ll"])
     damaged[-10] ^= 0xFF
     assert pc.info(bytes(damaged))["codec"] == "jxl-ll"
+
+
+@pytest.mark.parametrize("codec", ["png", "webp-ll", "jxl-ll"])
+def test_inner_header_dimensions_are_checked_before_the_library_decodes(codec):
+    """A payload from another (bigger) image under this header, all checksums valid: refused from the payload's own
+    header, naming both sizes, before libpng/libwebp/libjxl allocate for the announced image."""
+    big = pc.encode(np.zeros((1500, 2000, 3), np.uint8), codec)
+    header, blobs, _ = container.unpack(STREAMS[codec])
+    _, _, payload = container.unpack(big)
+    text = json.dumps({**header.to_json(), "payload_bytes": len(payload)}, sort_keys=True,
+                      separators=(",", ":")).encode()
+    head = struct.pack("<4sHI", container.MAGIC, container.VERSION, len(text)) + text
+    body = b"".join(blobs.values()) + payload
+    forged = head + struct.pack("<I", crc32c.crc32c(head)) + body + struct.pack("<I", crc32c.crc32c(body))
+    with pytest.raises(pc.CorruptStream, match="payload says 2000x1500"):
+        pc.decode(forged)
