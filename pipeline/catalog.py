@@ -118,6 +118,15 @@ def task_options(ray, *filesystems) -> dict:
     return opts
 
 
+def gpu_share(resources: dict) -> float:
+    """GPU fraction for one decode task of learned-codec records: the cluster's GPUs spread over its CPUs, so every
+    CPU slot can still run a task and each task's network runs on a GPU; 0 on a cluster without GPUs."""
+    gpus = float(resources.get("GPU", 0) or 0)
+    if gpus <= 0:
+        return 0.0
+    return min(1.0, gpus / max(1.0, float(resources.get("CPU", 1) or 1)))
+
+
 def is_learned(codec: str | None) -> bool:
     """Records of learned codecs decode orders of magnitude slower than classical ones (seconds, not milliseconds)."""
     from pixark import codec as pc

@@ -210,9 +210,11 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         connect(ray_address)  # the archive job's rules: existing session, address / RAY_ADDRESS, or local
         task = ray.remote(**catalog.task_options(ray, arc.fs, dest_fs))(_restore_records_task)
         pending = {}
+        gpus = catalog.gpu_share(ray.cluster_resources())  # learned-codec records decode their network on a GPU
         for shard, mine in sorted(by_shard.items()):
             for batch in catalog.batches(mine, RUN_RECORDS):
-                pending[task.remote(arc.fs, arc.shard_path(shard), batch, dest_fs, dest_root, format)] = batch
+                run = task.options(num_gpus=gpus) if gpus and catalog.is_learned(batch[0].get("codec")) else task
+                pending[run.remote(arc.fs, arc.shard_path(shard), batch, dest_fs, dest_root, format)] = batch
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             batch = pending.pop(ready[0])

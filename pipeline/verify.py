@@ -301,6 +301,7 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
     opts = catalog.task_options(ray, *touched)
     shard_task = ray.remote(**opts)(check_shard)
     record_task = ray.remote(**opts)(_check_records_task)
+    gpus = catalog.gpu_share(ray.cluster_resources())  # learned-codec records decode with their network on a GPU
     shard_names = sorted(set(listed) | set(by_shard))
     pending = {}
     for name in shard_names:
@@ -312,7 +313,8 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
     for name in shard_names:
         mine = [r for r in sampled if r["shard"] == name]
         for run in catalog.batches(mine, RUN_RECORDS):
-            ref = record_task.remote(arc.fs, arc.shard_path(name), run, against_source, source_options)
+            task = record_task.options(num_gpus=gpus) if gpus and catalog.is_learned(run[0].get("codec")) else record_task
+            ref = task.remote(arc.fs, arc.shard_path(name), run, against_source, source_options)
             pending[ref] = (name, run)
     done, total = 0, len(sampled)
     flagged: dict[tuple, dict] = {}  # (shard, offset) -> structural result that outranks a record's own check

@@ -148,3 +148,15 @@ def test_gpu_streams_equal_cpu_streams_through_the_api(px, spec):  # pragma: no 
     assert np.array_equal(pc.decode(cpu, device="cuda").pixels, px)
     assert np.array_equal(pc.decode(cpu, device="cuda:0").pixels, px)
     assert pc.encode(px, spec, device="cuda", verify=True) == cpu
+
+
+def test_decode_tasks_ask_for_a_gpu_share_only_where_the_cluster_has_gpus():
+    """verify/restore give learned-codec decode tasks the cluster's GPUs spread over its CPU slots (so no slot
+    idles and each network call runs on a GPU); a CPU-only cluster, like this machine's, gets plain CPU tasks."""
+    from pixark.pipeline.catalog import gpu_share
+
+    assert gpu_share({"CPU": 2.0}) == 0.0
+    assert gpu_share({"CPU": 2.0, "GPU": 0.0}) == 0.0
+    assert gpu_share({"CPU": 32.0, "GPU": 4.0}) == 0.125
+    assert gpu_share({"CPU": 2.0, "GPU": 4.0}) == 1.0  # never more than one GPU per task
+    assert gpu_share({"GPU": 1.0}) == 1.0
