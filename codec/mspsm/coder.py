@@ -131,6 +131,30 @@ def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, dt,
     return b16, P, z
 
 
+def _group_done(X, known, sel, xt, decoding: bool):
+    """After a group is coded: when decoding, write its decoded subpixels into x-hat; return the known mask with
+    the group added."""
+    bsz, _, h2, w2 = known.shape
+    selk = torch.zeros(bsz, 1, h2, w2, dtype=torch.bool)
+    for ph, (py, px) in enumerate(M.PHASES[:3]):
+        selk[:, 0, py::2, px::2] = sel[:, ph]
+        if decoding:
+            X[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], xt[:, ph, :, 0], X[:, :, py::2, px::2])
+    return torch.where(selk, torch.ones_like(known), known)
+
+
+def _add_bits(stats: dict, freqs: np.ndarray) -> None:
+    """Count the ideal code length of symbols coded with integer frequencies ``freqs``."""
+    stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(freqs / 65536.0).sum())
+
+
+def _finish(cur, top, stats, decoding: bool) -> np.ndarray:
+    """The tiles' pixels (B,H,W,3) uint8; encoding with ``stats`` also counts the uniform coarsest scale."""
+    if stats is not None and not decoding:
+        stats["bits"] = stats.get("bits", 0.0) + 8.0 * top.numel()
+    return cur.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
+
+
 def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, int], coders: list[_TileCoder],
               check_reference: bool = False, stats: dict | None = None, device: str = "cpu") -> np.ndarray:
     """Code a batch of same-size tiles. Encoding: ``tiles`` (B,H,W,3) uint8. Decoding: ``tiles`` None and
@@ -184,20 +208,12 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                         m = seln[b]
                         d, tbl = coders[b].code(col, s[b][m], f8[b][m], (xn[b][m] - cn[b][m]) & 255)
                         if stats is not None:
-                            fq = freq[tbl, d]
-                            stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(fq / 65536.0).sum())
+                            _add_bits(stats, freq[tbl, d])
                 e.append(16 * xt[:, :, col] - mu)
-            selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
-            for ph, (py, px) in enumerate(M.PHASES[:3]):
-                selk[:, 0, py::2, px::2] = sel[:, ph]
-                if decoding:
-                    X[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], xt[:, ph, :, 0], X[:, :, py::2, px::2])
-            known = torch.where(selk, torch.ones_like(known), known)
+            known = _group_done(X, known, sel, xt, decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]
-    if stats is not None and not decoding:
-        stats["bits"] = stats.get("bits", 0.0) + 8.0 * top.numel()
-    return cur.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
+    return _finish(cur, top, stats, decoding)
 
 
 def _exp_weight() -> np.ndarray:
@@ -277,8 +293,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
                         else:
                             coders[b].enc.encode(xs[sl], table)
                             if stats is not None:
-                                fq = table[np.arange(len(table)), xs[sl]]
-                                stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(fq / 65536.0).sum())
+                                _add_bits(stats, table[np.arange(len(table)), xs[sl]])
                         pk = np.take_along_axis(pmf, xs[sl][:, None, None].repeat(k, 1), axis=2)[:, :, 0]
                         wb[sl] = (wb[sl] * pk) >> 16
                     if decoding:
@@ -287,17 +302,10 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
                     xv = torch.from_numpy(xcol.astype(np.float64)).reshape(bsz, 3, 1, h, w)
                     xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
                 e.append(16 * xt[:, :, col] - mu)
-            selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
-            for ph, (py, px) in enumerate(M.PHASES[:3]):
-                selk[:, 0, py::2, px::2] = sel[:, ph]
-                if decoding:
-                    X[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], xt[:, ph, :, 0], X[:, :, py::2, px::2])
-            known = torch.where(selk, torch.ones_like(known), known)
+            known = _group_done(X, known, sel, xt, decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]
-    if stats is not None and not decoding:
-        stats["bits"] = stats.get("bits", 0.0) + 8.0 * top.numel()
-    return cur.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
+    return _finish(cur, top, stats, decoding)
 
 
 def encode(net: M.IntNet, pixels: np.ndarray, tile: int = 512, tile_batch: int = 2,
