@@ -16,7 +16,7 @@ import struct
 import numpy as np
 import torch
 
-from ..entropy import Encoder, Decoder, bank
+from ..entropy import Encoder, Decoder
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
 from . import model as M
@@ -39,8 +39,6 @@ class _TileCoder:
         self.adapt = ScaleAdapter() if adaptive else None
         t = M.tables()
         self.freq = t["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
-        if "bank" not in t:  # validated once per process: coding uses ~40k short runs per megapixel
-            t["bank"] = bank(self.freq)
         self.bank = t["bank"]
         self.enc, self.dec = enc, dec
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..entropy import bank
 from ..nn.quant import QConv2d, IntConv, export_conv, round_ste, floor_ste, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tables", "logistic256.npz")
@@ -222,7 +223,9 @@ def tables():
         z = np.load(TABLES_PATH)
         freq = z["freq"].astype(np.int64)
         _TABLES = {"freq": freq, "scales": z["scales"], "s_min": float(z["s_min"]), "s_max": float(z["s_max"]),
-                   "bits": torch.from_numpy(-np.log2(freq / 65536.0)).float()}
+                   "bits": torch.from_numpy(-np.log2(freq / 65536.0)).float(),
+                   # validated once per process: coding uses ~40k short runs per megapixel
+                   "bank": bank(freq.reshape(-1, 256))}
     return _TABLES
 
 

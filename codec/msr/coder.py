@@ -95,10 +95,7 @@ def _buckets(tid: np.ndarray):
 
 
 def _iterations(st: _State, net, k: int, T: int, coder, encoding: bool, band: int, batch: int, device: str):
-    t = M.tables(k)
-    if "bank" not in t:  # validated once per process: each iteration codes thousands of short runs
-        t["bank"] = entropy.bank(t["freq"])
-    freq = t["bank"]
+    freq = M.tables(k)["bank"]
     half = 1 << (k - 1)
     for i in range(T):
         rem = st.remaining()

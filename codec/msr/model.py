@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..entropy import bank
 from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsb_tables.npz")
@@ -170,7 +171,8 @@ _TABLES: dict = {}
 
 
 def tables(k: int) -> dict:
-    """Integer bank (int64, (48*64, 2**k)) and, for training, its code lengths in bits (float32)."""
+    """Integer bank (int64, (48*64, 2**k)), the same rows as validated entropy.Table objects for coding, and, for
+    training, its code lengths in bits (float32)."""
     if k not in _TABLES:
         z = np.load(TABLES_PATH)
         if f"freq{k}" not in z:
@@ -178,7 +180,9 @@ def tables(k: int) -> dict:
         freq = z[f"freq{k}"].astype(np.int64)
         _TABLES[k] = {"freq": freq.reshape(N_SCALE_IDX * N_MEANS, -1),
                       "bits": torch.from_numpy(-np.log2(freq / 65536.0)).float(),
-                      "s_min": float(z["s_min"]), "s_max": float(z["s_max"])}
+                      "s_min": float(z["s_min"]), "s_max": float(z["s_max"]),
+                      # validated once per process: each iteration codes thousands of short runs
+                      "bank": bank(freq.reshape(N_SCALE_IDX * N_MEANS, -1))}
     return _TABLES[k]
 
 
