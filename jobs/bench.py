@@ -1,7 +1,13 @@
-"""`pixark bench`: bits per subpixel and single-process speed of codecs on image folders, side by side."""
+"""`pixark bench`: bits per subpixel and speed of codecs on image folders, side by side.
+
+Speeds are wall clock: in one process by default, or with ``--workers N`` the aggregate throughput of N processes
+(one thread each, like archive workers) coding the images of a set at once, between two barriers.
+"""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,46 +72,45 @@ def collect(dirs: list[str], limit: int | None) -> dict[str, list[Path]]:
     return {k: v for k, v in groups.items() if v}
 
 
-def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = None, progress=None) -> dict:
+def _code(img, spec: str, pc) -> tuple[bytes, float, bool, float]:
+    """(stream, encode seconds, round trip ok, decode seconds) for one image."""
+    t0 = time.perf_counter()
+    data = pc.encode(img, spec)
+    t1 = time.perf_counter()
+    try:
+        ok = np.array_equal(pc.decode(data).pixels, img.pixels)
+    except pc.CodecError:
+        ok = False
+    return data, t1 - t0, ok, time.perf_counter() - t1
+
+
+def _add(tally: Tally, pixels: int, channels: int, nbytes: int, ok: bool, name: str) -> None:
+    tally.images += 1
+    tally.pixels += pixels
+    tally.subpixels += pixels * channels
+    tally.bits += 8 * nbytes
+    if not ok:
+        tally.mismatches.append(name)
+
+
+def _check_codecs(codecs: list[str], pc) -> None:
+    for spec in codecs:
+        name, _ = pc.parse_spec(spec)
+        if not pc.get(name).available():
+            raise fail(f"codec {name} has no weights installed")
+
+
+def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = None, progress=None,
+        workers: int = 1) -> dict:
     from pixark import codec as pc
 
     codecs = codecs or default_codecs()
+    _check_codecs(codecs, pc)
     groups = collect(dirs, limit)
-    images = {f: pc.load(f.read_bytes()) for files in groups.values() for f in files}
-    images = {f: img for f, img in images.items() if img.pixels is not None}
-    results: dict[str, dict[str, Tally]] = {}
-    for spec in codecs:
-        name, params = pc.parse_spec(spec)
-        codec = pc.get(name)
-        if not codec.available():
-            raise fail(f"codec {name} has no weights installed")
-        warm = next(iter(images.values()))
-        pc.decode(pc.encode(warm, spec))  # load models once, outside the timings
-        for group, files in groups.items():
-            tally = results.setdefault(group, {}).setdefault(spec, Tally())
-            for f in files:
-                img = images.get(f)
-                if img is None or codec.supports(img):
-                    continue
-                t0 = time.perf_counter()
-                data = pc.encode(img, spec)
-                t1 = time.perf_counter()
-                try:
-                    back = pc.decode(data)
-                    ok = np.array_equal(back.pixels, img.pixels)
-                except pc.CodecError:
-                    ok = False
-                t2 = time.perf_counter()
-                tally.images += 1
-                tally.pixels += img.height * img.width
-                tally.subpixels += img.height * img.width * img.channels
-                tally.bits += 8 * len(data)
-                tally.encode_s += t1 - t0
-                tally.decode_s += t2 - t1
-                if not ok:
-                    tally.mismatches.append(str(f))
-                if progress:
-                    progress()
+    if workers > 1:
+        results = _run_parallel(groups, codecs, workers, progress)
+    else:
+        results = _run_serial(groups, codecs, progress, pc)
     if len(results) > 1:  # one more set: everything together
         overall = results["all"] = {}
         for per in list(results.values())[:-1]:
@@ -114,17 +119,135 @@ def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = No
                 for key in ("images", "subpixels", "pixels", "bits", "encode_s", "decode_s"):
                     setattr(o, key, getattr(o, key) + getattr(t, key))
                 o.mismatches += t.mismatches
+    speed = "single-process wall clock" if workers <= 1 else \
+        f"wall clock of {workers} one-thread processes coding each set's images at once (aggregate throughput)"
     return {
         "sets": {g: {spec: t.row() for spec, t in per.items()} for g, per in results.items()},
         "codecs": codecs,
-        "note": "bpsp counts whole pixark streams (container header included); speeds are single-process wall clock",
+        "workers": max(1, workers),
+        "note": f"bpsp counts whole pixark streams (container header included); speeds are {speed}",
     }
+
+
+def _run_serial(groups, codecs, progress, pc) -> dict:
+    images = {f: pc.load(f.read_bytes()) for files in groups.values() for f in files}
+    images = {f: img for f, img in images.items() if img.pixels is not None}
+    results: dict[str, dict[str, Tally]] = {}
+    for spec in codecs:
+        codec = pc.get(pc.parse_spec(spec)[0])
+        warm = next(iter(images.values()))
+        pc.decode(pc.encode(warm, spec))  # load models once, outside the timings
+        for group, files in groups.items():
+            tally = results.setdefault(group, {}).setdefault(spec, Tally())
+            for f in files:
+                img = images.get(f)
+                if img is None or codec.supports(img):
+                    continue
+                data, te, ok, td = _code(img, spec, pc)
+                _add(tally, img.height * img.width, img.channels, len(data), ok, str(f))
+                tally.encode_s += te
+                tally.decode_s += td
+                if progress:
+                    progress()
+    return results
+
+
+def _worker(rank: int, n: int, groups: dict, codecs: list[str], barrier, queue) -> None:
+    """One bench process: its share of every set (round robin), encode phase and decode phase each timed between
+    barriers so the parent sees the wall time of all processes working at once."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import sys
+
+        from pixark import codec as pc
+
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        mine = {g: [(str(f), pc.load(f.read_bytes())) for f in files[rank::n]] for g, files in groups.items()}
+        for spec in codecs:
+            codec = pc.get(pc.parse_spec(spec)[0])
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(1)
+            warm = next((img for items in mine.values() for _, img in items if img.pixels is not None), None)
+            if warm is not None:
+                pc.decode(pc.encode(warm, spec))
+            for group, items in mine.items():
+                items = [(f, img) for f, img in items if img.pixels is not None and not codec.supports(img)]
+                barrier.wait()
+                t0 = time.monotonic()
+                streams = [pc.encode(img, spec) for _, img in items]
+                t1 = time.monotonic()
+                barrier.wait()
+                t2 = time.monotonic()
+                oks = []
+                for (_, img), data in zip(items, streams):
+                    try:
+                        oks.append(np.array_equal(pc.decode(data).pixels, img.pixels))
+                    except pc.CodecError:
+                        oks.append(False)
+                t3 = time.monotonic()
+                rows = [(f, img.height * img.width, img.channels, len(d), ok)
+                        for (f, img), d, ok in zip(items, streams, oks)]
+                queue.put(("done", rank, spec, group, rows, (t0, t1, t2, t3)))
+        queue.put(("end", rank))
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent, which stops the others
+        from pixark.codec.errors import CodecError
+
+        barrier.abort()
+        expected = isinstance(exc, (CodecError, ValueError))  # one line, as in the one-process bench
+        queue.put(("error", rank, str(exc) if expected else f"{type(exc).__name__}: {exc}"))
+
+
+def _run_parallel(groups, codecs, workers: int, progress) -> dict:
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, workers, groups, codecs, barrier, queue), daemon=True)
+             for r in range(workers)]
+    for p in procs:
+        p.start()
+    parts: dict = {}
+    ended, error = 0, None
+    try:
+        while ended < workers and error is None:
+            msg = queue.get()
+            if msg[0] == "error":
+                error = f"{msg[2]} (bench worker {msg[1]})"
+            elif msg[0] == "end":
+                ended += 1
+            else:
+                _, _, spec, group, rows, times = msg
+                parts.setdefault((spec, group), []).append((rows, times))
+                if progress:
+                    for _ in rows:
+                        progress()
+    finally:
+        if error is not None:
+            for p in procs:
+                p.terminate()
+        for p in procs:
+            p.join()
+    if error is not None:
+        raise fail(error)
+    results: dict[str, dict[str, Tally]] = {}
+    for group in groups:
+        for spec in codecs:
+            tally = results.setdefault(group, {}).setdefault(spec, Tally())
+            got = parts.get((spec, group), [])
+            for rows, _ in got:
+                for row in rows:
+                    _add(tally, *row[1:], row[0])
+            if got:  # phases start together (barrier) and last until the slowest process is done
+                tally.encode_s = max(t[1] for _, t in got) - min(t[0] for _, t in got)
+                tally.decode_s = max(t[3] for _, t in got) - min(t[2] for _, t in got)
+    return results
 
 
 def bench(
     dirs: List[str] = typer.Argument(..., help="image folders (subfolders are reported as separate sets)"),
     codec: Optional[List[str]] = typer.Option(None, "--codec", "-c", help="codec spec; repeat; default: learned + baselines"),
     limit: Optional[int] = typer.Option(None, help="at most this many images per set"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1,
+                                help="processes coding at once (one thread each); speeds are their aggregate"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
 ) -> None:
     """Bits per subpixel, encode/decode MP/s and a round-trip check per codec, beside png, webp-ll and jxl-ll."""
@@ -138,7 +261,7 @@ def bench(
         with Progress(console=err, transient=True) as bar:
             total = sum(len(v) for v in collect(dirs, limit).values()) * len(codecs or default_codecs())
             task = bar.add_task("benchmarking", total=total)
-            report = run(dirs, codecs, limit, progress=lambda: bar.advance(task))
+            report = run(dirs, codecs, limit, progress=lambda: bar.advance(task), workers=workers)
     except (pc.CodecError, ValueError) as exc:
         raise fail(str(exc))
     if json_out:

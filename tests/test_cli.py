@@ -72,3 +72,18 @@ def test_bench_json_and_table(folder):
         assert row["images"] == 2 and row["round_trip"] == "ok" and 0 < row["bpsp"] < 24
         assert row["encode_mps"] > 0 and row["decode_mps"] > 0
     assert "bpsp" in proc.stderr  # the human table goes to stderr
+
+
+def test_bench_workers_code_the_same_streams(folder):
+    """--workers 2 splits each set over two processes: same images, same bits, speeds are their wall clock."""
+    args = ("bench", folder, "-c", "png", "-c", "webp-ll", "--json")
+    one = json.loads(pixark(*args).stdout)
+    two = json.loads(pixark(*args, "--workers", "2").stdout)
+    assert one["workers"] == 1 and two["workers"] == 2 and "2 one-thread processes" in two["note"]
+    for spec in ("png", "webp-ll"):
+        a, b = one["sets"][f"{folder.name}/set a"][spec], two["sets"][f"{folder.name}/set a"][spec]
+        assert (b["images"], b["megapixels"], b["bpsp"], b["round_trip"]) == (a["images"], a["megapixels"],
+                                                                               a["bpsp"], "ok")
+        assert b["encode_mps"] > 0 and b["decode_mps"] > 0
+    bad = pixark("bench", folder, "-c", "png:bogus=1", "--workers", "2", check=False)  # a worker fails: no hang
+    assert bad.returncode == 1 and "has no parameter" in bad.stderr and "Traceback" not in bad.stderr

@@ -259,8 +259,12 @@ def unknown_phases(t: torch.Tensor) -> torch.Tensor:
 
 def base16(X: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Integer neighbour-average prediction in 1/16 pixel: mean of known 4-neighbours, else of known diagonal
-    neighbours, else 128. X (B,3,H,W) pixel values, known (B,1,H,W) 0/1."""
-    V = F.pad(X * known, (1, 1, 1, 1))
+    neighbours, else 128. X (B,3,H,W) pixel values, known (B,1,H,W) 0/1. Computed in float32, which is exact
+    here (numerators below 2**15; a correctly rounded quotient by 1..4 floors to the integer quotient) and about
+    three times faster than float64; returned in X's dtype."""
+    dt = X.dtype
+    known = known.float()
+    V = F.pad(X.float() * known, (1, 1, 1, 1))
     K = F.pad(known, (1, 1, 1, 1))
 
     def cross(T):
@@ -272,7 +276,7 @@ def base16(X: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     s4, n4, sd, nd = cross(V), cross(K), diag(V), diag(K)
     b4 = torch.floor((16 * s4 + torch.floor(n4 / 2)) / n4.clamp(min=1))
     bd = torch.floor((16 * sd + torch.floor(nd / 2)) / nd.clamp(min=1))
-    return torch.where(n4 > 0, b4, torch.where(nd > 0, bd, torch.full_like(b4, 2048.0)))
+    return torch.where(n4 > 0, b4, torch.where(nd > 0, bd, torch.full_like(b4, 2048.0))).to(dt)
 
 
 def group_map(p: Profile, scale: int, h: int, w: int) -> torch.Tensor | None:

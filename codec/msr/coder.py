@@ -84,7 +84,7 @@ class _State:
 
 def _buckets(tid: np.ndarray):
     """Order (stable: raster order inside a table) and (table, start, end) runs of equal table index."""
-    order = np.argsort(tid, kind="stable")
+    order = np.argsort(tid.astype(np.int16), kind="stable")  # indices < 2**15: numpy's O(n) radix sort
     ts = tid[order]
     if not ts.size:
         return order, []
