@@ -264,20 +264,3 @@ def make_golden() -> None:
 if __name__ == "__main__" and "--make-golden" in sys.argv:
     make_golden()
 
-
-def test_scale_correction_follows_what_was_coded():
-    """The K = 1 scale correction starts neutral and moves toward the delta that would have coded the past
-    symbols shortest: symbols far narrower than the network's scale pull the index down, wider ones up."""
-    from pixark.codec.mspsm.adapt import ScaleAdapter, BUCKET
-
-    rng = np.random.default_rng(0)
-    s = np.full(4000, 40, np.int64)
-    f8 = np.full(4000, 8, np.int64)
-    narrow, wide = ScaleAdapter(), ScaleAdapter()
-    assert np.array_equal(narrow.shift(0, s), s)  # no history: no correction
-    narrow.update(0, s, f8, np.where(rng.random(4000) < 0.5, 0, 255))  # errors of 0 / -1 only
-    wide.update(0, s, f8, rng.integers(0, 256, 4000))  # uniform errors
-    assert narrow.shift(0, s)[0] < 40 < wide.shift(0, s)[0]
-    assert np.array_equal(narrow.shift(1, s), s)  # per channel
-    other = s - BUCKET  # per bucket of scale indices
-    assert np.array_equal(narrow.shift(0, other), other)

@@ -177,7 +177,19 @@ def test_golden_msr_stream_decodes(name):
     assert pc.pixel_sha256(pc.decode(data).pixels) == exp["pixel_sha256"]
 
 
-@pytest.mark.parametrize("name", sorted(_golden()))
+def test_golden_streams_cover_every_payload_version():
+    from pixark.codec.container import unpack
+
+    got = {}
+    for name in _golden():
+        _, _, payload = unpack((GOLDEN / name).read_bytes())
+        got[name] = coder.parse(payload)["version"]
+        assert got[name] == _golden()[name].get("payload_version", 1)
+    assert set(got.values()) == set(coder.PAYLOAD_VERSIONS)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in _golden().items()
+                                        if e.get("payload_version", 1) == coder.PAYLOAD_VERSION))
 def test_golden_msr_stream_reencodes_identically(name):
     """Same pixels and parameters give the same bytes (the WebP encoder is part of this: skip if libwebp differs)."""
     import imagecodecs
@@ -198,6 +210,16 @@ def test_changed_lossy_base_is_refused(net):
     payload = bytearray(coder.encode(x, net, 90, 5, 2))
     payload[coder._HEAD.size] ^= 1  # first byte of the stored X̂ hash
     with pytest.raises(CorruptStream, match="lossy base"):
+        coder.decode(bytes(payload), net)
+
+
+def test_unknown_payload_version_is_unsupported(net):
+    from pixark.codec.errors import UnsupportedStream
+
+    payload = bytearray(coder.encode(dev_photo(2, 24, 24), net, 90, 5, 2))
+    assert payload[3] == coder.PAYLOAD_VERSION
+    payload[3] = 9
+    with pytest.raises(UnsupportedStream, match="version 9"):
         coder.decode(bytes(payload), net)
 
 
@@ -260,3 +282,28 @@ def test_training_hooks_run_a_few_steps(tmp_path):
 def test_images_above_the_memory_bound_are_declined():
     big = pc.load(np.zeros((1500, 1500, 3), np.uint8))
     assert "up to" in pc.get("msr").supports(big)
+
+
+def make_golden() -> None:
+    """Add goldens of the payload version this build writes: the pixels and parameters of the version-1 goldens,
+    re-encoded (older files stay; the manifest records each file's payload version)."""
+    import hashlib
+
+    import imagecodecs
+
+    manifest = _golden()
+    for name, exp in sorted(manifest.items()):
+        if exp.get("payload_version", 1) != 1:
+            continue
+        exp.setdefault("payload_version", 1)
+        old = (GOLDEN / name).read_bytes()
+        data = pc.encode(pc.decode(old).pixels, codec=exp["spec"])
+        new = f"msr-v{coder.PAYLOAD_VERSION}-" + name.removeprefix("msr-")
+        (GOLDEN / new).write_bytes(data)
+        manifest[new] = {**exp, "bytes": len(data), "payload_version": coder.PAYLOAD_VERSION,
+                         "libwebp": imagecodecs.webp_version(), "stream_sha256": hashlib.sha256(data).hexdigest()}
+    GOLDEN_MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__" and "--make-golden" in sys.argv:
+    make_golden()

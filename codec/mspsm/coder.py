@@ -16,14 +16,14 @@ import struct
 import numpy as np
 import torch
 
+from ..adapt import ScaleAdapter
 from ..entropy import Encoder, Decoder
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
 from . import model as M
-from .adapt import ScaleAdapter
 
 MAGIC = b"MSPS"
-PAYLOAD_VERSIONS = (1, 2)  # 1: as first shipped; 2: K = 1 with per-tile scale correction (adapt.py)
+PAYLOAD_VERSIONS = (1, 2)  # 1: as first shipped; 2: K = 1 with per-tile scale correction (codec/adapt.py)
 UNIFORM = np.full(256, 256, np.int64)
 
 
@@ -33,11 +33,11 @@ def tile_grid(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
 
 class _TileCoder:
     """Per-tile entropy coding of one (group, channel): runs of equal table index, with the tile's scale
-    correction state when ``adaptive`` (payload version 2, K = 1; see adapt.py)."""
+    correction state when ``adaptive`` (payload version 2, K = 1; see codec/adapt.py)."""
 
     def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None, adaptive: bool = False):
-        self.adapt = ScaleAdapter() if adaptive else None
         t = M.tables()
+        self.adapt = ScaleAdapter(t["cost"]) if adaptive else None
         self.freq = t["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
         self.bank = t["bank"]
         self.enc, self.dec = enc, dec
@@ -51,7 +51,7 @@ class _TileCoder:
         else:
             self.encode(tbl, sym)
         if self.adapt:
-            self.adapt.update(col, s, f8, sym)
+            self.adapt.update(col, s, f8 * 256 + sym)
         return sym, tbl
 
     def encode(self, tbl: np.ndarray, sym: np.ndarray) -> None:

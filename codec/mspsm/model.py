@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..adapt import cost_rows
 from ..entropy import bank
 from ..nn.quant import QConv2d, IntConv, export_conv, round_ste, floor_ste, ACT_STEP, IN_STEP
 
@@ -225,7 +226,8 @@ def tables():
         _TABLES = {"freq": freq, "scales": z["scales"], "s_min": float(z["s_min"]), "s_max": float(z["s_max"]),
                    "bits": torch.from_numpy(-np.log2(freq / 65536.0)).float(),
                    # validated once per process: coding uses ~40k short runs per megapixel
-                   "bank": bank(freq.reshape(-1, 256))}
+                   "bank": bank(freq.reshape(-1, 256)),
+                   "cost": cost_rows(freq, N_SCALE_IDX)}  # for the scale correction (codec/adapt.py)
     return _TABLES
 
 

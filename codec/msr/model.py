@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..adapt import cost_rows
 from ..entropy import bank
 from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, ACT_STEP, IN_STEP
 
@@ -182,7 +183,8 @@ def tables(k: int) -> dict:
                       "bits": torch.from_numpy(-np.log2(freq / 65536.0)).float(),
                       "s_min": float(z["s_min"]), "s_max": float(z["s_max"]),
                       # validated once per process: each iteration codes thousands of short runs
-                      "bank": bank(freq.reshape(N_SCALE_IDX * N_MEANS, -1))}
+                      "bank": bank(freq.reshape(N_SCALE_IDX * N_MEANS, -1)),
+                      "cost": cost_rows(freq.reshape(N_SCALE_IDX * N_MEANS, -1), N_SCALE_IDX)}  # codec/adapt.py
     return _TABLES[k]
 
 
