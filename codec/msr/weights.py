@@ -31,6 +31,11 @@ def load(profile: str) -> tuple[M.IntNet, str]:
     if not os.path.isfile(p):
         raise UnsupportedStream(f"msr profile {profile!r} has no weights in this build ({p}); train them with "
                                 f"`pixark train --codec msr --profile {profile}`")
+    return load_file(p, profile)
+
+
+def load_file(p: str, profile: str) -> tuple[M.IntNet, str]:
+    """(integer network, model id) of a weights file for ``profile`` (shipped, or kept with golden streams)."""
     with open(p, "rb") as f:
         data = f.read()
     model_id = hashlib.sha256(data).hexdigest()
