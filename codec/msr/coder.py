@@ -5,8 +5,9 @@ Payload layout (versions 1 and 2, all integers little-endian; docs/MSR.md has th
     b"MSR" u8 version | u8 k | u8 T | u8 q | u8 reserved(0) | u32 height | u32 width
     | 16 bytes sha256(X̂)[:16] | u32 webp length | WebP bytes | u32 side length | side (MSB varints)
     | range-coded words (u32 LE): MSB runs, escape LSBs, then per iteration i, per chunk (version 1: one; version
-      2: CHUNKS raster-order chunks of the pixels picked at iteration i), per colour c, per table (ascending index
-      s*64 + m; version 2: s shifted by the scale correction), the LSBs of the chunk's pixels in raster order.
+      2: CHUNKS chunks of the pixels picked at iteration i, chunk = rank * CHUNKS // (H W) by the mask rule's hash
+      rank), per colour c, per table (ascending index s*64 + m; version 2: s shifted by the scale correction), the
+      LSBs of the chunk's pixels in raster order.
 
 Runtime knobs that do not change the stream: ``band`` (grid rows per network tile), ``batch`` (tiles per
 network call) and torch's thread count. The tests check the stream does not depend on them.
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 
 from .. import entropy
-from ..errors import CorruptStream, UnsupportedStream
 from ..adapt import ScaleAdapter
+from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
 from . import model as M
 from . import rle, webpbase
@@ -29,7 +30,7 @@ from . import rle, webpbase
 MAGIC = b"MSR"
 PAYLOAD_VERSION = 2  # written; 1 (no scale correction) still decodes
 PAYLOAD_VERSIONS = (1, 2)
-CHUNKS = 8  # version 2: each iteration is coded in 8 raster chunks, the scale correction learning between them
+CHUNKS = 8  # version 2: each iteration coded in 8 chunks spread over the image, the scale correction learning between
 _HEAD = struct.Struct("<3sBBBBBII")
 DEFAULT_BAND = 32
 DEFAULT_BATCH = 4
