@@ -20,32 +20,41 @@ DELTAS = np.array([0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6], np.int64)  # ti
 BUCKET = 8  # scale indices per bucket
 
 
-def cost_rows(freq: np.ndarray, n_scales: int) -> np.ndarray:
-    """int64 code lengths of a table bank whose tables are ordered scale index first: (n_scales, rest), where
-    rest indexes (the other table coordinates, symbol) inside one scale index."""
-    return cost(freq).reshape(n_scales, -1)
+class CostBank:
+    """Integer code lengths of a table bank whose tables are ordered scale index first: ``rows`` (n_scales, rest),
+    rest indexing (the other table coordinates, symbol) inside one scale index. Stored once more as int32 with the
+    first and last rows repeated ``len(DELTAS) // 2`` times on either side, so a shifted lookup needs no clipping."""
+
+    def __init__(self, freq: np.ndarray, n_scales: int) -> None:
+        self.rows = cost(freq).reshape(n_scales, -1)
+        self.n_scales, self.row = self.rows.shape
+        pad = int(np.abs(DELTAS).max())
+        self.pad = pad
+        self.padded = np.concatenate([np.repeat(self.rows[:1], pad, 0), self.rows,
+                                      np.repeat(self.rows[-1:], pad, 0)]).astype(np.int32).reshape(-1)
 
 
 class ScaleAdapter:
-    """One coding unit's correction state (an mspsm tile, an msr image), over a bank given by ``cost_rows``."""
+    """One coding unit's correction state (an mspsm tile, an msr iteration) over a ``CostBank``."""
 
-    def __init__(self, rows: np.ndarray, channels: int = 3) -> None:
-        self.n_scales, self.row = rows.shape
-        self.cost = rows.reshape(-1)
-        self.acc = np.zeros((channels, -(-self.n_scales // BUCKET), len(DELTAS)), np.int64)
+    def __init__(self, bank: CostBank, channels: int = 3) -> None:
+        self.bank = bank
+        self.acc = np.zeros((channels, -(-bank.n_scales // BUCKET), len(DELTAS)), np.int64)
 
     def shift(self, col: int, s: np.ndarray) -> np.ndarray:
         """Corrected scale indices for channel ``col`` (int64 array of network scale indices)."""
         best = DELTAS[self.acc[col].argmin(axis=1)]  # first minimum: all-zero history -> delta 0
-        return np.clip(s + best[s // BUCKET], 0, self.n_scales - 1)
+        return np.clip(s + best[s // BUCKET], 0, self.bank.n_scales - 1)
 
     def update(self, col: int, s: np.ndarray, rest: np.ndarray) -> None:
         """Add what every delta would have cost on the symbols just coded in channel ``col``: network scale
         indices ``s`` and their ``rest`` index (other table coordinates and the symbol) inside a scale's row."""
         if not s.size:
             return
+        bk = self.bank
         b = s // BUCKET
+        at = (s + bk.pad) * bk.row + rest  # index of the unshifted entry in the padded table
         for k, delta in enumerate(DELTAS):
-            c = self.cost[np.clip(s + delta, 0, self.n_scales - 1) * self.row + rest]
+            c = bk.padded[at + delta * bk.row]  # = rows[clip(s + delta), rest]
             # float64 sums of integers below 2**53: exact in any order
             self.acc[col, :, k] += np.bincount(b, weights=c, minlength=self.acc.shape[1]).astype(np.int64)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..adapt import cost_rows
+from ..adapt import CostBank
 from ..entropy import bank
 from ..nn.quant import QConv2d, IntConv, export_conv, round_ste, floor_ste, ACT_STEP, IN_STEP
 
@@ -227,7 +227,7 @@ def tables():
                    "bits": torch.from_numpy(-np.log2(freq / 65536.0)).float(),
                    # validated once per process: coding uses ~40k short runs per megapixel
                    "bank": bank(freq.reshape(-1, 256)),
-                   "cost": cost_rows(freq, N_SCALE_IDX)}  # for the scale correction (codec/adapt.py)
+                   "cost": CostBank(freq, N_SCALE_IDX)}  # for the scale correction (codec/adapt.py)
     return _TABLES
 
 

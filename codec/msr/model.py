@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..adapt import cost_rows
+from ..adapt import CostBank
 from ..entropy import bank
 from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, ACT_STEP, IN_STEP
 
@@ -184,7 +184,7 @@ def tables(k: int) -> dict:
                       "s_min": float(z["s_min"]), "s_max": float(z["s_max"]),
                       # validated once per process: each iteration codes thousands of short runs
                       "bank": bank(freq.reshape(N_SCALE_IDX * N_MEANS, -1)),
-                      "cost": cost_rows(freq.reshape(N_SCALE_IDX * N_MEANS, -1), N_SCALE_IDX)}  # codec/adapt.py
+                      "cost": CostBank(freq.reshape(N_SCALE_IDX * N_MEANS, -1), N_SCALE_IDX)}  # codec/adapt.py
     return _TABLES[k]
 
 
