@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue as queue_mod
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,13 @@ def _run_parallel(groups, codecs, workers: int, progress) -> dict:
     ended, error = 0, None
     try:
         while ended < workers and error is None:
-            msg = queue.get()
+            try:
+                msg = queue.get(timeout=2)
+            except queue_mod.Empty:  # a worker killed outside Python (OOM killer, signal) sends nothing
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    error = f"a bench worker died (exit code {dead[0].exitcode}) before finishing"
+                continue
             if msg[0] == "error":
                 error = f"{msg[2]} (bench worker {msg[1]})"
             elif msg[0] == "end":
