@@ -17,6 +17,10 @@ def verify(
     against_source: bool = typer.Option(False, "--against-source",
                                         help="also read every checked source object and compare hashes and pixels"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed for --sample (reproducible samples)"),
+    hash_shards: bool = typer.Option(False, "--hash-shards",
+                                     help="also hash each whole shard against archive.json's sha256 (reads every "
+                                          "shard a second time; the per-record and index checksums already cover "
+                                          "every byte)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
                                               help="Ray cluster to run on (default: a local Ray)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
@@ -35,7 +39,7 @@ def verify(
     summary = run_with_progress(
         "verify", "records",
         lambda progress: run(archive, sample=sample, against_source=against_source, ray_address=ray_address,
-                             seed=seed, progress=progress),
+                             seed=seed, progress=progress, hash_shards=hash_shards),
         f"cannot verify {archive}")
     report(summary, json_out, show)
 

@@ -4,11 +4,16 @@ the pixels the manifest promises.
     summary = verify("s3://bucket/archive", sample=None, against_source=False)
 
 Two kinds of Ray tasks, so one big shard still keeps every worker busy:
-- one *shard task* per shard: object present, size and sha256 as archive.json says, header/trailer/index intact,
-  index and manifest rows describing the same records (missing, extra rows);
+- one *shard task* per shard: object present, size as archive.json says, header/trailer/index intact (the index
+  checksummed, its records tiling the object between header and index), index and manifest rows describing the
+  same records (missing, extra rows); with ``hash_shards`` also the whole object's sha256 against archive.json;
 - *record tasks* over runs of adjacent records (one ranged read per run): CRC32C, container decode (the decoder
   checks its own checksums and pixel hash), pixel_sha256 against the manifest, and with ``against_source`` the
   source object's sha256 and pixels.
+A full verification reads every byte of every shard once: header, trailer and index by the shard task, the
+records (which tile the rest) by the record tasks, each under its own checksum. ``hash_shards`` adds a second,
+sequential read of each shard for the sha256 of the whole object (an end-to-end tie to archive.json for
+external audits; it finds nothing the per-part checksums miss, at twice the I/O).
 The driver checks archive.json against the listing of shards/ and manifests/, finds duplicate rows, and writes
 ARCHIVE/verify/records.parquet (one row per record: image_id, status, detail, shard, offset) and
 ARCHIVE/verify/summary.json.
@@ -223,9 +228,10 @@ def parse_sample(sample) -> int | float | None:
 
 def verify(archive_url: str, sample=None, against_source: bool = False, ray_address: str | None = None,
            storage_options: dict | None = None, source_options: dict | None = None, seed: int | None = None,
-           progress=None) -> dict:
+           progress=None, hash_shards: bool = False) -> dict:
     """Verify the archive at ``archive_url``. Returns the summary (also written to ARCHIVE/verify/summary.json);
-    ``summary["ok"]`` is False on any mismatch. ``progress(done, total)`` is called as records are checked."""
+    ``summary["ok"]`` is False on any mismatch. ``progress(done, total)`` is called as records are checked.
+    ``hash_shards``: also hash every shard object whole against archive.json (a second read of everything)."""
     started = time.time()
     sample = parse_sample(sample)
     arc = catalog.open_archive(archive_url, storage_options)
@@ -308,7 +314,7 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         info = listed.get(name, {})
         with_record = [r for r in by_shard.get(name, []) if r.get("offset") is not None]
         ref = shard_task.remote(arc.fs, arc.shard_path(name), with_record, info.get("bytes"), info.get("sha256"),
-                                sample is None)
+                                hash_shards)
         pending[ref] = (name, None)
     for name in shard_names:
         mine = [r for r in sampled if r["shard"] == name]
@@ -363,6 +369,7 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         "sample": None if sample is None else {"requested": sample, "checked": len(sampled), "seed": seed},
         "against_source": against_source,
         "shards": len(shard_names),
+        "shards_hashed": hash_shards,
         "counts": dict(sorted(counts.items())),
         "mismatches": mismatches,
         "problems": problems,

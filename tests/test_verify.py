@@ -89,8 +89,28 @@ def test_one_flipped_byte_reports_exactly_that_record(arc):
     assert rep[victim["image_id"]]["status"] == "checksum_mismatch"
     assert rep[victim["image_id"]]["offset"] == victim["offset"]
     assert all(r["status"] in ("ok", "archive_failed") for i, r in rep.items() if i != victim["image_id"])
-    # The whole-object hash in archive.json catches it too, for that shard only.
-    assert len(s["problems"]) == 1 and victim["shard"] in s["problems"][0] and "sha256" in s["problems"][0]
+    assert s["problems"] == [] and s["shards_hashed"] is False  # one read of each shard: the record CRC is the finding
+    # With --hash-shards the whole-object hash in archive.json catches it too, for that shard only.
+    h = verify(str(arc), hash_shards=True)
+    assert bad(h) == bad(s) and h["shards_hashed"] is True
+    assert len(h["problems"]) == 1 and victim["shard"] in h["problems"][0] and "sha256" in h["problems"][0]
+
+
+def test_damage_outside_records_is_found_without_hashing(arc):
+    """A full verify reads each shard once; the bytes that are not records (header, index, trailer) are checked by
+    the shard task under their own magic/checksum, so damage there is found without --hash-shards."""
+    rows = [r for r in rows_of(arc) if r["offset"] is not None]
+    names = sorted({r["shard"] for r in rows})[:3]
+    for name, where in zip(names, ("header", "index", "trailer")):
+        shard = arc / "shards" / name
+        data = bytearray(shard.read_bytes())
+        end = max(r["offset"] + r["length"] for r in rows if r["shard"] == name)  # the index starts here
+        data[{"header": 3, "index": end + 5, "trailer": len(data) - 2}[where]] ^= 0x20
+        shard.write_bytes(bytes(data))
+    s = verify(str(arc))
+    assert not s["ok"] and s["shards_hashed"] is False
+    for name in names:
+        assert any(name in p and "cannot read its index" in p for p in s["problems"]), (name, s["problems"])
 
 
 def test_truncated_shard(arc):
@@ -239,6 +259,10 @@ def test_cli_exit_codes_and_json(arc):
     broken = run(arc)
     assert broken.returncode == 1
     assert "checksum_mismatch" in broken.stderr and victim["image_id"] in broken.stderr
+    hashed = run(arc, "--hash-shards", "--json")
+    summary = json.loads(hashed.stdout)
+    assert hashed.returncode == 1 and summary["shards_hashed"] is True
+    assert any("sha256" in p and victim["shard"] in p for p in summary["problems"])
     wrong = run(arc, "--sample", "lots")
     assert wrong.returncode != 0 and "sample" in wrong.stderr and "Traceback" not in wrong.stderr
 
