@@ -32,6 +32,7 @@ class Tally:
     encode_s: float = 0.0
     decode_s: float = 0.0
     mismatches: list = field(default_factory=list)
+    per_image: dict = field(default_factory=dict)  # file -> bpsp
 
     def row(self) -> dict:
         return {
@@ -90,6 +91,7 @@ def _add(tally: Tally, pixels: int, channels: int, nbytes: int, ok: bool, name: 
     tally.pixels += pixels
     tally.subpixels += pixels * channels
     tally.bits += 8 * nbytes
+    tally.per_image[name] = round(8 * nbytes / (pixels * channels), 4)
     if not ok:
         tally.mismatches.append(name)
 
@@ -101,8 +103,17 @@ def _check_codecs(codecs: list[str], pc) -> None:
             raise fail(f"codec {name} has no weights installed")
 
 
+def _smallest(per: dict[str, Tally]) -> dict[str, int]:
+    """How many images each codec coded smallest (ties to the first listed), among images every codec coded."""
+    files = set.intersection(*(set(t.per_image) for t in per.values())) if per else set()
+    wins = dict.fromkeys(per, 0)
+    for f in files:
+        wins[min(per, key=lambda spec: per[spec].per_image[f])] += 1
+    return wins
+
+
 def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = None, progress=None,
-        workers: int = 1) -> dict:
+        workers: int = 1, per_image: bool = False) -> dict:
     from pixark import codec as pc
 
     codecs = codecs or default_codecs()
@@ -120,14 +131,26 @@ def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = No
                 for key in ("images", "subpixels", "pixels", "bits", "encode_s", "decode_s"):
                     setattr(o, key, getattr(o, key) + getattr(t, key))
                 o.mismatches += t.mismatches
+                o.per_image.update(t.per_image)
     speed = "single-process wall clock" if workers <= 1 else \
         f"wall clock of {workers} one-thread processes coding each set's images at once (aggregate throughput)"
-    return {
+    out = {
         "sets": {g: {spec: t.row() for spec, t in per.items()} for g, per in results.items()},
+        "smallest": {g: _smallest(per) for g, per in results.items()},
         "codecs": codecs,
         "workers": max(1, workers),
-        "note": f"bpsp counts whole pixark streams (container header included); speeds are {speed}",
+        "note": f"bpsp counts whole pixark streams (container header included); speeds are {speed}; smallest: "
+                "images on which each codec gave the smallest stream",
     }
+    if per_image:
+        images: dict[str, dict] = {}
+        for g, per in results.items():
+            if g != "all":
+                for spec, t in per.items():
+                    for f, v in t.per_image.items():
+                        images.setdefault(f, {})[spec] = v
+        out["per_image"] = dict(sorted(images.items()))
+    return out
 
 
 def _run_serial(groups, codecs, progress, pc) -> dict:
@@ -255,6 +278,7 @@ def bench(
     limit: Optional[int] = typer.Option(None, help="at most this many images per set"),
     workers: int = typer.Option(1, "--workers", "-w", min=1,
                                 help="processes coding at once (one thread each); speeds are their aggregate"),
+    per_image: bool = typer.Option(False, "--per-image", help="also give every image's bpsp per codec (JSON)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
 ) -> None:
     """Bits per subpixel, encode/decode MP/s and a round-trip check per codec, beside png, webp-ll and jxl-ll."""
@@ -268,18 +292,20 @@ def bench(
         with Progress(console=err, transient=True) as bar:
             total = sum(len(v) for v in collect(dirs, limit).values()) * len(codecs or default_codecs())
             task = bar.add_task("benchmarking", total=total)
-            report = run(dirs, codecs, limit, progress=lambda: bar.advance(task), workers=workers)
+            report = run(dirs, codecs, limit, progress=lambda: bar.advance(task), workers=workers,
+                         per_image=per_image)
     except (pc.CodecError, ValueError) as exc:
         raise fail(str(exc))
     if json_out:
         emit_json(report)
     for group, per in report["sets"].items():
         table = Table(title=f"{group}")
-        for col in ("codec", "images", "Mpx", "bpsp", "enc MP/s", "dec MP/s", "round trip"):
+        for col in ("codec", "images", "Mpx", "bpsp", "enc MP/s", "dec MP/s", "smallest on", "round trip"):
             table.add_column(col)
         for spec, row in per.items():
             table.add_row(spec, str(row["images"]), str(row["megapixels"]), f"{row['bpsp']:.3f}" if row["bpsp"] else "-",
-                          str(row["encode_mps"]), str(row["decode_mps"]), row["round_trip"])
+                          str(row["encode_mps"]), str(row["decode_mps"]), str(report["smallest"][group][spec]),
+                          row["round_trip"])
         err.print(table)
     if any(row["failed"] for per in report["sets"].values() for row in per.values()):
         raise fail("round trip failed for some images")

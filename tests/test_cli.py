@@ -64,13 +64,21 @@ def test_codecs_lists_classical_and_learned(tmp_path):
 
 
 def test_bench_json_and_table(folder):
-    proc = pixark("bench", folder, "-c", "png", "-c", "jxl-ll:effort=1", "--json")
+    proc = pixark("bench", folder, "-c", "png", "-c", "jxl-ll:effort=1", "--json", "--per-image")
     report = json.loads(proc.stdout)
     rows = report["sets"][f"{folder.name}/set a"]
     assert set(rows) == {"png", "jxl-ll:effort=1"}
     for row in rows.values():
         assert row["images"] == 2 and row["round_trip"] == "ok" and 0 < row["bpsp"] < 24
         assert row["encode_mps"] > 0 and row["decode_mps"] > 0
+    # per image: each codec's bpsp; "smallest" counts, per set, the images each codec coded smallest
+    per = report["per_image"]
+    assert len(per) == 2 and all(set(v) == {"png", "jxl-ll:effort=1"} for v in per.values())
+    wins = report["smallest"][f"{folder.name}/set a"]
+    assert sum(wins.values()) == 2
+    assert wins["png"] == sum(v["png"] < v["jxl-ll:effort=1"] for v in per.values())
+    for spec, row in rows.items():  # the set's bpsp is the subpixel-weighted mean of its images'
+        assert min(v[spec] for v in per.values()) <= row["bpsp"] <= max(v[spec] for v in per.values())
     assert "bpsp" in proc.stderr  # the human table goes to stderr
 
 
