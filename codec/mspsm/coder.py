@@ -25,6 +25,10 @@ from . import model as M
 MAGIC = b"MSPS"
 PAYLOAD_VERSIONS = (1, 2)  # 1: as first shipped; 2: K = 1 with per-tile scale correction (codec/adapt.py)
 UNIFORM = np.full(256, 256, np.int64)
+# Coder state (pixels, masks, neighbour averages, network inputs and context) is held in float32: every value is an
+# integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
+# first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
+DT = torch.float32
 
 
 def tile_grid(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
@@ -92,7 +96,7 @@ def _coarsest(tiles, sizes, bsz: int, scales: int, coders, dt):
     hm, wm = sizes[-1]
     top = torch.zeros(bsz, 3, hm, wm, dtype=dt)
     for b in range(bsz):
-        top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float64))
+        top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float32))
     return None, top
 
 
@@ -120,6 +124,7 @@ def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, dt,
     inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
                      torch.full((bsz, 1, h2 // 2, w2 // 2), 16.0 * i, dtype=dt), z * 2], dim=1)
     P, z = run_on(device, net, inp)
+    z = z.to(dt)  # the context feeds the next stage's input
     if check_reference:
         rp, rz = net.reference(inp.numpy().astype(np.int64))
         if not (np.array_equal(rp, P.numpy().astype(np.int64)) and np.array_equal(rz, z.numpy().astype(np.int64))):
@@ -165,7 +170,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
     bsz, H, W = shape
     decoding = tiles is None
     sizes = M.pyramid_sizes(H, W, p.scales)
-    dt = torch.float64
+    dt = DT
     pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders, dt)
     cur = top
     freq = coders[0].freq
@@ -198,7 +203,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                         m = seln[b]
                         d, _ = coders[b].code(col, s[b][m], f8[b][m], None)
                         xcol[b, m] = (cn[b][m] + d) & 255
-                    xv = torch.from_numpy(xcol.astype(np.float64)).reshape(bsz, 3, 1, h, w)
+                    xv = torch.from_numpy(xcol.astype(np.float32)).reshape(bsz, 3, 1, h, w)
                     xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
                 else:
                     xn = xt[:, :, col].reshape(bsz, -1).numpy().astype(np.int64)
@@ -243,7 +248,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
     bsz, H, W = shape
     decoding = tiles is None
     sizes = M.pyramid_sizes(H, W, p.scales)
-    dt = torch.float64
+    dt = DT
     expw = _exp_weight()
     freq2 = coders[0].freq
     pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders, dt)
@@ -297,7 +302,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
                     if decoding:
                         xcol[b][m] = xs
                 if decoding:
-                    xv = torch.from_numpy(xcol.astype(np.float64)).reshape(bsz, 3, 1, h, w)
+                    xv = torch.from_numpy(xcol.astype(np.float32)).reshape(bsz, 3, 1, h, w)
                     xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
                 e.append(16 * xt[:, :, col] - mu)
             known = _group_done(X, known, sel, xt, decoding)
