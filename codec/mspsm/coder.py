@@ -60,7 +60,7 @@ class _TileCoder:
 
     def encode(self, tbl: np.ndarray, sym: np.ndarray) -> None:
         order, ts, runs = _runs(tbl)
-        ss = sym[order]
+        ss = sym[order].astype(np.int32)  # the coder's dtype: runs go in without a copy
         for a, b in runs:
             self.enc.encode(ss[a:b], self.bank[ts[a]])
 

@@ -144,7 +144,7 @@ def _code_chunk(st: _State, ys, xs, off, sidx, coup, freq, adapter, k: int, half
         order, runs = _buckets(tid)
         rc = st.r[c, ys, xs]
         if encoding:
-            sym = rc[todo][order] + half
+            sym = (rc[todo][order] + half).astype(np.int32)  # the coder's dtype: runs go in without a copy
             for t, a, b in runs:
                 coder.encode(sym[a:b], freq[t])
         else:
