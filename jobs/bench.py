@@ -153,14 +153,20 @@ def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = No
     return out
 
 
+def _warm(spec: str, codec, images, pc) -> None:
+    """Code one image the codec takes, outside the timings (loads models, builds tables)."""
+    img = next((i for i in images if i.pixels is not None and not codec.supports(i)), None)
+    if img is not None:
+        pc.decode(pc.encode(img, spec))
+
+
 def _run_serial(groups, codecs, progress, pc) -> dict:
     images = {f: pc.load(f.read_bytes()) for files in groups.values() for f in files}
     images = {f: img for f, img in images.items() if img.pixels is not None}
     results: dict[str, dict[str, Tally]] = {}
     for spec in codecs:
         codec = pc.get(pc.parse_spec(spec)[0])
-        warm = next(iter(images.values()))
-        pc.decode(pc.encode(warm, spec))  # load models once, outside the timings
+        _warm(spec, codec, images.values(), pc)
         for group, files in groups.items():
             tally = results.setdefault(group, {}).setdefault(spec, Tally())
             for f in files:
@@ -179,22 +185,14 @@ def _run_serial(groups, codecs, progress, pc) -> dict:
 def _worker(rank: int, n: int, groups: dict, codecs: list[str], barrier, queue) -> None:
     """One bench process: its share of every set (round robin), encode phase and decode phase each timed between
     barriers so the parent sees the wall time of all processes working at once."""
-    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"  # before anything imports torch (learned codecs import it lazily)
     try:
-        import sys
-
         from pixark import codec as pc
 
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
         mine = {g: [(str(f), pc.load(f.read_bytes())) for f in files[rank::n]] for g, files in groups.items()}
         for spec in codecs:
             codec = pc.get(pc.parse_spec(spec)[0])
-            if "torch" in sys.modules:
-                sys.modules["torch"].set_num_threads(1)
-            warm = next((img for items in mine.values() for _, img in items if img.pixels is not None), None)
-            if warm is not None:
-                pc.decode(pc.encode(warm, spec))
+            _warm(spec, codec, (img for items in mine.values() for _, img in items), pc)
             for group, items in mine.items():
                 items = [(f, img) for f, img in items if img.pixels is not None and not codec.supports(img)]
                 barrier.wait()

@@ -82,6 +82,18 @@ def test_bench_json_and_table(folder):
     assert "bpsp" in proc.stderr  # the human table goes to stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bench_skips_images_a_codec_does_not_take(tmp_path, workers):
+    """The first image is grey: mspsm (8-bit RGB only) warms up on, and is measured on, the RGB one only."""
+    (tmp_path / "s").mkdir()
+    Image.fromarray(photo_array(48)[:, :, 0]).save(tmp_path / "s" / "a grey.png")
+    Image.fromarray(photo_array(48)).save(tmp_path / "s" / "b rgb.png")
+    report = json.loads(pixark("bench", tmp_path, "-c", "mspsm", "-c", "png", "-w", workers, "--json").stdout)
+    rows = report["sets"][f"{tmp_path.name}/s"]
+    assert rows["mspsm"]["images"] == 1 and rows["png"]["images"] == 2
+    assert all(r["round_trip"] == "ok" for r in rows.values())
+
+
 def test_bench_workers_code_the_same_streams(folder):
     """--workers 2 splits each set over two processes: same images, same bits, speeds are their wall clock."""
     args = ("bench", folder, "-c", "png", "-c", "webp-ll", "--json")
