@@ -219,6 +219,19 @@ def test_codec_round_trip_with_shipped_weights():
     px = _photo(48, 64, 9)
     data = pc.encode(px, codec="mspsm")
     assert np.array_equal(pc.decode(data).pixels, px)
+    # tile is the largest side: 70x50 with tile=32 splits into 3 x 2 tiles of side 25, not 32 + 32 + 6 / 32 + 18
+    px = _photo(70, 50, 3)
+    data = pc.encode(px, codec="mspsm:tile=32")
+    assert pc.info(data)["params"]["tile"] == 25 == coder.balanced_tile(70, 50, 32)
+    assert np.array_equal(pc.decode(data).pixels, px)
+
+
+@pytest.mark.parametrize("h, w, most, want", [(576, 576, 512, 288), (512, 512, 512, 512), (100, 700, 512, 350),
+                                              (1080, 1920, 512, 480), (1, 1, 512, 1), (513, 17, 512, 257)])
+def test_balanced_tile_never_exceeds_the_maximum(h, w, most, want):
+    t = coder.balanced_tile(h, w, most)
+    assert t == want and t <= most
+    assert len(coder.tile_grid(h, w, t)) == len(coder.tile_grid(h, w, most))  # as many tiles, more even
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine (torch.cuda.is_available() "

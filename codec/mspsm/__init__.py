@@ -1,7 +1,8 @@
 """mspsm: multi-scale progressive statistical model, integer-exact (codec name ``mspsm``).
 
-Parameters: ``profile`` (network weights, see ``model.PROFILES``), ``tile`` (tile side in pixels; tiles are coded
-independently in one payload, which bounds memory) and ``tile_batch`` (tiles run through the network together;
+Parameters: ``profile`` (network weights, see ``model.PROFILES``), ``tile`` (largest tile side in pixels; tiles are
+coded independently in one payload, which bounds memory; the side actually used splits the image into tiles of
+equal size where it can, ``coder.balanced_tile``, and is what the container records) and ``tile_batch`` (tiles run through the network together;
 speed only, never changes the bitstream). ``device`` (an argument of encode/decode, not a stream parameter) is
 where the integer network runs: 'cpu' (default) or 'cuda[:N]'; the bitstream is the same. Design and
 measurements: docs/MSPSM.md. Importing registers the codec.
@@ -91,8 +92,10 @@ class MspsmCodec(Codec):
         p = self._check(params)
         device = check_device(device, available=True)
         net, model_id = load_profile(p["profile"])
-        payload = coder.encode(net, image.pixels, tile=p["tile"], tile_batch=p["tile_batch"], device=device)
-        return Encoded(payload=payload, params={"profile": p["profile"], "tile": p["tile"]}, model_id=model_id)
+        h, w = image.pixels.shape[:2]
+        tile = coder.balanced_tile(h, w, p["tile"])
+        payload = coder.encode(net, image.pixels, tile=tile, tile_batch=p["tile_batch"], device=device)
+        return Encoded(payload=payload, params={"profile": p["profile"], "tile": tile}, model_id=model_id)
 
     def decode(self, payload: bytes, header: Header, device: str | None = None) -> np.ndarray:
         from . import coder
