@@ -1,11 +1,11 @@
 """mspsm: multi-scale progressive statistical model, integer-exact (codec name ``mspsm``).
 
 Parameters: ``profile`` (network weights, see ``model.PROFILES``), ``tile`` (largest tile side in pixels; tiles are
-coded independently in one payload, which bounds memory; the side actually used splits the image into tiles of
-equal size where it can, ``coder.balanced_tile``, and is what the container records) and ``tile_batch`` (tiles run through the network together;
-speed only, never changes the bitstream). ``device`` (an argument of encode/decode, not a stream parameter) is
-where the integer network runs: 'cpu' (default) or 'cuda[:N]'; the bitstream is the same. Design and
-measurements: docs/MSPSM.md. Importing registers the codec.
+coded independently in one payload, which bounds memory; the side used splits the image into tiles of equal size,
+``coder.balanced_tile``, and is what the container records) and ``tile_batch`` (tiles run through the network
+together; speed only, never changes the bitstream). ``device`` (an argument of encode/decode, not a stream
+parameter) is where the integer network runs: 'cpu' (default) or 'cuda[:N]'; the bitstream is the same. Design
+and measurements: docs/MSPSM.md. Importing registers the codec.
 """
 
 from __future__ import annotations
