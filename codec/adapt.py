@@ -23,13 +23,12 @@ BUCKET = 8  # scale indices per bucket
 class CostBank:
     """Integer code lengths of a table bank whose tables are ordered scale index first: ``rows`` (n_scales, rest),
     rest indexing (the other table coordinates, symbol) inside one scale index. Stored once more as int32 with the
-    first and last rows repeated ``len(DELTAS) // 2`` times on either side, so a shifted lookup needs no clipping."""
+    first and last rows repeated max |delta| times on either side, so a shifted lookup needs no clipping."""
 
     def __init__(self, freq: np.ndarray, n_scales: int) -> None:
         self.rows = cost(freq).reshape(n_scales, -1)
         self.n_scales, self.row = self.rows.shape
-        pad = int(np.abs(DELTAS).max())
-        self.pad = pad
+        self.pad = pad = int(np.abs(DELTAS).max())
         self.padded = np.concatenate([np.repeat(self.rows[:1], pad, 0), self.rows,
                                       np.repeat(self.rows[-1:], pad, 0)]).astype(np.int32).reshape(-1)
 
