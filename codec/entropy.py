@@ -102,6 +102,20 @@ def bank(freqs: np.ndarray) -> list[Table]:
     return [Table(row) for row in np.asarray(freqs)]
 
 
+def table_runs(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """The order to code symbols in whose tables are rows ``idx`` of a bank, one 1-D table call per distinct
+    table: a stable sort by table index (so the given order is kept inside a table) and the (table, start, end)
+    runs of that order. The decoder computes the same from the same indices before decoding."""
+    idx = np.asarray(idx)
+    small = idx.size and idx.max() < 1 << 15  # 16-bit keys: numpy's stable sort is then an O(n) radix sort
+    order = np.argsort(idx.astype(np.int16) if small else idx, kind="stable")
+    ts = idx[order]
+    cuts = np.flatnonzero(np.diff(ts)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [ts.size]])
+    return order, [(int(ts[a]), int(a), int(b)) for a, b in zip(starts, ends) if b > a]
+
+
 class Encoder:
     """Appends symbols to one range-coded stream. Decode with ``Decoder`` in the same order."""
 

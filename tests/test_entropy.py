@@ -121,3 +121,18 @@ def test_prevalidated_tables_refuse_bad_input():
         entropy.Encoder().encode(np.array([-1]), t)
     with pytest.raises(ValueError):  # a one-symbol alphabet still checks its symbols
         entropy.Encoder().encode(np.array([1]), entropy.Table(np.array([entropy.TOTAL])))
+
+
+@given(st.lists(st.integers(0, 70000), max_size=200))
+@settings(max_examples=60, deadline=None)
+def test_table_runs_is_a_stable_sort_cut_at_every_new_table(idx):
+    """Small indices take numpy's radix path, large ones the general sort: the same order either way."""
+    idx = np.array(idx, np.int64)
+    order, runs = entropy.table_runs(idx)
+    assert np.array_equal(order, np.argsort(idx, kind="stable"))
+    assert [t for t, _, _ in runs] == sorted(set(idx.tolist()))
+    pos = 0
+    for t, a, b in runs:
+        assert a == pos < b and (idx[order[a:b]] == t).all()
+        pos = b
+    assert pos == idx.size

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..adapt import ScaleAdapter
-from ..entropy import Encoder, Decoder
+from ..entropy import Encoder, Decoder, table_runs
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
 from . import model as M
@@ -66,27 +66,17 @@ class _TileCoder:
         return sym, tbl
 
     def encode(self, tbl: np.ndarray, sym: np.ndarray) -> None:
-        order, ts, runs = _runs(tbl)
+        order, runs = table_runs(tbl)
         ss = sym[order].astype(np.int32)  # the coder's dtype: runs go in without a copy
-        for a, b in runs:
-            self.enc.encode(ss[a:b], self.bank[ts[a]])
+        for t, a, b in runs:
+            self.enc.encode(ss[a:b], self.bank[t])
 
     def decode(self, tbl: np.ndarray) -> np.ndarray:
-        order, ts, runs = _runs(tbl)
+        order, runs = table_runs(tbl)
         out = np.empty(len(tbl), np.int64)
-        for a, b in runs:
-            out[order[a:b]] = self.dec.decode(self.bank[ts[a]], int(b - a))
+        for t, a, b in runs:
+            out[order[a:b]] = self.dec.decode(self.bank[t], b - a)
         return out
-
-
-def _runs(tbl: np.ndarray):
-    """Stable sort by table index and the [a, b) runs of equal index: the order both sides code in."""
-    order = np.argsort(tbl.astype(np.int16), kind="stable")  # indices < 1024: numpy's O(n) radix sort
-    ts = tbl[order]
-    cuts = np.flatnonzero(np.diff(ts)) + 1
-    starts = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [len(ts)]])
-    return order, ts, [(a, b) for a, b in zip(starts, ends) if b > a]
 
 
 def _coarsest(tiles, sizes, bsz: int, scales: int, coders, dt):

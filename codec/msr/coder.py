@@ -87,18 +87,6 @@ class _State:
         return torch.from_numpy(~self.known.all(axis=0))[None]
 
 
-def _buckets(tid: np.ndarray):
-    """Order (stable: raster order inside a table) and (table, start, end) runs of equal table index."""
-    order = np.argsort(tid.astype(np.int16), kind="stable")  # indices < 2**15: numpy's O(n) radix sort
-    ts = tid[order]
-    if not ts.size:
-        return order, []
-    cut = np.flatnonzero(np.diff(ts)) + 1
-    starts = np.concatenate([[0], cut])
-    ends = np.concatenate([cut, [ts.size]])
-    return order, [(int(ts[a]), int(a), int(b)) for a, b in zip(starts, ends)]
-
-
 def _iterations(st: _State, net, k: int, T: int, coder, encoding: bool, band: int, batch: int, device: str,
                 adaptive: bool):
     """The T masked-sampling iterations. Payload version 2 (``adaptive``) codes each iteration's pixels in
@@ -141,7 +129,7 @@ def _code_chunk(st: _State, ys, xs, off, sidx, coup, freq, adapter, k: int, half
         s = g_s[c, todo]
         m = mu.numpy()[todo].astype(np.int64) - M.MU_LO
         tid = (adapter.shift(c, s) if adapter else s) * M.N_MEANS + m
-        order, runs = _buckets(tid)
+        order, runs = entropy.table_runs(tid)
         rc = st.r[c, ys, xs]
         if encoding:
             sym = (rc[todo][order] + half).astype(np.int32)  # the coder's dtype: runs go in without a copy
