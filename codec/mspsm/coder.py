@@ -79,10 +79,10 @@ class _TileCoder:
         return out
 
 
-def _coarsest(tiles, sizes, bsz: int, scales: int, coders, dt):
+def _coarsest(tiles, sizes, bsz: int, scales: int, coders):
     """The scale pyramid (encoding; None when decoding) and x^(M), coded with the uniform model."""
     if tiles is not None:
-        x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(dt)
+        x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(DT)
         pyr = [x]
         for _ in range(scales):
             pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
@@ -91,37 +91,37 @@ def _coarsest(tiles, sizes, bsz: int, scales: int, coders, dt):
             coders[b].enc.encode(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
         return pyr, top
     hm, wm = sizes[-1]
-    top = torch.zeros(bsz, 3, hm, wm, dtype=dt)
+    top = torch.zeros(bsz, 3, hm, wm, dtype=DT)
     for b in range(bsz):
         top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float32))
     return None, top
 
 
-def _scale_start(p, i: int, h: int, w: int, bsz: int, cur, pyr, z, dt):
+def _scale_start(p, i: int, h: int, w: int, bsz: int, cur, pyr, z):
     """State at the start of scale i: x-hat (true coarser pixels; when encoding, all true pixels), the known
     mask, the context carried up from the coarser scale, the group map and the not-yet-coded set."""
     if pyr is None:
-        X = torch.zeros(bsz, 3, 2 * h, 2 * w, dtype=dt)
+        X = torch.zeros(bsz, 3, 2 * h, 2 * w, dtype=DT)
         X[:, :, 1::2, 1::2] = cur
     else:
         X = M.pad_even(pyr[i])
-    known = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=dt)
+    known = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=DT)
     known[:, :, 1::2, 1::2] = 1
-    z = torch.zeros(bsz, p.context, h, w, dtype=dt) if z is None else \
+    z = torch.zeros(bsz, p.context, h, w, dtype=DT) if z is None else \
         z.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
     return X, known, z, M.group_map(p, i, h, w), torch.ones(bsz, 3, h, w, dtype=torch.bool)
 
 
-def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, dt, device: str = "cpu"):
+def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, device: str = "cpu"):
     """One stage's network pass: (neighbour-average base in 1/16 px, outputs P, next context z). Only the network
     runs on ``device``; its integer outputs come back to the CPU, where the rest of the stage runs as always."""
     bsz, _, h2, w2 = X.shape
     b16 = M.base16(X, known)
     fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
     inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
-                     torch.full((bsz, 1, h2 // 2, w2 // 2), 16.0 * i, dtype=dt), z * 2], dim=1)
+                     torch.full((bsz, 1, h2 // 2, w2 // 2), 16.0 * i, dtype=DT), z * 2], dim=1)
     P, z = run_on(device, net, inp)
-    z = z.to(dt)  # the context feeds the next stage's input
+    z = z.to(DT)  # the context feeds the next stage's input
     if check_reference:
         rp, rz = net.reference(inp.numpy().astype(np.int64))
         if not (np.array_equal(rp, P.numpy().astype(np.int64)) and np.array_equal(rz, z.numpy().astype(np.int64))):
@@ -167,16 +167,15 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
     bsz, H, W = shape
     decoding = tiles is None
     sizes = M.pyramid_sizes(H, W, p.scales)
-    dt = DT
-    pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders, dt)
+    pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders)
     cur = top
     freq = coders[0].freq
     z = None
     for i in reversed(range(p.scales)):
         h, w = sizes[i + 1]
-        X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z, dt)
+        X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z)
         for j in range(p.groups):
-            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, dt, device)
+            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, device)
             logits, off, sidx, coup = M.split_params(P, 1)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
@@ -245,17 +244,16 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
     bsz, H, W = shape
     decoding = tiles is None
     sizes = M.pyramid_sizes(H, W, p.scales)
-    dt = DT
     expw = _exp_weight()
     freq2 = coders[0].freq
-    pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders, dt)
+    pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders)
     cur = top
     z = None
     for i in reversed(range(p.scales)):
         h, w = sizes[i + 1]
-        X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z, dt)
+        X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z)
         for j in range(p.groups):
-            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, dt, device)
+            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, device)
             logits, off, sidx, coup = M.split_params(P, k)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
