@@ -127,6 +127,12 @@ def gpu_share(resources: dict) -> float:
     return min(1.0, gpus / max(1.0, float(resources.get("CPU", 1) or 1)))
 
 
+def decode_task(task, rows: list[dict], gpus: float):
+    """``task`` (a Ray remote function decoding ``rows``, one shard's run of records) with the GPU share ``gpus``
+    when those records are of a learned codec; unchanged for classical records or a cluster without GPUs."""
+    return task.options(num_gpus=gpus) if gpus and is_learned(rows[0].get("codec")) else task
+
+
 def is_learned(codec: str | None) -> bool:
     """Records of learned codecs decode orders of magnitude slower than classical ones (seconds, not milliseconds)."""
     from pixark import codec as pc

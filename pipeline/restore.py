@@ -213,7 +213,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         gpus = catalog.gpu_share(ray.cluster_resources())  # learned-codec records decode their network on a GPU
         for shard, mine in sorted(by_shard.items()):
             for batch in catalog.batches(mine, RUN_RECORDS):
-                run = task.options(num_gpus=gpus) if gpus and catalog.is_learned(batch[0].get("codec")) else task
+                run = catalog.decode_task(task, batch, gpus)
                 pending[run.remote(arc.fs, arc.shard_path(shard), batch, dest_fs, dest_root, format)] = batch
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -319,8 +319,7 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
     for name in shard_names:
         mine = [r for r in sampled if r["shard"] == name]
         for run in catalog.batches(mine, RUN_RECORDS):
-            task = record_task.options(num_gpus=gpus) if gpus and catalog.is_learned(run[0].get("codec")) else record_task
-            ref = task.remote(arc.fs, arc.shard_path(name), run, against_source, source_options)
+            ref = catalog.decode_task(record_task, run, gpus).remote(arc.fs, arc.shard_path(name), run, against_source, source_options)
             pending[ref] = (name, run)
     done, total = 0, len(sampled)
     flagged: dict[tuple, dict] = {}  # (shard, offset) -> structural result that outranks a record's own check

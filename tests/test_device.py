@@ -160,3 +160,14 @@ def test_decode_tasks_ask_for_a_gpu_share_only_where_the_cluster_has_gpus():
     assert gpu_share({"CPU": 32.0, "GPU": 4.0}) == 0.125
     assert gpu_share({"CPU": 2.0, "GPU": 4.0}) == 1.0  # never more than one GPU per task
     assert gpu_share({"GPU": 1.0}) == 1.0
+
+
+def test_only_learned_records_get_the_gpu_share():
+    import ray
+
+    from pixark.pipeline.catalog import decode_task
+
+    task = ray.remote(lambda rows: rows)  # a real remote function; no cluster is needed to set its options
+    assert decode_task(task, [{"codec": "jxl-ll"}], 0.5) is task
+    assert decode_task(task, [{"codec": "mspsm"}], 0.0) is task
+    assert decode_task(task, [{"codec": "mspsm"}], 0.5) is not task
