@@ -179,12 +179,13 @@ def tables(k: int) -> dict:
         if f"freq{k}" not in z:
             raise ValueError(f"msr has no tables for k={k}; it supports k in 4, 5, 6")
         freq = z[f"freq{k}"].astype(np.int64)
-        _TABLES[k] = {"freq": freq.reshape(N_SCALE_IDX * N_MEANS, -1),
+        rows = freq.reshape(N_SCALE_IDX * N_MEANS, -1)  # table index s * 64 + m
+        _TABLES[k] = {"freq": rows,
                       "bits": torch.from_numpy(-np.log2(freq / 65536.0)).float(),
                       "s_min": float(z["s_min"]), "s_max": float(z["s_max"]),
                       # validated once per process: each iteration codes thousands of short runs
-                      "bank": bank(freq.reshape(N_SCALE_IDX * N_MEANS, -1)),
-                      "cost": CostBank(freq.reshape(N_SCALE_IDX * N_MEANS, -1), N_SCALE_IDX)}  # codec/adapt.py
+                      "bank": bank(rows),
+                      "cost": CostBank(rows, N_SCALE_IDX)}  # for the scale correction (codec/adapt.py)
     return _TABLES[k]
 
 
