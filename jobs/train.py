@@ -131,9 +131,10 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
           dev: str | None = "../shared/data/dev", out: str = "/work/runs/mspsm-cpu", steps: int | None = None,
           minutes: float | None = None, resume: bool = False, batch: int | None = None, lr: float | None = None,
           crop: int = 128, threads: int = 2, seed: int = 0, ckpt_minutes: float = 5.0,
-          dev_minutes: float = 10.0, export_to: str | None = None, log=print) -> dict:
+          dev_minutes: float = 10.0, export_to: str | None = None, init: str | None = None, log=print) -> dict:
     """Train ``codec``/``profile``; stop after ``steps`` steps or ``minutes`` of training time (whichever first;
-    both counted over resumed runs). Returns a summary dict. Exports the integer model at the end when
+    both counted over resumed runs). ``init``: a checkpoint of another profile of the same codec to warm-start a
+    new run from (``Net.warm_start``; ignored on resume, the run's own checkpoint wins). Returns a summary dict. Exports the integer model at the end when
     ``export_to`` (a weights .npz path) is given."""
     if codec not in TRAINABLE:
         raise SystemExit(f"unknown trainable codec {codec!r}; choose from {sorted(TRAINABLE)}")
@@ -166,6 +167,12 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
         if minutes is None:
             minutes = ck.get("minutes")
         say(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained)")
+    elif init:
+        ck = torch.load(init, map_location="cpu", weights_only=False)
+        if ck.get("codec") != codec or not hasattr(net, "warm_start"):
+            raise SystemExit(f"cannot warm-start a {codec} model from {init} ({ck.get('codec')})")
+        fresh = net.warm_start(ck["model"])
+        say(f"warm start from {init} ({ck.get('profile')}, step {ck['state']['step']}); new: {', '.join(fresh)}")
     paths = list_images(data)
     if not paths:
         raise SystemExit(f"no images under {data}")
@@ -279,6 +286,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="warm-start from another profile's checkpoint (e.g. cpu-mid from cpu-small)")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--crop", type=int, default=128)
@@ -304,7 +312,7 @@ def main(argv=None) -> int:
     s = train(codec=a.codec, profile=a.profile, data=a.data, dev=a.dev, out=a.out, steps=a.steps,
               minutes=a.minutes, resume=a.resume, batch=a.batch, lr=a.lr, crop=a.crop, threads=a.threads,
               seed=a.seed, ckpt_minutes=a.ckpt_minutes, dev_minutes=a.dev_minutes, export_to=a.export_to,
-              log=lambda m: print(m, file=sys.stderr, flush=True))
+              init=a.init, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(s, default=str))
     return 0
 

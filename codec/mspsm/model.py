@@ -66,6 +66,8 @@ PROFILES: dict[str, Profile] = {
     "cpu-b": Profile("cpu-b", 6, "b", 48, 2, 16, 1, note="CPU profile with pattern (b) (6 groups)"),
     "cpu-small": Profile("cpu-small", 6, "a", 32, 1, 16, 1,
                          note="default: smallest CPU profile, pattern (a), C=32, 1 block, K=1"),
+    "cpu-mid": Profile("cpu-mid", 6, "a", 32, 2, 16, 1,
+                       note="cpu-small with a second residual block, pattern (a), C=32, 2 blocks, K=1"),
     "cpu-random": Profile("cpu-random", 6, "random", 48, 2, 16, 1, note="grouping study: random 3 groups"),
     "cpu-dynamic": Profile("cpu-dynamic", 6, "dynamic", 48, 2, 16, 1, note="grouping study: dynamic 3 groups"),
     # The paper's Table 3 profiles (GPU-sized; mixtures of K logistics).
@@ -145,6 +147,21 @@ class Net(nn.Module):
             # channel coupling (1/64 units): G += 0.75 eR, B += 0.375 eR + 0.5 eG
             b[:, 7 * k:8 * k], b[:, 8 * k:9 * k], b[:, 9 * k:10 * k] = 48 / 64.0, 24 / 64.0, 32 / 64.0
             self.head_p.bias.copy_(b.reshape(-1))
+
+    def warm_start(self, state: dict) -> list[str]:
+        """Start from another profile's trained weights (``state``: a state dict): every tensor whose name and
+        shape match is copied; residual blocks the source lacks get their second convolution scaled down 64x, so
+        the warm-started network first computes (almost) what the source did and training only has to improve it.
+        Returns the names of the tensors that were not copied."""
+        own = self.state_dict()
+        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        self.load_state_dict(take, strict=False)
+        with torch.no_grad():
+            for i, (_, c2) in enumerate(self.blocks):
+                if f"blocks.{i}.1.weight" not in take:
+                    c2.weight.mul_(1 / 64)
+                    c2.bias.zero_()
+        return sorted(set(dict(self.named_parameters())) - set(take))
 
     def forward(self, inp: torch.Tensor):
         a = self.conv_in(inp * IN_STEP)
