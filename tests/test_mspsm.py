@@ -204,7 +204,7 @@ def _half_grey(px: np.ndarray) -> np.ndarray:
 
 def test_copy_centres_match_a_direct_reading_of_the_rule():
     """Flag: the known pixels of base16's neighbour set (4-neighbours, else diagonals) all have one difference
-    G - R (for G) or B - G (for B); that difference is the centre's offset."""
+    R - 0, G - R or B - G; that difference is the centre's offset."""
     rng = np.random.default_rng(3)
     for trial in range(20):
         H, W = 2 * rng.integers(1, 6, size=2)
@@ -214,12 +214,12 @@ def test_copy_centres_match_a_direct_reading_of_the_rule():
         for ph, (py, px) in enumerate(M.PHASES[:3]):
             for y in range(py, H, 2):
                 for x in range(px, W, 2):
-                    for ci in range(2):
+                    for ci in range(3):
                         sets = [[(y + dy, x + dx) for dy, dx in offs if 0 <= y + dy < H and 0 <= x + dx < W
                                  and known[0, 0, y + dy, x + dx]] for offs in
                                 (((-1, 0), (1, 0), (0, -1), (0, 1)), ((-1, -1), (-1, 1), (1, -1), (1, 1)))]
                         nb = sets[0] or sets[1]
-                        ds = {float(X[0, ci + 1, a, b] - X[0, ci, a, b]) for a, b in nb}
+                        ds = {float(X[0, ci, a, b] - (X[0, ci - 1, a, b] if ci else 0)) for a, b in nb}
                         got = bool(flag[0, ph, ci, y // 2, x // 2])
                         assert got == (len(ds) == 1), (trial, ph, y, x, ci)
                         if got:

@@ -45,14 +45,15 @@ def balanced_tile(h: int, w: int, max_tile: int) -> int:
 
 
 class _CopyChoice:
-    """The copy model of payload version 3, per channel G and B of one tile. Where every known neighbour of a
-    subpixel (base16's set: the 4-neighbours, else the diagonal ones) has the same difference d between this
-    channel and the one before (G - R, B - G; d = 0 on grey pixels), the subpixel may be coded as "the earlier
-    channel plus d" with one table for all such subpixels (f = 0, one scale index) instead of the network's.
+    """The copy model of payload version 3, per channel of one tile. Where every known neighbour of a subpixel
+    (base16's set: the 4-neighbours, else the diagonal ones) has the same difference d between this channel and
+    the one before (R - 0, G - R, B - G: flat red, grey pixels with d = 0, flat colours), the subpixel may be coded
+    as "the earlier channel plus d" with one table for all such subpixels (f = 0, one scale index) instead of the
+    network's.
     Both sides keep the exact cost (1/256 bit) every option (the network's table, or the copy model with each
     scale index) would have spent on the flagged subpixels so far and use the cheapest; ties go to the network,
-    so nothing changes until the copy model has proved itself on the tile. Measured on 6 dev images: -17 % on a
-    mostly grey photo, -3 to -6 % on smooth skies, +-0.4 % on textured photos (docs/MSPSM.md)."""
+    so nothing changes until the copy model has proved itself on the tile. Measured on 8 dev images: -18 % on a
+    mostly grey photo, -3 to -6 % on smooth skies, within 0.5 % on textured photos (docs/MSPSM.md)."""
 
     def __init__(self, cost_rows: np.ndarray, channels: int = 3):
         self.flat = cost_rows.reshape(-1)  # cost of table index t, symbol d at t * 256 + d
@@ -84,7 +85,7 @@ class _TileCoder:
     def code(self, col: int, s: np.ndarray, f8: np.ndarray, cn: np.ndarray, x: np.ndarray | None,
              copy: tuple[np.ndarray, np.ndarray] | None = None):
         """Encode the pixel values ``x`` (decode when None) of channel ``col`` given the network's scale indices
-        ``s``, mean fractions ``f8`` and centres ``cn``, and for G and B the copy model's (flags, centres).
+        ``s``, mean fractions ``f8`` and centres ``cn``, and the copy model's (flags, centres).
         Returns (pixel values, table indices used, symbols coded)."""
         tbl = (self.adapt.shift(col, s) if self.adapt else s) * 16 + f8
         use, cen = tbl, cn
@@ -120,10 +121,10 @@ class _TileCoder:
 
 
 def copy_centres(X: torch.Tensor, known: torch.Tensor):
-    """The copy model's inputs for the unknown phases: flags (B,3ph,2,h,w) bool and differences d (same shape)
-    for G (index 0) and B (index 1): flag where base16's neighbour set is non-empty and its known pixels all
-    have the same difference to the earlier channel. Integer values in float32: exact."""
-    D = F.pad(X[:, 1:] - X[:, :2], (1, 1, 1, 1))  # (B,2,H+2,W+2): G - R, B - G
+    """The copy model's inputs for the unknown phases: flags (B,3ph,3col,h,w) bool and differences d (same
+    shape): flag where base16's neighbour set is non-empty and its known pixels all have the same difference to
+    the earlier channel (R: to 0). Integer values in float32: exact."""
+    D = F.pad(torch.cat([X[:, :1], X[:, 1:] - X[:, :2]], 1), (1, 1, 1, 1))  # (B,3,H+2,W+2): R, G - R, B - G
     K = F.pad(known, (1, 1, 1, 1))
     H, W = X.shape[-2:]
 
@@ -252,7 +253,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
             xt = M.unknown_phases(X)[:, :, :, None].clone()
             seln = sel.numpy().reshape(bsz, -1)
             if coders[0].copy:
-                cflag, cdiff = copy_centres(X, known)  # (B,3ph,2,h,w) for G and B
+                cflag, cdiff = copy_centres(X, known)  # (B,3ph,3col,h,w)
             e = []
             for col in range(3):
                 mu = M.channel_mu16(col, base[:, :, col], off, coup, e, torch.floor)  # (B,3,1,h,w)
@@ -263,9 +264,10 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 cn = c.reshape(bsz, -1).numpy().astype(np.int64)
                 xn = xt[:, :, col].reshape(bsz, -1).numpy().astype(np.int64)
                 cp = [None] * bsz
-                if coders[0].copy and col:  # the copy centres: the earlier channel (just coded) plus d
-                    fl = cflag[:, :, col - 1].reshape(bsz, -1).numpy()
-                    cc = (xt[:, :, col - 1, 0] + cdiff[:, :, col - 1]).reshape(bsz, -1).numpy().astype(np.int64)
+                if coders[0].copy:  # the copy centres: the earlier channel (just coded; R: 0) plus d
+                    fl = cflag[:, :, col].reshape(bsz, -1).numpy()
+                    prev = xt[:, :, col - 1, 0] if col else 0
+                    cc = (prev + cdiff[:, :, col]).reshape(bsz, -1).numpy().astype(np.int64)
                     cp = [(fl[b][seln[b]], cc[b][seln[b]]) for b in range(bsz)]
                 for b in range(bsz):
                     m = seln[b]
