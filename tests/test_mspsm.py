@@ -193,6 +193,52 @@ def test_a_few_training_steps_of_every_profile(profile):
         assert abs(stats["bits"] - est) < 0.03 * est + 64
 
 
+def test_error_feedback_profile_codes_what_training_estimates():
+    """cpu-fb's extra inputs (this scale's coding errors so far) are built the same way by the trainer and the
+    coder: payload version 1 (no per-image adaptation) costs what the training loss says; the fast path equals
+    the integer reference and every version round-trips."""
+    p = M.resolve("cpu-fb")
+    torch.manual_seed(4)
+    net = M.Net(p)
+    with torch.no_grad():
+        net.head_p.weight.mul_(20)
+    inet = M.IntNet.from_net(net)
+    px = _photo(40, 56, 5)
+    stats = {}
+    payloads = [coder.encode(inet, px, version=v, check_reference=(v == 1), stats=stats if v == 1 else None)
+                for v in coder.PAYLOAD_VERSIONS]
+    assert stats["reference_checks"] > 0
+    for payload in payloads:
+        assert np.array_equal(coder.decode(inet, payload), px)
+    with torch.no_grad():
+        est = float(M.Trainer(p, net)(torch.from_numpy(px).permute(2, 0, 1)[None].float())) * px.size
+    assert abs(stats["bits"] - est) < 0.01 * est
+    # the feedback inputs matter: the same weights without them code differently
+    no_fb = M.IntNet(M.resolve("cpu-fb:feedback=0"), {**inet.layers, "conv_in": _drop_inputs(inet.layers["conv_in"], 12)})
+    assert coder.encode(no_fb, px, version=1) != payloads[0]
+
+
+def _drop_inputs(layer, n):
+    from dataclasses import replace as dc_replace
+
+    return dc_replace(layer, w=layer.w[:, :-n], in_max=layer.in_max[:-n])
+
+
+@pytest.mark.parametrize("target", ["cpu-fb", "cpu-small:blocks=2"])
+def test_warm_start_begins_where_the_source_was(target):
+    """A warm-started profile (new inputs, an extra residual block) first computes (almost) what its source did."""
+    torch.manual_seed(2)
+    src = M.Net(M.PROFILES["cpu-small"])
+    dst = M.Net(M.resolve(target))
+    fresh = dst.warm_start(src.state_dict())
+    assert fresh and all("blocks.1" in n or "new inputs" in n for n in fresh)
+    x = torch.from_numpy(_photo(32, 32, 6)).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        a = float(M.Trainer(src.p, src)(x))
+        b = float(M.Trainer(dst.p, dst)(x))
+    assert abs(a - b) < 0.01 * a
+
+
 def _half_grey(px: np.ndarray) -> np.ndarray:
     """The photo with its left half turned grey (R = G = B) and one column of its right half a flat colour."""
     out = px.copy()

@@ -179,14 +179,11 @@ def _scale_start(p, i: int, h: int, w: int, bsz: int, cur, pyr, z):
     return X, known, z, M.group_map(p, i, h, w), torch.ones(bsz, 3, h, w, dtype=torch.bool)
 
 
-def _predict(net, X, known, z, i: int, j: int, check_reference: bool, stats, device: str = "cpu"):
+def _predict(net, X, known, z, err, i: int, j: int, check_reference: bool, stats, device: str = "cpu"):
     """One stage's network pass: (neighbour-average base in 1/16 px, outputs P, next context z). Only the network
     runs on ``device``; its integer outputs come back to the CPU, where the rest of the stage runs as always."""
-    bsz, _, h2, w2 = X.shape
     b16 = M.base16(X, known)
-    fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
-    inp = torch.cat([M.s2d(fill) - 128, M.s2d(known) * 64,
-                     torch.full((bsz, 1, h2 // 2, w2 // 2), 16.0 * i, dtype=DT), z * 2], dim=1)
+    inp = M.net_input(net.p, X, known, b16, z, i, err)
     P, z = run_on(device, net, inp)
     z = z.to(DT)  # the context feeds the next stage's input
     if check_reference:
@@ -241,8 +238,9 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
     for i in reversed(range(p.scales)):
         h, w = sizes[i + 1]
         X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z)
+        err = torch.zeros_like(X) if p.feedback else None
         for j in range(p.groups):
-            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, device)
+            b16, P, z = _predict(net, X, known, z, err, i, j, check_reference, stats, device)
             logits, off, sidx, coup = M.split_params(P, 1)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
@@ -281,6 +279,8 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                     xv = torch.from_numpy(xn.astype(np.float32)).reshape(bsz, 3, 1, h, w)
                     xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
                 e.append(16 * xt[:, :, col] - mu)
+            if p.feedback:
+                err = M.feedback_errors(err, sel, torch.cat(e, dim=2))
             known = _group_done(X, known, sel, xt, decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]
@@ -325,7 +325,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
         h, w = sizes[i + 1]
         X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z)
         for j in range(p.groups):
-            b16, P, z = _predict(net, X, known, z, i, j, check_reference, stats, device)
+            b16, P, z = _predict(net, X, known, z, None, i, j, check_reference, stats, device)
             logits, off, sidx, coup = M.split_params(P, k)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)

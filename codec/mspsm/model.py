@@ -51,6 +51,7 @@ class Profile:
     blocks: int          # residual blocks
     context: int         # channels of z
     mixtures: int        # K
+    feedback: bool = False  # network input: the errors of this scale's subpixels coded so far (K = 1 only)
     batch: int = 8       # training batch (128x128 crops)
     lr: float = 2e-3
     note: str = ""
@@ -66,8 +67,8 @@ PROFILES: dict[str, Profile] = {
     "cpu-b": Profile("cpu-b", 6, "b", 48, 2, 16, 1, note="CPU profile with pattern (b) (6 groups)"),
     "cpu-small": Profile("cpu-small", 6, "a", 32, 1, 16, 1,
                          note="default: smallest CPU profile, pattern (a), C=32, 1 block, K=1"),
-    "cpu-mid": Profile("cpu-mid", 6, "a", 32, 2, 16, 1,
-                       note="cpu-small with a second residual block, pattern (a), C=32, 2 blocks, K=1"),
+    "cpu-fb": Profile("cpu-fb", 6, "a", 32, 1, 16, 1, feedback=True,
+                      note="cpu-small plus error feedback: the network also sees this scale's coding errors so far"),
     "cpu-random": Profile("cpu-random", 6, "random", 48, 2, 16, 1, note="grouping study: random 3 groups"),
     "cpu-dynamic": Profile("cpu-dynamic", 6, "dynamic", 48, 2, 16, 1, note="grouping study: dynamic 3 groups"),
     # The paper's Table 3 profiles (GPU-sized; mixtures of K logistics).
@@ -78,7 +79,8 @@ PROFILES: dict[str, Profile] = {
 # The best measured trade-off: on all of dev its shipped weights code 4.4 % smaller than `cpu`'s (2.747 vs 2.874
 # bpsp) at 1.6x the speed (README, `pixark bench --workers 2`).
 DEFAULT_PROFILE = "cpu-small"
-_VARIANT_KEYS = {"scales": int, "grouping": str, "channels": int, "blocks": int, "context": int, "mixtures": int}
+_VARIANT_KEYS = {"scales": int, "grouping": str, "channels": int, "blocks": int, "context": int, "mixtures": int,
+                 "feedback": lambda v: bool(int(v))}
 
 
 def resolve(spec: str) -> Profile:
@@ -98,11 +100,14 @@ def resolve(spec: str) -> Profile:
         kw[k] = _VARIANT_KEYS[k](v)
     if kw.get("grouping", p.grouping) not in ("a", "b", "random", "dynamic"):
         raise ValueError(f"mspsm: unknown grouping {kw['grouping']!r}")
-    return replace(p, name=spec, **kw)
+    out = replace(p, name=spec, **kw)
+    if out.feedback and out.mixtures > 1:
+        raise ValueError("mspsm: error feedback is for K = 1 profiles")
+    return out
 
 
 def n_inputs(p: Profile) -> int:
-    return 12 + 4 + 1 + p.context
+    return 12 + 4 + 1 + p.context + (12 if p.feedback else 0)
 
 
 def n_params_out(p: Profile) -> int:
@@ -110,7 +115,8 @@ def n_params_out(p: Profile) -> int:
 
 
 def input_max(p: Profile) -> np.ndarray:
-    return np.array([128] * 12 + [64] * 4 + [16 * p.scales] + [254] * p.context, np.int64)
+    return np.array([128] * 12 + [64] * 4 + [16 * p.scales] + [254] * p.context + [127] * (12 if p.feedback else 0),
+                    np.int64)
 
 
 def head_gain(p: Profile) -> torch.Tensor:
@@ -150,18 +156,25 @@ class Net(nn.Module):
 
     def warm_start(self, state: dict) -> list[str]:
         """Start from another profile's trained weights (``state``: a state dict): every tensor whose name and
-        shape match is copied; residual blocks the source lacks get their second convolution scaled down 64x, so
+        shape match is copied; inputs the source lacks get zero weights; residual blocks the source lacks get their
+        second convolution scaled down 64x, so
         the warm-started network first computes (almost) what the source did and training only has to improve it.
-        Returns the names of the tensors that were not copied."""
+        Returns the names of the parameters that were not (entirely) copied."""
         own = self.state_dict()
         take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        partial = []
+        w = state.get("conv_in.weight")
+        if "conv_in.weight" not in take and w is not None and w.shape[0] == own["conv_in.weight"].shape[0] \
+                and w.shape[1] < own["conv_in.weight"].shape[1]:  # inputs appended (feedback): they start unused
+            take["conv_in.weight"] = torch.cat([w, torch.zeros_like(own["conv_in.weight"][:, w.shape[1]:])], 1)
+            partial.append("conv_in.weight (new inputs)")
         self.load_state_dict(take, strict=False)
         with torch.no_grad():
             for i, (_, c2) in enumerate(self.blocks):
                 if f"blocks.{i}.1.weight" not in take:
                     c2.weight.mul_(1 / 64)
                     c2.bias.zero_()
-        return sorted(set(dict(self.named_parameters())) - set(take))
+        return sorted(set(dict(self.named_parameters())) - set(take)) + partial
 
     def forward(self, inp: torch.Tensor):
         a = self.conv_in(inp * IN_STEP)
@@ -301,6 +314,29 @@ def base16(X: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.where(n4 > 0, b4, torch.where(nd > 0, bd, torch.full_like(b4, 2048.0))).to(dt)
 
 
+def net_input(p: Profile, X: torch.Tensor, known: torch.Tensor, b16: torch.Tensor, z: torch.Tensor, scale: int,
+              err: torch.Tensor | None) -> torch.Tensor:
+    """The network's input on the h x w grid: x-hat's 4 phases (known pixels, else the rounded neighbour
+    average) - 128, the known mask's phases x 64, the scale, the context x 2, and with feedback the error map's
+    phases (``err``, see ``feedback_errors``)."""
+    fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
+    parts = [s2d(fill) - 128, s2d(known) * 64, torch.full_like(z[:, :1], 16.0 * scale), z * 2]
+    if p.feedback:
+        parts.append(s2d(err))
+    return torch.cat(parts, dim=1)
+
+
+def feedback_errors(err: torch.Tensor, sel: torch.Tensor, e16: torch.Tensor) -> torch.Tensor:
+    """The error map (B,3,2h,2w) with a just-coded group added: its subpixels' errors 16 x - mu16 (``e16``,
+    (B,3ph,3col,h,w), 1/16 px) in quarter pixels, rounded and clamped to +-127; zero where nothing of this scale
+    has been coded (the known mask tells the network which pixels came from the coarser scale)."""
+    q = torch.floor((e16 + 2) / 4).clamp(-127, 127)
+    err = err.clone()
+    for ph, (py, px) in enumerate(PHASES[:3]):
+        err[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], q[:, ph], err[:, :, py::2, px::2])
+    return err
+
+
 def group_map(p: Profile, scale: int, h: int, w: int) -> torch.Tensor | None:
     """Static group index (3, h, w) of the three unknown phases, or None for dynamic grouping."""
     g = np.zeros((3, h, w), np.int64)
@@ -399,20 +435,20 @@ class Trainer:
             gmap = group_map(p, i, h, w)
             xt = unknown_phases(X)  # (B,3ph,3col,h,w)
             remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool)
+            err = torch.zeros_like(X) if p.feedback else None
             for j in range(p.groups):
                 b16 = base16(X, known)
-                fill = torch.where(known > 0, X, torch.floor((b16 + 8) / 16))
-                inp = torch.cat([s2d(fill) - 128, s2d(known) * 64,
-                                 torch.full((bsz, 1, h, w), 16.0 * i), z * 2], dim=1)
-                P, z = self.net(inp)
+                P, z = self.net(net_input(p, X, known, b16, z, i, err))
                 logits, off, sidx, coup = split_params(P, p.mixtures)
                 if gmap is None:
                     sel = dynamic_select(sidx.detach(), logits.detach(), remaining, p.groups - j)
                 else:
                     sel = (gmap == j)[None].expand(bsz, 3, h, w)
-                bits = self.group_bits(unknown_phases(b16), xt, logits, off, sidx, coup)  # (B,3,h,w)
+                bits, e16 = self.group_bits(unknown_phases(b16), xt, logits, off, sidx, coup)  # (B,3,h,w)
                 total = total + (bits * sel).sum()
                 remaining = remaining & ~sel
+                if p.feedback:
+                    err = feedback_errors(err, sel, e16.detach())
                 # mark the group known
                 selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
                 for ph, (py, px) in enumerate(PHASES[:3]):
@@ -444,7 +480,8 @@ class Trainer:
                 lp = lp + (-tb - lp).detach()
             logp = logp + lp
             e.append(16 * xv - mu)
+        e16 = torch.cat(e, dim=2) if k == 1 else None  # (B,3ph,3col,h,w): the errors for feedback (K = 1)
         if k == 1:
-            return -logp[:, :, 0]
+            return -logp[:, :, 0], e16
         lw = torch.log_softmax(logits / 8.0, dim=2) / math.log(2)
-        return -torch.logsumexp((logp + lw) * math.log(2), dim=2) / math.log(2)
+        return -torch.logsumexp((logp + lw) * math.log(2), dim=2) / math.log(2), e16
