@@ -123,27 +123,24 @@ class _TileCoder:
 def copy_centres(X: torch.Tensor, known: torch.Tensor):
     """The copy model's inputs for the unknown phases: flags (B,3ph,3col,h,w) bool and differences d (same
     shape): flag where base16's neighbour set is non-empty and its known pixels all have the same difference to
-    the earlier channel (R: to 0). Integer values in float32: exact."""
-    D = F.pad(torch.cat([X[:, :1], X[:, 1:] - X[:, :2]], 1), (1, 1, 1, 1))  # (B,3,H+2,W+2): R, G - R, B - G
+    the earlier channel (R: to 0). Equal values are found by n * sum(d^2) == sum(d)^2 over the n known
+    neighbours (equality holds only when all are equal); every value is an integer below 2**24 in float32, and
+    d = sum(d) / n is then an exact quotient."""
     K = F.pad(known, (1, 1, 1, 1))
-    H, W = X.shape[-2:]
+    D = F.pad(torch.cat([X[:, :1], X[:, 1:] - X[:, :2]], 1), (1, 1, 1, 1)) * K  # R, G - R, B - G where known
 
-    def over(offsets):
-        n = lo = hi = None
-        for dy, dx in offsets:
-            d = D[..., 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
-            k = K[..., 1 + dy:1 + dy + H, 1 + dx:1 + dx + W] > 0
-            dl, dh = torch.where(k, d, 512.0), torch.where(k, d, -512.0)
-            n = k if n is None else n | k
-            lo = dl if lo is None else torch.minimum(lo, dl)
-            hi = dh if hi is None else torch.maximum(hi, dh)
-        return n, lo, hi
+    def cross(T):
+        return T[..., :-2, 1:-1] + T[..., 2:, 1:-1] + T[..., 1:-1, :-2] + T[..., 1:-1, 2:]
 
-    n4, lo4, hi4 = over(((-1, 0), (1, 0), (0, -1), (0, 1)))
-    nd, lod, hid = over(((-1, -1), (-1, 1), (1, -1), (1, 1)))
-    lo, hi = torch.where(n4, lo4, lod), torch.where(n4, hi4, hid)
-    flag = (n4 | nd) & (lo == hi)
-    return M.unknown_phases(flag), M.unknown_phases(lo)
+    def diag(T):
+        return T[..., :-2, :-2] + T[..., :-2, 2:] + T[..., 2:, :-2] + T[..., 2:, 2:]
+
+    n4, s4, q4 = cross(K), cross(D), cross(D * D)
+    use4 = n4 > 0
+    n = torch.where(use4, n4, diag(K))
+    sd = torch.where(use4, s4, diag(D))
+    flag = (n > 0) & (n * torch.where(use4, q4, diag(D * D)) == sd * sd)
+    return M.unknown_phases(flag), M.unknown_phases(sd / n.clamp(min=1))
 
 
 def _coarsest(tiles, sizes, bsz: int, scales: int, coders):
