@@ -68,14 +68,24 @@ def _encode_with(img: DecodedImage, codec: registry.Codec, params: dict, device:
     return container.pack(header, {} if original_kept else meta.blobs(), enc.payload)
 
 
-def candidates(img: DecodedImage, **params) -> list[tuple[str, dict]]:
-    """What `auto` tries for this image; it keeps the smallest result. For 8-bit RGB that is the proven learned
-    codecs (AUTO_LEARNED) plus JPEG XL, so a learned model that loses on some image never costs the user bytes."""
+LEARNED_CHOICES = ("proven", "all", "none")
+
+
+def candidates(img: DecodedImage, learned: str = "proven", **params) -> list[tuple[str, dict]]:
+    """What `auto` tries for this image; it keeps the smallest result. For 8-bit RGB that is JPEG XL plus the
+    learned codecs ``learned`` names: 'proven' (default) those in AUTO_LEARNED, 'all' every learned codec with
+    shipped weights (for the smallest archive at any coding time), 'none' no learned codec. Other ``params`` go
+    to the learned codecs that take them (e.g. ``profile``). A learned model that loses on some image never
+    costs the user bytes."""
+    if learned not in LEARNED_CHOICES:
+        raise ValueError(f"auto: learned={learned!r}; choose from {', '.join(LEARNED_CHOICES)}")
     if img.pixels is None:
         return [("store", {})]
     out = []
     if img.is_rgb8:
-        for name in AUTO_LEARNED:
+        names = {"proven": AUTO_LEARNED, "none": (),
+                 "all": tuple(c.name for c in registry.all_codecs() if c.learned)}[learned]
+        for name in names:
             try:
                 codec = registry.get(name)
             except UnsupportedStream:

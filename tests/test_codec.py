@@ -197,6 +197,26 @@ def test_every_registered_codec_describes_itself():
         assert row["summary"] and isinstance(row["params"], dict)
 
 
+def test_auto_learned_all_picks_the_smallest_learned_or_classical_stream():
+    """auto:learned=all tries every learned codec with shipped weights beside jxl-ll and keeps the smallest;
+    learned=none and the default (no learned codec proven yet) try jxl-ll alone; a bad choice is an error."""
+    from pixark.codec import api, registry
+
+    img = pc.load(photo_array(48))
+    learned = [c.name for c in registry.all_codecs() if c.learned and c.available()]
+    if not learned:
+        pytest.skip("no learned codec has shipped weights")
+    names = [n for n, _ in api.candidates(img, learned="all")]
+    assert set(names) == set(learned) | {"jxl-ll"}
+    assert [n for n, _ in api.candidates(img, learned="none")] == ["jxl-ll"]
+    sizes = {n: len(pc.encode(img, n)) for n in names}
+    data = pc.encode(img, "auto:learned=all")
+    assert len(data) == min(sizes.values()) and pc.info(data)["codec"] == min(sizes, key=sizes.get)
+    assert np.array_equal(pc.decode(data).pixels, img.pixels)
+    with pytest.raises(ValueError, match="learned="):
+        pc.encode(img, "auto:learned=maybe")
+
+
 def test_auto_keeps_the_smallest_candidate(monkeypatch):
     """With a learned codec in auto's list, auto still returns whichever candidate is smallest."""
     from pixark.codec import api
