@@ -8,7 +8,8 @@ groups (pattern 'a': 3 groups by phase as in Fig. 3a; 'b': 6 groups with a 2x4 p
 seeded; 'dynamic': hardest first by the integer entropy bound). The network works in space-to-depth form on
 the h x w grid: inputs are the 4 phases of x-hat (true values where known, integer neighbour-average
 prediction elsewhere), the 4 phase masks, a scale channel and the context z of the previous stage (at the start
-of a scale: the last context of the coarser scale, nearest-upsampled). It outputs, for each of the 3 unknown
+of a scale: the last context of the coarser scale, nearest-upsampled), and with error feedback (profile cpu-fb)
+the errors of this scale's subpixels coded so far. It outputs, for each of the 3 unknown
 phases, distribution parameters and the next context.
 
 Distribution (K = 1, the coded path). Per subpixel: integer mean mu16 (1/16 pixel) =
@@ -157,8 +158,8 @@ class Net(nn.Module):
     def warm_start(self, state: dict) -> list[str]:
         """Start from another profile's trained weights (``state``: a state dict): every tensor whose name and
         shape match is copied; inputs the source lacks get zero weights; residual blocks the source lacks get their
-        second convolution scaled down 64x, so
-        the warm-started network first computes (almost) what the source did and training only has to improve it.
+        second convolution scaled down 64x. So the warm-started network first computes (almost) what the source
+        did, and training only has to improve it.
         Returns the names of the parameters that were not (entirely) copied."""
         own = self.state_dict()
         take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
