@@ -172,6 +172,7 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
         if ck.get("codec") != codec or not hasattr(net, "warm_start"):
             raise SystemExit(f"cannot warm-start a {codec} model from {init} ({ck.get('codec')})")
         fresh = net.warm_start(ck["model"])
+        state["init"] = f"{ck.get('profile')} step {ck['state']['step']} ({init})"  # for the model card
         say(f"warm start from {init} ({ck.get('profile')}, step {ck['state']['step']}); new: {', '.join(fresh)}")
     paths = list_images(data)
     if not paths:
@@ -268,7 +269,7 @@ def export_checkpoint(codec: str, profile: str, out: str, export_to: str, dev: s
     info = {"codec": codec, "profile": profile, "steps": st["step"], "minutes": st["elapsed"] / 60,
             "train_loss_last": hist[-1][1] if hist else None, "data": ck.get("data", "../shared/data/train"),
             "batch": ck.get("batch"), "crop": ck.get("crop", 128), "lr": ck.get("lr"),
-            "dev_bpsp_est": st.get("last_dev"), "measure_limit": limit}
+            "dev_bpsp_est": st.get("last_dev"), "measure_limit": limit, "init": st.get("init")}
     card = os.path.splitext(export_to)[0] + ".md"
     dev_dirs = [os.path.join(dev, s) for s in sorted(os.listdir(dev))] if dev and os.path.isdir(dev) else []
     kw = {"limit": limit, "log": log} if codec == "mspsm" else {}  # other codecs' hooks take the base signature

@@ -239,6 +239,33 @@ def test_warm_start_begins_where_the_source_was(target):
     assert abs(a - b) < 0.01 * a
 
 
+def test_train_warm_start_resume_and_export(tmp_path):
+    """pixark train: a few steps of cpu-small; cpu-fb warm-started from that checkpoint (--init) records where it
+    came from, resumes from its own checkpoint, and its export names the warm start on the model card."""
+    from PIL import Image
+    from pixark.jobs.train import train, export_checkpoint
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(3):
+        Image.fromarray(_photo(48, 48, k)).save(data / f"img {k}.png")
+    quiet = {"data": str(data), "dev": None, "batch": 2, "crop": 32, "threads": 1, "log": lambda m: None}
+    train(codec="mspsm", profile="cpu-small", out=str(tmp_path / "small"), steps=2, **quiet)
+    ck = str(tmp_path / "small" / "checkpoint.pt")
+    s = train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "fb"), steps=2, init=ck, **quiet)
+    assert s["steps"] == 2
+    state = torch.load(tmp_path / "fb" / "checkpoint.pt", weights_only=False)["state"]
+    assert state["init"].startswith("cpu-small step 2")
+    s = train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "fb"), steps=3, init=ck, resume=True, **quiet)
+    assert s["steps"] == 3  # resumed (its own checkpoint wins over --init)
+    r = export_checkpoint("mspsm", "cpu-fb", str(tmp_path / "fb"), str(tmp_path / "w.npz"), None)
+    assert r["steps"] == 3 and "warm start from cpu-small step 2" in (tmp_path / "w.md").read_text()
+    net, _ = E.load_intnet(str(tmp_path / "w.npz"), "cpu-fb")
+    assert net.p.feedback
+    with pytest.raises(SystemExit, match="cannot warm-start"):
+        train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=ck, **quiet)
+
+
 def _half_grey(px: np.ndarray) -> np.ndarray:
     """The photo with its left half turned grey (R = G = B) and one column of its right half a flat colour."""
     out = px.copy()
