@@ -134,8 +134,8 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
           dev_minutes: float = 10.0, export_to: str | None = None, init: str | None = None, log=print) -> dict:
     """Train ``codec``/``profile``; stop after ``steps`` steps or ``minutes`` of training time (whichever first;
     both counted over resumed runs). ``init``: a checkpoint of another profile of the same codec to warm-start a
-    new run from (``Net.warm_start``; ignored on resume, the run's own checkpoint wins). Returns a summary dict. Exports the integer model at the end when
-    ``export_to`` (a weights .npz path) is given."""
+    new run from (``Net.warm_start``; ignored on resume, the run's own checkpoint wins). Returns a summary dict.
+    Exports the integer model at the end when ``export_to`` (a weights .npz path) is given."""
     if codec not in TRAINABLE:
         raise SystemExit(f"unknown trainable codec {codec!r}; choose from {sorted(TRAINABLE)}")
     make_model, make_loss, export, profile_cfg = TRAINABLE[codec]()
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--init", help="warm-start from another profile's checkpoint (e.g. cpu-mid from cpu-small)")
+    ap.add_argument("--init", help="warm-start from another profile's checkpoint (e.g. cpu-fb from cpu-small)")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--crop", type=int, default=128)

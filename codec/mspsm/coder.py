@@ -49,11 +49,10 @@ class _CopyChoice:
     (base16's set: the 4-neighbours, else the diagonal ones) has the same difference d between this channel and
     the one before (R - 0, G - R, B - G: flat red, grey pixels with d = 0, flat colours), the subpixel may be coded
     as "the earlier channel plus d" with one table for all such subpixels (f = 0, one scale index) instead of the
-    network's.
-    Both sides keep the exact cost (1/256 bit) every option (the network's table, or the copy model with each
-    scale index) would have spent on the flagged subpixels so far and use the cheapest; ties go to the network,
-    so nothing changes until the copy model has proved itself on the tile. Measured on 8 dev images: -18 % on a
-    mostly grey photo, -3 to -6 % on smooth skies, within 0.5 % on textured photos (docs/MSPSM.md)."""
+    network's. Both sides keep the exact cost (1/256 bit) every option (the network's table, or the copy model
+    with each scale index) would have spent on the flagged subpixels so far and use the cheapest; ties go to the
+    network, so nothing changes until the copy model has proved itself on the tile. Measured on all of dev:
+    gb82 -1.7 %, cid22 -0.3 %, -18 % on a mostly grey photo, no image larger by more than 0.03 % (docs/MSPSM.md)."""
 
     def __init__(self, cost_rows: np.ndarray, channels: int = 3):
         self.flat = cost_rows.reshape(-1)  # cost of table index t, symbol d at t * 256 + d
