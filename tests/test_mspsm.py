@@ -214,7 +214,8 @@ def test_error_feedback_profile_codes_what_training_estimates():
         est = float(M.Trainer(p, net)(torch.from_numpy(px).permute(2, 0, 1)[None].float())) * px.size
     assert abs(stats["bits"] - est) < 0.01 * est
     # the feedback inputs matter: the same weights without them code differently
-    no_fb = M.IntNet(M.resolve("cpu-fb:feedback=0"), {**inet.layers, "conv_in": _drop_inputs(inet.layers["conv_in"], 12)})
+    layers = {**inet.layers, "conv_in": _drop_inputs(inet.layers["conv_in"], 12)}
+    no_fb = M.IntNet(M.resolve("cpu-fb:feedback=0"), layers)
     assert coder.encode(no_fb, px, version=1) != payloads[0]
 
 
