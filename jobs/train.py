@@ -241,8 +241,9 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
             save()
             say(f"checkpoint step {state['step']}")
             last_ckpt = t_prev = time.time()
-    save()
     d = dev_eval()
+    state["last_dev"] = d
+    save()
     say(f"done step {state['step']} elapsed_min {state['elapsed'] / 60:.1f} dev_bpsp_est {d}")
     summary = {"codec": codec, "profile": profile, "steps": state["step"], "minutes": state["elapsed"] / 60,
                "dev_bpsp_est": d, "data": data, "batch": batch, "crop": crop, "lr": lr0}
