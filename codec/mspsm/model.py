@@ -79,7 +79,7 @@ PROFILES: dict[str, Profile] = {
     "extra": Profile("extra", 4, "b", 128, 4, 32, 10, batch=8, lr=2e-4, note="paper Table 3 extra"),
 }
 # The best measured trade-off: on all of dev its shipped weights code 2.4 % smaller than `cpu-small`'s (2.659 vs
-# 2.723 bpsp, payload version 3) at the same speed in the same run (README, `pixark bench --workers 2`).
+# 2.723 bpsp, payload version 3) at 0-7 % less speed (README, two runs of `pixark bench --workers 2`).
 DEFAULT_PROFILE = "cpu-fb"
 _VARIANT_KEYS = {"scales": int, "grouping": str, "channels": int, "blocks": int, "context": int, "mixtures": int,
                  "feedback": lambda v: bool(int(v))}
