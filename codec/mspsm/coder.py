@@ -84,11 +84,11 @@ class _TileCoder:
     def code(self, col: int, s: np.ndarray, f8: np.ndarray, cn: np.ndarray, x: np.ndarray | None,
              copy: tuple[np.ndarray, np.ndarray] | None = None):
         """Encode the pixel values ``x`` (decode when None) of channel ``col`` given the network's scale indices
-        ``s``, mean fractions ``f8`` and centres ``cn``, and the copy model's (flags, centres).
+        ``s``, mean fractions ``f8`` and centres ``cn``, and the copy model's (flags, centres) (version 3 only).
         Returns (pixel values, table indices used, symbols coded)."""
         tbl = (self.adapt.shift(col, s) if self.adapt else s) * 16 + f8
         use, cen = tbl, cn
-        ct = self.copy.table(col) if self.copy and copy is not None else None
+        ct = self.copy.table(col) if self.copy else None
         if ct is not None:
             use = np.where(copy[0], ct, tbl)
             cen = np.where(copy[0], copy[1], cn)
@@ -100,7 +100,7 @@ class _TileCoder:
             self.encode(use, sym)
         if self.adapt:
             self.adapt.update(col, s, f8 * 256 + ((x - cn) & 255))
-        if self.copy and copy is not None and copy[0].any():
+        if self.copy and copy[0].any():
             fl = copy[0]
             self.copy.update(col, tbl[fl], (x[fl] - cn[fl]) & 255, (x[fl] - copy[1][fl]) & 255)
         return x, use, sym
