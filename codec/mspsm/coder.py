@@ -276,7 +276,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                     xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
                 e.append(16 * xt[:, :, col] - mu)
             if p.feedback:
-                err = M.feedback_errors(err, sel, torch.cat(e, dim=2))
+                M.feedback_errors(err, sel, torch.cat(e, dim=2))
             known = _group_done(X, known, sel, xt, decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]

@@ -328,15 +328,14 @@ def net_input(p: Profile, X: torch.Tensor, known: torch.Tensor, b16: torch.Tenso
     return torch.cat(parts, dim=1)
 
 
-def feedback_errors(err: torch.Tensor, sel: torch.Tensor, e16: torch.Tensor) -> torch.Tensor:
-    """The error map (B,3,2h,2w) with a just-coded group added: its subpixels' errors 16 x - mu16 (``e16``,
-    (B,3ph,3col,h,w), 1/16 px) in quarter pixels, rounded and clamped to +-127; zero where nothing of this scale
-    has been coded (the known mask tells the network which pixels came from the coarser scale)."""
+def feedback_errors(err: torch.Tensor, sel: torch.Tensor, e16: torch.Tensor) -> None:
+    """Add a just-coded group to the error map ``err`` (B,3,2h,2w), in place: its subpixels' errors 16 x - mu16
+    (``e16``, (B,3ph,3col,h,w), 1/16 px) in quarter pixels, rounded and clamped to +-127; zero where nothing of
+    this scale has been coded (the known mask tells the network which pixels came from the coarser scale). In
+    place is safe in training too: the network saw the map through ``net_input``'s concatenated copy."""
     q = torch.floor((e16 + 2) / 4).clamp(-127, 127)
-    err = err.clone()
     for ph, (py, px) in enumerate(PHASES[:3]):
         err[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], q[:, ph], err[:, :, py::2, px::2])
-    return err
 
 
 def group_map(p: Profile, scale: int, h: int, w: int) -> torch.Tensor | None:
@@ -450,7 +449,7 @@ class Trainer:
                 total = total + (bits * sel).sum()
                 remaining = remaining & ~sel
                 if p.feedback:
-                    err = feedback_errors(err, sel, e16.detach())
+                    feedback_errors(err, sel, e16.detach())
                 # mark the group known
                 selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
                 for ph, (py, px) in enumerate(PHASES[:3]):
@@ -482,7 +481,7 @@ class Trainer:
                 lp = lp + (-tb - lp).detach()
             logp = logp + lp
             e.append(16 * xv - mu)
-        e16 = torch.cat(e, dim=2) if k == 1 else None  # (B,3ph,3col,h,w): the errors for feedback (K = 1)
+        e16 = torch.cat(e, dim=2) if self.p.feedback else None  # (B,3ph,3col,h,w): the errors for feedback
         if k == 1:
             return -logp[:, :, 0], e16
         lw = torch.log_softmax(logits / 8.0, dim=2) / math.log(2)
