@@ -319,7 +319,8 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
     for name in shard_names:
         mine = [r for r in sampled if r["shard"] == name]
         for run in catalog.batches(mine, RUN_RECORDS):
-            ref = catalog.decode_task(record_task, run, gpus).remote(arc.fs, arc.shard_path(name), run, against_source, source_options)
+            task = catalog.decode_task(record_task, run, gpus)
+            ref = task.remote(arc.fs, arc.shard_path(name), run, against_source, source_options)
             pending[ref] = (name, run)
     done, total = 0, len(sampled)
     flagged: dict[tuple, dict] = {}  # (shard, offset) -> structural result that outranks a record's own check
