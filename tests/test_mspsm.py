@@ -193,11 +193,13 @@ def test_a_few_training_steps_of_every_profile(profile):
         assert abs(stats["bits"] - est) < 0.03 * est + 64
 
 
-def test_error_feedback_profile_codes_what_training_estimates():
-    """cpu-fb's extra inputs (this scale's coding errors so far) are built the same way by the trainer and the
-    coder: payload version 1 (no per-image adaptation) costs what the training loss says; the fast path equals
-    the integer reference and every version round-trips."""
-    p = M.resolve("cpu-fb")
+@pytest.mark.parametrize("profile", ["cpu-fb", "cpu-fb2"])
+def test_error_feedback_profile_codes_what_training_estimates(profile):
+    """The feedback profiles' extra inputs (this scale's coding errors so far; cpu-fb2 also the coarser scale's,
+    carried) are built the same way by the trainer and the coder: payload version 1 (no per-image adaptation)
+    costs what the training loss says; the fast path equals the integer reference and every version
+    round-trips."""
+    p = M.resolve(profile)
     torch.manual_seed(4)
     net = M.Net(p)
     with torch.no_grad():
@@ -217,6 +219,23 @@ def test_error_feedback_profile_codes_what_training_estimates():
     layers = {**inet.layers, "conv_in": _drop_inputs(inet.layers["conv_in"], 12)}
     no_fb = M.IntNet(M.resolve("cpu-fb:feedback=0"), layers)
     assert coder.encode(no_fb, px, version=1) != payloads[0]
+    if p.carry:  # and so do the carried errors
+        assert coder.encode(M.IntNet(M.resolve("cpu-fb"), inet.layers), px, version=1) != payloads[0]
+
+
+def test_carried_errors_start_each_scale():
+    """With carry, a scale's error map starts with the coarser scale's map at the known pixels (phase (1,1)),
+    cropped to this scale's size; without it the map starts at zero."""
+    coarser = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6) - 50  # padded 3 x 5 -> 4 x 6
+    X = torch.zeros(2, 3, 6, 10)  # this scale: 6 x 10, its known pixels are the coarser scale's 3 x 5
+    err = M.start_errors(M.resolve("cpu-fb2"), X, coarser)
+    assert torch.equal(err[:, :, 1::2, 1::2], coarser[:, :, :3, :5])
+    err[:, :, 1::2, 1::2] = 0
+    assert not err.any()
+    assert not M.start_errors(M.resolve("cpu-fb"), X, coarser).any()
+    assert M.start_errors(M.resolve("cpu-small"), X, coarser) is None
+    with pytest.raises(ValueError, match="carry needs feedback"):
+        M.resolve("cpu-small:carry=1")
 
 
 def _drop_inputs(layer, n):

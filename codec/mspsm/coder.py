@@ -230,11 +230,11 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
     pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders)
     cur = top
     freq = coders[0].freq
-    z = None
+    z = err = None
     for i in reversed(range(p.scales)):
         h, w = sizes[i + 1]
         X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z)
-        err = torch.zeros_like(X) if p.feedback else None
+        err = M.start_errors(p, X, err)
         for j in range(p.groups):
             b16, P, z = _predict(net, X, known, z, err, i, j, check_reference, stats, device)
             logits, off, sidx, coup = M.split_params(P, 1)

@@ -9,7 +9,8 @@ seeded; 'dynamic': hardest first by the integer entropy bound). The network work
 the h x w grid: inputs are the 4 phases of x-hat (true values where known, integer neighbour-average
 prediction elsewhere), the 4 phase masks, a scale channel and the context z of the previous stage (at the start
 of a scale: the last context of the coarser scale, nearest-upsampled), and with error feedback (profile cpu-fb)
-the errors of this scale's subpixels coded so far. It outputs, for each of the 3 unknown
+the errors of this scale's subpixels coded so far (cpu-fb2: and, at the known pixels, the errors they had at the
+coarser scale). It outputs, for each of the 3 unknown
 phases, distribution parameters and the next context.
 
 Distribution (K = 1, the coded path). Per subpixel: integer mean mu16 (1/16 pixel) =
@@ -53,6 +54,7 @@ class Profile:
     context: int         # channels of z
     mixtures: int        # K
     feedback: bool = False  # network input: the errors of this scale's subpixels coded so far (K = 1 only)
+    carry: bool = False     # with feedback: each scale's error map starts with the coarser scale's errors
     batch: int = 8       # training batch (128x128 crops)
     lr: float = 2e-3
     note: str = ""
@@ -71,6 +73,9 @@ PROFILES: dict[str, Profile] = {
     "cpu-fb": Profile("cpu-fb", 6, "a", 32, 1, 16, 1, feedback=True,
                       note="default: cpu-small plus error feedback (the network also sees this scale's coding "
                            "errors so far)"),
+    "cpu-fb2": Profile("cpu-fb2", 6, "a", 32, 1, 16, 1, feedback=True, carry=True,
+                       note="cpu-fb with the error map carried across scales (the known pixels bring the errors "
+                            "they had at the coarser scale)"),
     "cpu-random": Profile("cpu-random", 6, "random", 48, 2, 16, 1, note="grouping study: random 3 groups"),
     "cpu-dynamic": Profile("cpu-dynamic", 6, "dynamic", 48, 2, 16, 1, note="grouping study: dynamic 3 groups"),
     # The paper's Table 3 profiles (GPU-sized; mixtures of K logistics).
@@ -82,7 +87,7 @@ PROFILES: dict[str, Profile] = {
 # 2.723 bpsp, payload version 3) at 0-7 % less speed (README, two runs of `pixark bench --workers 2`).
 DEFAULT_PROFILE = "cpu-fb"
 _VARIANT_KEYS = {"scales": int, "grouping": str, "channels": int, "blocks": int, "context": int, "mixtures": int,
-                 "feedback": lambda v: bool(int(v))}
+                 "feedback": lambda v: bool(int(v)), "carry": lambda v: bool(int(v))}
 
 
 def resolve(spec: str) -> Profile:
@@ -105,6 +110,8 @@ def resolve(spec: str) -> Profile:
     out = replace(p, name=spec, **kw)
     if out.feedback and out.mixtures > 1:
         raise ValueError("mspsm: error feedback is for K = 1 profiles")
+    if out.carry and not out.feedback:
+        raise ValueError("mspsm: carry needs feedback")
     return out
 
 
@@ -328,6 +335,19 @@ def net_input(p: Profile, X: torch.Tensor, known: torch.Tensor, b16: torch.Tenso
     return torch.cat(parts, dim=1)
 
 
+def start_errors(p: Profile, X: torch.Tensor, coarser: torch.Tensor | None) -> torch.Tensor | None:
+    """The error map at the start of a scale (None without feedback): zero, except with ``carry`` at the known
+    pixels (phase (1,1)), which get the errors they had at the coarser scale (``coarser``, that scale's map),
+    so the first group already sees where the coarser picture was hard to predict."""
+    if not p.feedback:
+        return None
+    err = torch.zeros_like(X)
+    if p.carry and coarser is not None:
+        h, w = err[:, :, 1::2, 1::2].shape[-2:]
+        err[:, :, 1::2, 1::2] = coarser[:, :, :h, :w]
+    return err
+
+
 def feedback_errors(err: torch.Tensor, sel: torch.Tensor, e16: torch.Tensor) -> None:
     """Add a just-coded group to the error map ``err`` (B,3,2h,2w), in place: its subpixels' errors 16 x - mu16
     (``e16``, (B,3ph,3col,h,w), 1/16 px) in quarter pixels, rounded and clamped to +-127; zero where nothing of
@@ -425,7 +445,7 @@ class Trainer:
             pyr.append(pad_even(pyr[-1])[:, :, 1::2, 1::2])
         total = torch.zeros((), dtype=torch.float32)
         total = total + 8.0 * pyr[-1].numel()  # uniform coarsest scale
-        z = None
+        z = err = None
         for i in reversed(range(p.scales)):
             h, w = sizes[i + 1]
             X = pad_even(pyr[i])
@@ -436,7 +456,7 @@ class Trainer:
             gmap = group_map(p, i, h, w)
             xt = unknown_phases(X)  # (B,3ph,3col,h,w)
             remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool)
-            err = torch.zeros_like(X) if p.feedback else None
+            err = start_errors(p, X, err)
             for j in range(p.groups):
                 b16 = base16(X, known)
                 P, z = self.net(net_input(p, X, known, b16, z, i, err))
