@@ -136,3 +136,39 @@ def test_table_runs_is_a_stable_sort_cut_at_every_new_table(idx):
         assert a == pos < b and (idx[order[a:b]] == t).all()
         pos = b
     assert pos == idx.size
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), alphabet=st.integers(1, 40), n=st.integers(0, 300))
+def test_indexed_coding_is_runs_by_table(data, alphabet, n):
+    """encode_indexed / decode_indexed: each symbol with its own table of a bank, coded as the runs of
+    table_runs (the same bytes as coding those runs one call each), decoded back in the given order."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    freqs = entropy.normalize(rng.integers(0, 1000, (5, alphabet)) ** 2)
+    bank = entropy.bank(freqs)
+    idx = rng.integers(0, 5, n)
+    sym = rng.integers(0, alphabet, n)
+    enc, runs_enc = entropy.Encoder(), entropy.Encoder()
+    enc.encode_indexed(sym, idx, bank)
+    order, runs = entropy.table_runs(idx)
+    for t, a, b in runs:
+        runs_enc.encode(sym[order[a:b]], bank[t])
+    stream = enc.finish()
+    assert stream == runs_enc.finish()
+    assert np.array_equal(entropy.Decoder(stream).decode_indexed(idx, bank), sym)
+
+
+def test_indexed_decoding_of_damage_raises_or_returns_symbols():
+    freqs = entropy.normalize(np.arange(1, 257)[None].repeat(3, 0) ** np.array([[1], [2], [3]]))
+    bank = entropy.bank(freqs)
+    rng = np.random.default_rng(5)
+    idx = rng.integers(0, 3, 2000)
+    enc = entropy.Encoder()
+    enc.encode_indexed(rng.integers(0, 256, 2000), idx, bank)
+    good = enc.finish()
+    for cut in (0, 4, len(good) // 2):
+        try:
+            out = entropy.Decoder(good[:cut]).decode_indexed(idx, bank)
+        except CorruptStream:
+            continue
+        assert out.shape == (2000,) and out.min() >= 0 and out.max() < 256

@@ -303,7 +303,7 @@ def test_copy_centres_match_a_direct_reading_of_the_rule():
         H, W = 2 * rng.integers(1, 6, size=2)
         X = rng.integers(0, 4, size=(1, 3, H, W)).astype(np.float32) * 60  # few values: equal differences happen
         known = (rng.random((1, 1, H, W)) < rng.random()).astype(np.float32)
-        flag, diff = coder.copy_centres(torch.from_numpy(X), torch.from_numpy(known))
+        flag, diff = coder.copy_centres(torch.from_numpy(X), torch.from_numpy(known), [0, 1, 2])
         for ph, (py, px) in enumerate(M.PHASES[:3]):
             for y in range(py, H, 2):
                 for x in range(px, W, 2):
@@ -317,6 +317,10 @@ def test_copy_centres_match_a_direct_reading_of_the_rule():
                         assert got == (len(ds) == 1), (trial, ph, y, x, ci)
                         if got:
                             assert float(diff[0, ph, ci, y // 2, x // 2]) == ds.pop()
+        one = int(rng.integers(0, 3))  # a group's phases only: the same values there, nothing elsewhere
+        f1, d1 = coder.copy_centres(torch.from_numpy(X), torch.from_numpy(known), [one])
+        assert torch.equal(f1[:, one], flag[:, one]) and torch.equal(d1[:, one], diff[:, one])
+        assert not f1[:, [p for p in range(3) if p != one]].any()
 
 
 def test_copy_model_codes_grey_pixels_cheaply():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapt import ScaleAdapter
-from ..entropy import Encoder, Decoder, table_runs
+from ..entropy import Encoder, Decoder
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
 from . import model as M
@@ -93,11 +93,11 @@ class _TileCoder:
             use = np.where(copy[0], ct, tbl)
             cen = np.where(copy[0], copy[1], cn)
         if x is None:
-            sym = self.decode(use)
+            sym = self.dec.decode_indexed(use, self.bank)
             x = (cen + sym) & 255
         else:
             sym = (x - cen) & 255
-            self.encode(use, sym)
+            self.enc.encode_indexed(sym, use, self.bank)
         if self.adapt:
             self.adapt.update(col, s, f8 * 256 + ((x - cn) & 255))
         if self.copy and copy[0].any():
@@ -105,41 +105,40 @@ class _TileCoder:
             self.copy.update(col, tbl[fl], (x[fl] - cn[fl]) & 255, (x[fl] - copy[1][fl]) & 255)
         return x, use, sym
 
-    def encode(self, tbl: np.ndarray, sym: np.ndarray) -> None:
-        order, runs = table_runs(tbl)
-        ss = sym[order].astype(np.int32)  # the coder's dtype: runs go in without a copy
-        for t, a, b in runs:
-            self.enc.encode(ss[a:b], self.bank[t])
 
-    def decode(self, tbl: np.ndarray) -> np.ndarray:
-        order, runs = table_runs(tbl)
-        out = np.empty(len(tbl), np.int64)
-        for t, a, b in runs:
-            out[order[a:b]] = self.dec.decode(self.bank[t], b - a)
-        return out
-
-
-def copy_centres(X: torch.Tensor, known: torch.Tensor):
+def copy_centres(X: torch.Tensor, known: torch.Tensor, phases: list[int]):
     """The copy model's inputs for the unknown phases: flags (B,3ph,3col,h,w) bool and differences d (same
     shape): flag where base16's neighbour set is non-empty and its known pixels all have the same difference to
     the earlier channel (R: to 0). Equal values are found by n * sum(d^2) == sum(d)^2 over the n known
     neighbours (equality holds only when all are equal); every value is an integer below 2**24 in float32, and
-    d = sum(d) / n is then an exact quotient."""
+    d = sum(d) / n is then an exact quotient. Only ``phases`` (those the group codes) are computed; the others
+    are left False / 0."""
+    bsz, _, h2, w2 = X.shape
     K = F.pad(known, (1, 1, 1, 1))
     D = F.pad(torch.cat([X[:, :1], X[:, 1:] - X[:, :2]], 1), (1, 1, 1, 1)) * K  # R, G - R, B - G where known
+    DD = D * D
+    flag = torch.zeros(bsz, 3, 3, h2 // 2, w2 // 2, dtype=torch.bool)
+    diff = torch.zeros(bsz, 3, 3, h2 // 2, w2 // 2, dtype=X.dtype)
+    for ph in phases:
+        py, px = M.PHASES[ph]
 
-    def cross(T):
-        return T[..., :-2, 1:-1] + T[..., 2:, 1:-1] + T[..., 1:-1, :-2] + T[..., 1:-1, 2:]
+        def at(T, dy, dx):  # T at this phase's positions shifted by (dy, dx) (T padded by 1)
+            y, x = 1 + py + dy, 1 + px + dx
+            return T[..., y:y + h2 - 1:2, x:x + w2 - 1:2]
 
-    def diag(T):
-        return T[..., :-2, :-2] + T[..., :-2, 2:] + T[..., 2:, :-2] + T[..., 2:, 2:]
+        def cross(T):
+            return at(T, -1, 0) + at(T, 1, 0) + at(T, 0, -1) + at(T, 0, 1)
 
-    n4, s4, q4 = cross(K), cross(D), cross(D * D)
-    use4 = n4 > 0
-    n = torch.where(use4, n4, diag(K))
-    sd = torch.where(use4, s4, diag(D))
-    flag = (n > 0) & (n * torch.where(use4, q4, diag(D * D)) == sd * sd)
-    return M.unknown_phases(flag), M.unknown_phases(sd / n.clamp(min=1))
+        def diag(T):
+            return at(T, -1, -1) + at(T, -1, 1) + at(T, 1, -1) + at(T, 1, 1)
+
+        n4 = cross(K)
+        use4 = n4 > 0
+        n = torch.where(use4, n4, diag(K))
+        sd = torch.where(use4, cross(D), diag(D))
+        flag[:, ph] = (n > 0) & (n * torch.where(use4, cross(DD), diag(DD)) == sd * sd)
+        diff[:, ph] = sd / n.clamp(min=1)
+    return flag, diff
 
 
 def _coarsest(tiles, sizes, bsz: int, scales: int, coders):
@@ -189,6 +188,14 @@ def _predict(net, X, known, z, err, i: int, j: int, check_reference: bool, stats
         if stats is not None:
             stats["reference_checks"] = stats.get("reference_checks", 0) + 1
     return b16, P, z
+
+
+def _subpixels(sel: torch.Tensor) -> torch.Tensor:
+    """Flat indices (n, 3col) into a contiguous (B,3ph,3col,h,w) tensor of the subpixels ``sel`` (B,3ph,h,w)
+    picks: tile-major, inside a tile phase-major raster (the coding order)."""
+    hw = sel.shape[-1] * sel.shape[-2]
+    q = sel.reshape(-1).nonzero().squeeze(1)  # (b * 3 + ph) * hw + yx
+    return ((q // hw * 3)[:, None] + torch.arange(3)) * hw + (q % hw)[:, None]
 
 
 def _group_done(X, known, sel, xt, decoding: bool):
@@ -243,41 +250,45 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
             else:
                 sel = (gmap == j)[None].expand(bsz, 3, h, w)
             remaining = remaining & ~sel
-            base = M.unknown_phases(b16)[:, :, :, None]  # (B,3ph,3col,1,h,w)
-            xt = M.unknown_phases(X)[:, :, :, None].clone()
-            seln = sel.numpy().reshape(bsz, -1)
+            # everything below runs on the group's subpixels only, (1, n, 3col, 1) in tile order and inside a
+            # tile phase-major raster (the coding order), the shape channel_mu16 indexes as (B, ph, col, k)
+            cuts = np.concatenate([[0], np.cumsum(sel.reshape(bsz, -1).sum(1).numpy())])
+            idx = _subpixels(sel)
+            phases = [ph for ph in range(3) if bool(sel[:, ph].any())]
+            xt = M.unknown_phases(X)  # (B,3ph,3col,h,w)
+            base, xs, off, sidx, coup = (torch.take(t, idx)[None, :, :, None] for t in (
+                M.unknown_phases(b16), xt, off[:, :, :, 0], sidx[:, :, :, 0], coup[:, :, :, 0]))
             if coders[0].copy:
-                cflag, cdiff = copy_centres(X, known)  # (B,3ph,3col,h,w)
+                cflag, cdiff = (torch.take(t, idx)[None, :, :, None] for t in copy_centres(X, known, phases))
             e = []
             for col in range(3):
-                mu = M.channel_mu16(col, base[:, :, col], off, coup, e, torch.floor)  # (B,3,1,h,w)
+                mu = M.channel_mu16(col, base[:, :, col], off, coup, e, torch.floor)  # (1,n,1)
                 c = torch.floor((mu + 8) / 16)
-                f = mu - 16 * c
-                s = sidx[:, :, col].reshape(bsz, -1).numpy().astype(np.int64)
-                f8 = (f + 8).reshape(bsz, -1).numpy().astype(np.int64)
-                cn = c.reshape(bsz, -1).numpy().astype(np.int64)
-                xn = xt[:, :, col].reshape(bsz, -1).numpy().astype(np.int64)
-                cp = [None] * bsz
+                s = sidx[0, :, col, 0].numpy().astype(np.int64)
+                f8 = (mu - 16 * c + 8)[0, :, 0].numpy().astype(np.int64)
+                cn = c[0, :, 0].numpy().astype(np.int64)
+                xn = xs[0, :, col, 0].numpy().astype(np.int64)
                 if coders[0].copy:  # the copy centres: the earlier channel (just coded; R: 0) plus d
-                    fl = cflag[:, :, col].reshape(bsz, -1).numpy()
-                    prev = xt[:, :, col - 1, 0] if col else 0
-                    cc = (prev + cdiff[:, :, col]).reshape(bsz, -1).numpy().astype(np.int64)
-                    cp = [(fl[b][seln[b]], cc[b][seln[b]]) for b in range(bsz)]
+                    fl = cflag[0, :, col, 0].numpy()
+                    cc = ((xs[0, :, col - 1, 0] if col else 0) + cdiff[0, :, col, 0]).numpy().astype(np.int64)
                 for b in range(bsz):
-                    m = seln[b]
-                    xs, tbl, d = coders[b].code(col, s[b][m], f8[b][m], cn[b][m], None if decoding else xn[b][m],
-                                                cp[b])
+                    t = slice(cuts[b], cuts[b + 1])
+                    v, tbl, d = coders[b].code(col, s[t], f8[t], cn[t], None if decoding else xn[t],
+                                               (fl[t], cc[t]) if coders[0].copy else None)
                     if decoding:
-                        xn[b, m] = xs
+                        xn[t] = v
                     elif stats is not None:
                         _add_bits(stats, freq[tbl, d])
                 if decoding:
-                    xv = torch.from_numpy(xn.astype(np.float32)).reshape(bsz, 3, 1, h, w)
-                    xt[:, :, col] = torch.where(sel[:, :, None], xv, xt[:, :, col])
-                e.append(16 * xt[:, :, col] - mu)
+                    xs[0, :, col, 0] = torch.from_numpy(xn.astype(np.float32))
+                e.append(16 * xs[:, :, col] - mu)
+            if decoding:
+                xt.view(-1)[idx] = xs[0, :, :, 0]
             if p.feedback:
-                M.feedback_errors(err, sel, torch.cat(e, dim=2))
-            known = _group_done(X, known, sel, xt, decoding)
+                e16 = torch.zeros_like(xt)
+                e16.view(-1)[idx] = torch.cat(e, dim=2)[0].to(DT)
+                M.feedback_errors(err, sel, e16)
+            known = _group_done(X, known, sel, xt[:, :, :, None], decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]
     return _finish(cur, top, stats, decoding)

@@ -129,18 +129,11 @@ def _code_chunk(st: _State, ys, xs, off, sidx, coup, freq, adapter, k: int, half
         s = g_s[c, todo]
         m = mu.numpy()[todo].astype(np.int64) - M.MU_LO
         tid = (adapter.shift(c, s) if adapter else s) * M.N_MEANS + m
-        order, runs = entropy.table_runs(tid)
         rc = st.r[c, ys, xs]
         if encoding:
-            sym = (rc[todo][order] + half).astype(np.int32)  # the coder's dtype: runs go in without a copy
-            for t, a, b in runs:
-                coder.encode(sym[a:b], freq[t])
+            coder.encode_indexed(rc[todo] + half, tid, freq)
         else:
-            sym = np.empty(todo.size, np.int64)
-            for t, a, b in runs:
-                sym[a:b] = coder.decode(freq[t], b - a)
-            vals = np.empty(todo.size, np.int64)
-            vals[order] = sym - half
+            vals = coder.decode_indexed(tid, freq) - half
             rc = rc.copy()
             rc[todo] = vals
             st.r[c, ys[todo], xs[todo]] = vals
