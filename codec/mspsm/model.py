@@ -348,14 +348,16 @@ def start_errors(p: Profile, X: torch.Tensor, coarser: torch.Tensor | None) -> t
     return err
 
 
-def feedback_errors(err: torch.Tensor, sel: torch.Tensor, e16: torch.Tensor) -> None:
+def feedback_errors(err: torch.Tensor, sel: torch.Tensor, e16: torch.Tensor, phases=(0, 1, 2)) -> None:
     """Add a just-coded group to the error map ``err`` (B,3,2h,2w), in place: its subpixels' errors 16 x - mu16
-    (``e16``, (B,3ph,3col,h,w), 1/16 px) in quarter pixels, rounded and clamped to +-127; zero where nothing of
-    this scale has been coded (the known mask tells the network which pixels came from the coarser scale). In
-    place is safe in training too: the network saw the map through ``net_input``'s concatenated copy."""
+    (``e16``, (B,n,3col,h,w), 1/16 px, for the n unknown phases listed in ``phases``) in quarter pixels, rounded
+    and clamped to +-127; zero where nothing of this scale has been coded (the known mask tells the network which
+    pixels came from the coarser scale). In place is safe in training too: the network saw the map through
+    ``net_input``'s concatenated copy."""
     q = torch.floor((e16 + 2) / 4).clamp(-127, 127)
-    for ph, (py, px) in enumerate(PHASES[:3]):
-        err[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], q[:, ph], err[:, :, py::2, px::2])
+    for k, ph in enumerate(phases):
+        py, px = PHASES[ph]
+        err[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], q[:, k], err[:, :, py::2, px::2])
 
 
 def group_map(p: Profile, scale: int, h: int, w: int) -> torch.Tensor | None:
@@ -465,11 +467,13 @@ class Trainer:
                     sel = dynamic_select(sidx.detach(), logits.detach(), remaining, p.groups - j)
                 else:
                     sel = (gmap == j)[None].expand(bsz, 3, h, w)
-                bits, e16 = self.group_bits(unknown_phases(b16), xt, logits, off, sidx, coup)  # (B,3,h,w)
-                total = total + (bits * sel).sum()
+                # only the phases this group codes (pattern a: one): the same loss and gradients, less work
+                ph = [q for q in range(3) if bool(sel[:, q].any())]
+                bits, e16 = self.group_bits(*(t[:, ph] for t in (unknown_phases(b16), xt, logits, off, sidx, coup)))
+                total = total + (bits * sel[:, ph]).sum()
                 remaining = remaining & ~sel
                 if p.feedback:
-                    feedback_errors(err, sel, e16.detach())
+                    feedback_errors(err, sel, e16.detach(), ph)
                 # mark the group known
                 selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
                 for ph, (py, px) in enumerate(PHASES[:3]):
