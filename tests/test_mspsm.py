@@ -343,6 +343,27 @@ def test_copy_model_codes_grey_pixels_cheaply():
         coder.encode(net, colour, version=4)
 
 
+SHIPPED_GOLDEN = "mspsm-{}-photo.pxk"  # one container per profile with shipped weights (make_golden adds new ones)
+
+
+@pytest.mark.parametrize("profile", sorted(M.PROFILES))
+def test_shipped_weights_keep_their_streams(profile):
+    """A stream made with a profile's shipped weights decodes (tests/test_golden.py) and encodes again to the
+    same bytes: a change to the network input, feedback, coder or weights that alters those streams fails here."""
+    import pixark.codec as pc
+    from pixark.codec.mspsm import shipped
+
+    path = GOLDEN / SHIPPED_GOLDEN.format(profile)
+    if profile not in shipped():
+        assert not path.exists(), f"{path.name} exists but {profile} ships no weights"
+        return
+    assert path.exists(), f"no golden stream for shipped profile {profile} (python tests/test_mspsm.py --make-golden)"
+    data = path.read_bytes()
+    params = pc.info(data)["params"]
+    px = pc.decode(data).pixels
+    assert pc.encode(px, "mspsm", **params) == data
+
+
 def test_codec_registry_and_missing_weights():
     from pixark.codec import registry
     from pixark.codec.errors import UnsupportedStream
@@ -422,6 +443,23 @@ def make_golden() -> None:
         (GOLDEN / f"{stem}.bin").write_bytes(payload)
         (GOLDEN / f"{stem}.sha256").write_text(
             f"{hashlib.sha256(px.tobytes()).hexdigest()} {px.shape[0]} {px.shape[1]} {tile}\n")
+    # shipped profiles: a container each, added once (never regenerated) and listed for tests/test_golden.py
+    import json
+
+    import pixark.codec as pc
+    from pixark.codec.mspsm import shipped
+
+    manifest_path = GOLDEN / "golden.json"
+    manifest = json.loads(manifest_path.read_text())
+    px = _half_grey(_photo(40, 56, 14))
+    for profile in shipped():
+        name = SHIPPED_GOLDEN.format(profile)
+        if not (GOLDEN / name).exists():
+            data = pc.encode(px, "mspsm", profile=profile)
+            (GOLDEN / name).write_bytes(data)
+            manifest[name] = {"codec": "mspsm", "pixel_sha256": pc.pixel_sha256(px),
+                              "stream_sha256": hashlib.sha256(data).hexdigest()}
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__" and "--make-golden" in sys.argv:
