@@ -16,7 +16,6 @@ import glob
 import json
 import math
 import os
-import random
 import sys
 import time
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, round_ste, floor_ste, ACT_STEP, IN_STEP
+from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tables", "logistic256.npz")
 

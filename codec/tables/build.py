@@ -13,7 +13,6 @@ weight of a component whose logit (in 1/8 nat) is i below the largest one (K > 1
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
