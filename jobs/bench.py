@@ -1,7 +1,8 @@
 """`pixark bench`: bits per subpixel and speed of codecs on image folders, side by side.
 
 Speeds are wall clock: in one process by default, or with ``--workers N`` the aggregate throughput of N processes
-(one thread each, like archive workers) coding the images of a set at once, between two barriers.
+(one thread each, like archive workers) coding the images of a set at once, between two barriers; like archive
+workers they take the next image from a shared counter, so none idles while another still has a queue.
 """
 
 from __future__ import annotations
@@ -182,34 +183,44 @@ def _run_serial(groups, codecs, progress, pc) -> dict:
     return results
 
 
-def _worker(rank: int, n: int, groups: dict, codecs: list[str], barrier, queue) -> None:
-    """One bench process: its share of every set (round robin), encode phase and decode phase each timed between
-    barriers so the parent sees the wall time of all processes working at once."""
+def _worker(rank: int, groups: dict, codecs: list[str], barrier, queue, counters: dict) -> None:
+    """One bench process: encode phase and decode phase of every (codec, set) each timed between barriers so the
+    parent sees the wall time of all processes working at once. Encoding takes the next image from the set's
+    shared counter; each process then decodes the streams it made."""
     os.environ["OMP_NUM_THREADS"] = "1"  # before anything imports torch (learned codecs import it lazily)
     try:
         from pixark import codec as pc
 
-        mine = {g: [(str(f), pc.load(f.read_bytes())) for f in files[rank::n]] for g, files in groups.items()}
+        loaded = {g: [(str(f), pc.load(f.read_bytes())) for f in files] for g, files in groups.items()}
         for spec in codecs:
             codec = pc.get(pc.parse_spec(spec)[0])
-            _warm(spec, codec, (img for items in mine.values() for _, img in items), pc)
-            for group, items in mine.items():
+            _warm(spec, codec, (img for items in loaded.values() for _, img in items), pc)
+            for group, items in loaded.items():
                 items = [(f, img) for f, img in items if img.pixels is not None and not codec.supports(img)]
+                counter = counters[(spec, group)]
                 barrier.wait()
                 t0 = time.monotonic()
-                streams = [pc.encode(img, spec) for _, img in items]
+                mine, streams = [], []
+                while True:
+                    with counter.get_lock():
+                        i = counter.value
+                        counter.value += 1
+                    if i >= len(items):
+                        break
+                    mine.append(items[i])
+                    streams.append(pc.encode(items[i][1], spec))
                 t1 = time.monotonic()
                 barrier.wait()
                 t2 = time.monotonic()
                 oks = []
-                for (_, img), data in zip(items, streams):
+                for (_, img), data in zip(mine, streams):
                     try:
                         oks.append(np.array_equal(pc.decode(data).pixels, img.pixels))
                     except pc.CodecError:
                         oks.append(False)
                 t3 = time.monotonic()
                 rows = [(f, img.height * img.width, img.channels, len(d), ok)
-                        for (f, img), d, ok in zip(items, streams, oks)]
+                        for (f, img), d, ok in zip(mine, streams, oks)]
                 queue.put(("done", rank, spec, group, rows, (t0, t1, t2, t3)))
         queue.put(("end", rank))
     except BaseException as exc:  # noqa: BLE001 - reported by the parent, which stops the others
@@ -223,7 +234,8 @@ def _worker(rank: int, n: int, groups: dict, codecs: list[str], barrier, queue) 
 def _run_parallel(groups, codecs, workers: int, progress) -> dict:
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, workers, groups, codecs, barrier, queue), daemon=True)
+    counters = {(spec, group): ctx.Value("i", 0) for spec in codecs for group in groups}
+    procs = [ctx.Process(target=_worker, args=(r, groups, codecs, barrier, queue, counters), daemon=True)
              for r in range(workers)]
     for p in procs:
         p.start()
