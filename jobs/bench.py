@@ -98,6 +98,9 @@ def _add(tally: Tally, pixels: int, channels: int, nbytes: int, ok: bool, name: 
 
 
 def _check_codecs(codecs: list[str], pc) -> None:
+    twice = sorted({spec for spec in codecs if codecs.count(spec) > 1})
+    if twice:  # results are kept per spec: a second run of one would be merged into the first
+        raise fail(f"codec listed more than once: {', '.join(twice)}")
     for spec in codecs:
         name, _ = pc.parse_spec(spec)
         if not pc.get(name).available():

@@ -107,3 +107,5 @@ def test_bench_workers_code_the_same_streams(folder):
         assert b["encode_mps"] > 0 and b["decode_mps"] > 0
     bad = pixark("bench", folder, "-c", "png:bogus=1", "--workers", "2", check=False)  # a worker fails: no hang
     assert bad.returncode == 1 and "has no parameter" in bad.stderr and "Traceback" not in bad.stderr
+    twice = pixark("bench", folder, "-c", "png", "-c", "webp-ll", "-c", "png", check=False)
+    assert twice.returncode == 1 and "listed more than once: png" in twice.stderr
