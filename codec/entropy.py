@@ -129,13 +129,8 @@ class Encoder:
         row per symbol (2-D)."""
         symbols = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
         if isinstance(freqs, Table):
-            if freqs.model is not None and symbols.size:
-                try:
-                    self._enc.encode(symbols, freqs.model)
-                except KeyError as exc:  # constriction's error for a symbol outside the alphabet
-                    raise ValueError(f"symbol outside the alphabet 0..{freqs.size - 1}") from exc
-            elif symbols.size and (symbols.min() < 0 or symbols.max() >= freqs.size):
-                raise ValueError(f"symbol outside the alphabet 0..{freqs.size - 1}")
+            if symbols.size:
+                self._encode_table(symbols, freqs)
             return
         table = _check_table(freqs)
         n = table.shape[-1]
@@ -156,16 +151,19 @@ class Encoder:
         ``table_runs`` order (``Decoder.decode_indexed`` reads them back)."""
         order, runs = table_runs(idx)
         ss = np.ascontiguousarray(np.asarray(symbols)[order], dtype=np.int32)  # runs go in without a copy
-        enc = self._enc
         for t, a, b in runs:
-            table = tables[t]
-            if table.model is None:  # a one-symbol alphabet: nothing to code, but the symbols are still checked
-                self.encode(ss[a:b], table)
-                continue
-            try:
-                enc.encode(ss[a:b], table.model)
-            except KeyError as exc:  # constriction's error for a symbol outside the alphabet
-                raise ValueError(f"symbol outside the alphabet 0..{table.size - 1}") from exc
+            self._encode_table(ss[a:b], tables[t])
+
+    def _encode_table(self, symbols: np.ndarray, table: Table) -> None:
+        """Non-empty contiguous int32 ``symbols`` with one prevalidated table (no conversions: the per-run path)."""
+        if table.model is None:  # a one-symbol alphabet carries nothing, but the symbols are still checked
+            if symbols.min() < 0 or symbols.max() >= table.size:
+                raise ValueError(f"symbol outside the alphabet 0..{table.size - 1}")
+            return
+        try:
+            self._enc.encode(symbols, table.model)
+        except KeyError as exc:  # constriction's error for a symbol outside the alphabet
+            raise ValueError(f"symbol outside the alphabet 0..{table.size - 1}") from exc
 
     def finish(self) -> bytes:
         return np.asarray(self._enc.get_compressed(), dtype="<u4").tobytes()
