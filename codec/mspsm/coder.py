@@ -254,7 +254,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
             # tile phase-major raster (the coding order), the shape channel_mu16 indexes as (B, ph, col, k)
             cuts = np.concatenate([[0], np.cumsum(sel.reshape(bsz, -1).sum(1).numpy())])
             idx = _subpixels(sel)
-            phases = [ph for ph in range(3) if bool(sel[:, ph].any())]
+            phases = M.group_phases(sel)
             xt = M.unknown_phases(X)  # (B,3ph,3col,h,w)
             base, xs, off, sidx, coup = (torch.take(t, idx)[None, :, :, None] for t in (
                 M.unknown_phases(b16), xt, off[:, :, :, 0], sidx[:, :, :, 0], coup[:, :, :, 0]))
@@ -287,7 +287,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
             if p.feedback:
                 e16 = torch.zeros_like(xt)
                 e16.view(-1)[idx] = torch.cat(e, dim=2)[0].to(DT)
-                M.feedback_errors(err, sel, e16)
+                M.feedback_errors(err, sel, e16[:, phases], phases)
             known = _group_done(X, known, sel, xt[:, :, :, None], decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]

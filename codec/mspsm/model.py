@@ -360,6 +360,11 @@ def feedback_errors(err: torch.Tensor, sel: torch.Tensor, e16: torch.Tensor, pha
         err[:, :, py::2, px::2] = torch.where(sel[:, ph][:, None], q[:, k], err[:, :, py::2, px::2])
 
 
+def group_phases(sel: torch.Tensor) -> list[int]:
+    """The unknown phases that a group's selection ``sel`` (B,3,h,w) touches (pattern a: one)."""
+    return [ph for ph in range(3) if bool(sel[:, ph].any())]
+
+
 def group_map(p: Profile, scale: int, h: int, w: int) -> torch.Tensor | None:
     """Static group index (3, h, w) of the three unknown phases, or None for dynamic grouping."""
     g = np.zeros((3, h, w), np.int64)
@@ -468,7 +473,7 @@ class Trainer:
                 else:
                     sel = (gmap == j)[None].expand(bsz, 3, h, w)
                 # only the phases this group codes (pattern a: one): the same loss and gradients, less work
-                ph = [q for q in range(3) if bool(sel[:, q].any())]
+                ph = group_phases(sel)
                 bits, e16 = self.group_bits(*(t[:, ph] for t in (unknown_phases(b16), xt, logits, off, sidx, coup)))
                 total = total + (bits * sel[:, ph]).sum()
                 remaining = remaining & ~sel
