@@ -12,6 +12,7 @@ after the fact: 5.0%); msr in docs/MSR.md.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .entropy import cost
@@ -48,12 +49,16 @@ class ScaleAdapter:
     def update(self, col: int, s: np.ndarray, rest: np.ndarray) -> None:
         """Add what every delta would have cost on the symbols just coded in channel ``col``: network scale
         indices ``s`` and their ``rest`` index (other table coordinates and the symbol) inside a scale's row."""
-        if not s.size:
-            return
         bk = self.bank
-        b = s // BUCKET
-        at = (s + bk.pad) * bk.row + rest  # index of the unshifted entry in the padded table
-        for k, delta in enumerate(DELTAS):
-            c = bk.padded[at + delta * bk.row]  # = rows[clip(s + delta), rest]
-            # float64 sums of integers below 2**53: exact in any order
-            self.acc[col, :, k] += np.bincount(b, weights=c, minlength=self.acc.shape[1]).astype(np.int64)
+        _add_costs(self.acc[col], bk.padded, bk.row, bk.pad, np.asarray(s, np.int64), np.asarray(rest, np.int64),
+                   DELTAS)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_costs(acc, padded, row, pad, s, rest, deltas):
+    """acc[s // BUCKET, k] += rows[clip(s + deltas[k]), rest] for every coded symbol (integer sums: exact)."""
+    for i in range(s.shape[0]):
+        at = (s[i] + pad) * row + rest[i]  # the unshifted entry in the padded table
+        b = s[i] // BUCKET
+        for k in range(deltas.shape[0]):
+            acc[b, k] += padded[at + deltas[k] * row]

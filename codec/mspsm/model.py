@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, ACT_STEP, IN_STEP
+from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, run_trunk, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tables", "logistic256.npz")
 
@@ -226,12 +226,8 @@ class IntNet:
         return cls(p, {n: IntConv.from_arrays(arrs, n) for n in names})
 
     def __call__(self, inp: torch.Tensor):
-        L = self.layers
-        a = L["conv_in"].forward_torch(inp)
-        for i in range(self.p.blocks):
-            r = L[f"b{i}.c2"].forward_torch(L[f"b{i}.c1"].forward_torch(a))
-            a = (a + r).clamp_(0, 127)
-        return L["head_p"].forward_torch(a), L["head_z"].forward_torch(a)
+        """(outputs P, next context z), float32 holding integers (exact: every later use stays below 2**24)."""
+        return run_trunk(self.layers, self.p.blocks, inp, ("head_p", "head_z"))
 
     def reference(self, inp: np.ndarray):
         L = self.layers

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, ACT_STEP, IN_STEP
+from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, run_trunk, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsb_tables.npz")
 N_SCALE_IDX = 48
@@ -143,11 +143,7 @@ class IntNet:
         return cls(p, {n: IntConv.from_arrays(arrs, n) for n in cls.names(p)})
 
     def __call__(self, inp: torch.Tensor) -> torch.Tensor:
-        L = self.layers
-        a = L["conv_in"].forward_torch(inp)
-        for i in range(self.p.blocks):
-            a = (a + L[f"b{i}.c2"].forward_torch(L[f"b{i}.c1"].forward_torch(a))).clamp_(0, 127)
-        return L["head"].forward_torch(a)
+        return run_trunk(self.layers, self.p.blocks, inp, ("head",), torch.float64)[0]
 
     def reference(self, inp: np.ndarray) -> np.ndarray:
         L = self.layers

@@ -10,9 +10,12 @@ Number formats (fixed for every model built from these layers)
   ``floor(x + 0.5)`` on the same quantities with a straight-through gradient.
 
 Training uses ``QConv2d`` (float, fake-quantized). ``export_conv`` turns one into an ``IntConv`` (plain integer
-arrays). ``IntConv.forward_torch`` is the fast path (conv2d in float32 when every partial sum is provably
-an integer below 2**24, else float64; requantization in float64, exact below 2**53) and
-``IntConv.forward_numpy`` is the slow pure-integer int64 reference. The two must agree exactly.
+arrays). Three ways to run one, which must agree exactly:
+- ``IntConv.forward_cpu`` (the CPU path, ``run_trunk``): activations as uint8, oneDNN's int8 convolution with int32
+  accumulators (AMX / VNNI where the CPU has them), requantization in one compiled integer pass (numba);
+- ``IntConv.forward_torch`` (other devices): conv2d in float32 when every partial sum is provably an integer
+  below 2**24, else float64; requantization in float64, exact below 2**53;
+- ``IntConv.forward_numpy``: the slow pure-integer int64 reference.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 import torch.nn as nn
@@ -126,6 +130,102 @@ class _RoundClamp(torch.autograd.Function):
         return grad * inside, None, None, None
 
 
+# ---------------- the CPU path's compiled integer kernels ----------------
+@numba.njit(cache=True, nogil=True)
+def _requant(acc, b, m, sh, lo, hi, res, out):
+    """out = clip(floor(((acc + b) * m + 2**(sh - 1)) / 2**sh), lo, hi), the one rounding rule, in int64 (exact:
+    |acc + b| * m < 2**52 is checked at load). ``acc`` and ``out`` (rows, C): channels-last memory; ``acc`` float32
+    holding integers. With a non-empty ``res`` (rows, C) the output is the residual sum clip(res + q, 0, 127)."""
+    n_pos, n_ch = acc.shape
+    add = np.empty(n_ch, np.int64)
+    for c in range(n_ch):
+        add[c] = b[c] * m[c] + (np.int64(1) << (sh[c] - 1))
+    if res.shape[0]:
+        for i in range(n_pos):
+            for c in range(n_ch):
+                q = min(max((np.int64(acc[i, c]) * m[c] + add[c]) >> sh[c], lo), hi)
+                out[i, c] = min(max(q + res[i, c], 0), ACT_MAX)
+    else:
+        for i in range(n_pos):
+            for c in range(n_ch):
+                out[i, c] = min(max((np.int64(acc[i, c]) * m[c] + add[c]) >> sh[c], lo), hi)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack(x, src, part, out):
+    """The uint8 input of a layer with zero point 128: out[n, y, x, j] = 128 + v with v the input channel src[j]
+    (part 0), or its halves floor(v / 2) (part 1) and v - floor(v / 2) (part 2) for channels bounded by 128..254.
+    Returns False if a value does not fit (a caller bug: the bounds are the layer's ``in_max``)."""
+    n_img, _, h, w = x.shape
+    ok = True
+    for n in range(n_img):
+        for y in range(h):
+            for j in range(src.shape[0]):  # row by row: contiguous reads, the strided writes stay in cache
+                s, p = src[j], part[j]
+                for xx in range(w):
+                    v = np.int64(x[n, s, y, xx])
+                    if p == 1:
+                        v = v >> 1
+                    elif p == 2:
+                        v = v - (v >> 1)
+                    ok &= -128 <= v <= 127
+                    out[n, y, xx, j] = v + 128
+    return ok
+
+
+_NO_RES = np.zeros((0, 0), np.uint8)
+_QCONV = None
+
+
+def _rows(t: torch.Tensor) -> np.ndarray:
+    """A channels-last (N, C, H, W) tensor's memory as a (N * H * W, C) array (a view)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]).numpy()
+
+
+def _qconv(a, packed, zp: int, pad: int) -> torch.Tensor:
+    """oneDNN's int8 convolution of uint8 ``a`` (zero point ``zp``) with prepacked int8 weights: the int32
+    accumulators converted to float32 (exact below 2**24; scales 1, no bias), channels-last."""
+    w, ones, zeros = packed
+    return torch.ops.onednn.qconv2d_pointwise(a, 1.0, zp, w, ones, zeros, None, [1, 1], [pad, pad], [1, 1], 1,
+                                              1.0, 0, torch.float32, "none", [], "")
+
+
+def _prepack(w: torch.Tensor):
+    o = w.shape[0]
+    ones, zeros = torch.ones(o), torch.zeros(o, dtype=torch.int64)
+    p = w.shape[-1] // 2
+    return torch.ops.onednn.qconv_prepack(w, ones, 1.0, 0, [1, 1], [p, p], [1, 1], 1, None), ones, zeros
+
+
+def qconv_ok() -> bool:
+    """Whether this torch has oneDNN's int8 convolution and it computes exactly here, checked once per process
+    against float64 on the cases where an int8 kernel could go wrong: the largest products (inputs 0 and 255
+    under both zero points, weights +-127, which would saturate the 16-bit pair sums of a pre-VNNI kernel), zero
+    padding at the borders, 3x3 and 1x1. Else ``IntConv.forward_cpu`` convolves in float (slower, same integers)."""
+    global _QCONV
+    if _QCONV is None:
+        _QCONV = False
+        try:
+            g = torch.Generator().manual_seed(0)
+            for k in (3, 1):
+                w = torch.randint(-127, 128, (16, 24, k, k), generator=g, dtype=torch.int8)
+                w[:4] = 127
+                w[4:8] = -127
+                x = torch.randint(0, 256, (2, 24, 9, 7), generator=g).to(torch.uint8)
+                x[0, :, :4] = 255
+                x[1, :, :4] = 0
+                packed = _prepack(w)
+                for zp in (0, 128):
+                    got = _qconv(x, packed, zp, k // 2).double()
+                    want = F.conv2d(x.double() - zp, w.double(), padding=k // 2)
+                    if not torch.equal(got, want):
+                        return False
+            _QCONV = True
+        except Exception:  # no oneDNN int8 ops in this torch build
+            pass
+    return _QCONV
+
+
 @dataclass
 class IntConv:
     """An exported convolution: everything integer."""
@@ -145,6 +245,17 @@ class IntConv:
         if ((bound + np.abs(self.b)) * self.m).max() >= (1 << 52):
             raise ValueError("integer layer out of the exact float64 range (|acc + b| * m >= 2**52)")
         self._t: dict = {}  # torch.device -> (dtype, weights, requant multiplier, requant offset)
+        # The CPU path's uint8 input layout: input channel src[j], whole (part 0) or as two halves (parts 1, 2) for
+        # channels bounded by 128..254, so every packed value fits -128..127, i.e. 0..255 with zero point 128.
+        src, part = [], []
+        for ch, bound in enumerate(self.in_max):
+            halves = bound > 127
+            src += [ch] * (2 if halves else 1)
+            part += [1, 2] if halves else [0]
+        self.src, self.part = np.array(src, np.int64), np.array(part, np.int64)
+        # float32 accumulators (the int8 convolution's output) are exact only below 2**24
+        self.cpu_ok = bool(self.in_max.max() <= 254) and self.f32_ok
+        self._cpu = None  # (prepacked int8 weights or None, float32 weights) over the packed input channels
 
     # ---------------- fast path (torch) ----------------
     def _torch_params(self, device=None):
@@ -186,6 +297,45 @@ class IntConv:
             return q.clamp_(0, ACT_MAX)
         return q.clamp_(-self.out_clamp, self.out_clamp)
 
+    # ---------------- CPU path ----------------
+    def _need_cpu_ok(self) -> None:
+        if not self.cpu_ok:
+            raise ValueError("this layer's inputs (bounds above 254) or sums (2**24 and more) need the float path")
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """A float input (N, cin, H, W) holding integers within ``in_max`` as this layer's uint8 input, zero
+        point 128 (``forward_cpu(.., zp=128)``), channels-last."""
+        self._need_cpu_ok()
+        n, _, h, w = x.shape
+        out = torch.empty(n, len(self.src), h, w, dtype=torch.uint8, memory_format=torch.channels_last)
+        if not _pack(x.contiguous().numpy(), self.src, self.part, out.permute(0, 2, 3, 1).numpy()):
+            raise ValueError("network input outside the layer's bounds")
+        return out
+
+    def forward_cpu(self, a: torch.Tensor, zp: int = 0, res: torch.Tensor | None = None,
+                    dtype=torch.uint8) -> torch.Tensor:
+        """The layer on uint8 input ``a`` (values + ``zp``; the previous layer's activations have zp 0, ``pack``
+        gives zp 128): the accumulators from oneDNN's int8 convolution (or a float convolution where
+        ``qconv_ok`` is false), then one integer requantization pass. Returns a channels-last ``dtype`` tensor
+        (uint8 for 'relu' layers; with ``res``, the block's residual sum clip(res + out, 0, 127)). Channels-last
+        stays: torch's copy to the default layout costs more than the layer."""
+        self._need_cpu_ok()
+        if self._cpu is None:
+            wt = torch.from_numpy(np.ascontiguousarray(self.w[:, self.src]))
+            self._cpu = (_prepack(wt) if qconv_ok() else None, wt.float())
+        packed, wf = self._cpu
+        if packed is not None:
+            acc = _qconv(a, packed, zp, self.k // 2)
+        else:
+            acc = F.conv2d(a.float() - zp, wf, padding=self.k // 2)
+        acc = acc.contiguous(memory_format=torch.channels_last)  # a no-op for oneDNN's output
+        n, c, h, w = acc.shape
+        out = torch.empty((n, c, h, w), dtype=dtype, memory_format=torch.channels_last)
+        lo, hi = (0, ACT_MAX) if self.mode == "relu" else (-self.out_clamp, self.out_clamp)
+        r = _NO_RES if res is None else _rows(res)
+        _requant(_rows(acc), self.b, self.m, self.sh, lo, hi, r, _rows(out))
+        return out
+
     # ---------------- reference (numpy int64) ----------------
     def forward_numpy(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a).astype(np.int64)
@@ -216,6 +366,27 @@ class IntConv:
                    m=np.asarray(arrs[f"{prefix}.m"], np.int64), sh=np.asarray(arrs[f"{prefix}.sh"], np.int64),
                    mode=str(arrs[f"{prefix}.mode"]), out_clamp=int(arrs[f"{prefix}.clamp"]),
                    in_max=np.asarray(arrs[f"{prefix}.inmax"], np.int64))
+
+
+def run_trunk(layers: dict, blocks: int, inp: torch.Tensor, heads: tuple, dtype=torch.float32) -> tuple:
+    """The integer network shape both learned codecs use: ``conv_in``, ``blocks`` residual blocks (``b{i}.c1``
+    relu, ``b{i}.c2`` signed, added to the block input and clipped to 0..127), then the 1x1 ``heads``; returns the
+    heads' outputs as ``dtype`` (integers). On the CPU the uint8 path (``forward_cpu``), elsewhere the float
+    path (``forward_torch``); the integers are the same."""
+    if inp.device.type != "cpu" or not all(layer.cpu_ok for layer in layers.values()):
+        return trunk_float(layers, blocks, inp, heads, dtype)
+    a = layers["conv_in"].forward_cpu(layers["conv_in"].pack(inp), zp=128)
+    for i in range(blocks):
+        a = layers[f"b{i}.c2"].forward_cpu(layers[f"b{i}.c1"].forward_cpu(a), res=a)
+    return tuple(layers[h].forward_cpu(a, dtype=dtype) for h in heads)
+
+
+def trunk_float(layers: dict, blocks: int, inp: torch.Tensor, heads: tuple, dtype=torch.float32) -> tuple:
+    """``run_trunk``'s float path (any device)."""
+    a = layers["conv_in"].forward_torch(inp)
+    for i in range(blocks):
+        a = (a + layers[f"b{i}.c2"].forward_torch(layers[f"b{i}.c1"].forward_torch(a))).clamp_(0, ACT_MAX)
+    return tuple(layers[h].forward_torch(a).to(dtype) for h in heads)
 
 
 def export_conv(layer: QConv2d, in_max) -> IntConv:
