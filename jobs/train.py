@@ -165,6 +165,8 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
         state.update(ck["state"])
         if minutes is None:
             minutes = ck.get("minutes")
+        if lr is None and ck.get("lr"):  # the run's own schedule, not the profile default
+            lr0 = ck["lr"]
         say(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained)")
     elif init:
         ck = torch.load(init, map_location="cpu", weights_only=False)

@@ -272,12 +272,14 @@ def test_train_warm_start_resume_and_export(tmp_path):
     quiet = {"data": str(data), "dev": None, "batch": 2, "crop": 32, "threads": 1, "log": lambda m: None}
     train(codec="mspsm", profile="cpu-small", out=str(tmp_path / "small"), steps=2, **quiet)
     ck = str(tmp_path / "small" / "checkpoint.pt")
-    s = train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "fb"), steps=2, init=ck, **quiet)
+    s = train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "fb"), steps=2, init=ck, lr=3e-4, **quiet)
     assert s["steps"] == 2
     state = torch.load(tmp_path / "fb" / "checkpoint.pt", weights_only=False)["state"]
     assert state["init"].startswith("cpu-small step 2")
     s = train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "fb"), steps=3, init=ck, resume=True, **quiet)
     assert s["steps"] == 3  # resumed (its own checkpoint wins over --init)
+    ck3 = torch.load(tmp_path / "fb" / "checkpoint.pt", weights_only=False)
+    assert ck3["lr"] == 3e-4  # the run's learning rate, not the profile default
     r = export_checkpoint("mspsm", "cpu-fb", str(tmp_path / "fb"), str(tmp_path / "w.npz"), None)
     assert r["steps"] == 3 and "warm start from cpu-small step 2" in (tmp_path / "w.md").read_text()
     net, _ = E.load_intnet(str(tmp_path / "w.npz"), "cpu-fb")
