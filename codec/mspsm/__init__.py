@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 
+from .. import modelstore
 from ..container import Header
 from ..errors import UnsupportedStream
 from ..image import DecodedImage
@@ -26,20 +27,31 @@ _NETS: dict = {}
 _LOCK = threading.Lock()
 
 
-def load_profile(profile: str):
-    """(IntNet, model_id) for a profile with shipped weights; a clear error otherwise."""
+def load_profile(profile: str, model_id: str | None = None):
+    """(IntNet, model_id) for a profile with shipped weights: the current version, or with ``model_id`` the
+    version with that id (current or retired: a stream decodes with the model that coded it). A clear error
+    otherwise."""
     if profile not in M.PROFILES:
         raise ValueError(f"mspsm: unknown profile {profile!r}; profiles: {', '.join(M.PROFILES)}")
+    path = E.weights_path(profile)
+    if model_id is None:
+        if not os.path.exists(path):
+            raise UnsupportedStream(
+                f"mspsm profile {profile!r} has no shipped weights ({path} missing); train it with "
+                f"`pixark train --codec mspsm --profile {profile}` or use a profile with weights: "
+                f"{', '.join(shipped()) or 'none'}")
+        model_id = modelstore.model_id(path)
     with _LOCK:
-        if profile not in _NETS:
-            path = E.weights_path(profile)
-            if not os.path.exists(path):
+        if (profile, model_id) not in _NETS:
+            found = modelstore.find(path, model_id)
+            if found is None:
+                have = ([modelstore.model_id(path)[:12]] if os.path.exists(path) else []) + modelstore.retired(path)
                 raise UnsupportedStream(
-                    f"mspsm profile {profile!r} has no shipped weights ({path} missing); train it with "
-                    f"`pixark train --codec mspsm --profile {profile}` or use a profile with weights: "
-                    f"{', '.join(shipped()) or 'none'}")
-            _NETS[profile] = E.load_intnet(path, profile)
-        return _NETS[profile]
+                    f"mspsm stream was made with model {model_id[:12]}... of profile {profile!r}, which this "
+                    f"build does not have (it has {', '.join(have) or 'none'}); decode it with the pixark "
+                    f"release that wrote it")
+            _NETS[profile, model_id] = E.load_intnet(found, profile)
+        return _NETS[profile, model_id]
 
 
 def shipped() -> list[str]:
@@ -102,11 +114,7 @@ class MspsmCodec(Codec):
 
         device = check_device(device, available=True)
         profile = header.params.get("profile", M.DEFAULT_PROFILE)
-        net, model_id = load_profile(profile)
-        if header.model_id and header.model_id != model_id:
-            raise UnsupportedStream(
-                f"mspsm stream was made with model {header.model_id[:12]}..., this build ships "
-                f"{model_id[:12]}... for profile {profile!r}; decode it with the pixark release that wrote it")
+        net, _ = load_profile(profile, header.model_id or None)
         px = coder.decode(net, payload, tile_batch=self.defaults["tile_batch"], device=device)
         if px.shape[:2] != (header.height, header.width):
             from ..errors import CorruptStream

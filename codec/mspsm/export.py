@@ -1,7 +1,8 @@
 """Integer model files: export from a trained network, load by profile, measure on dev with the real coder.
 
 Weights file codec/weights/mspsm-<profile>.npz holds the integer layers (int8 weights, integer biases,
-multipliers and shifts) and the profile; the model id is the sha256 of the file's bytes.
+multipliers and shifts) and the profile; the model id is the sha256 of the file's bytes. Earlier versions are kept
+under codec/weights/retired/ (``codec/modelstore.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 import numpy as np
 
+from .. import modelstore
 from . import model as M
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
@@ -28,13 +30,7 @@ def save_intnet(net: M.IntNet, path: str) -> str:
     arrs["format"] = np.array(FORMAT, np.int64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrs)
-    data = buf.getvalue()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
+    return modelstore.write(path, buf.getvalue())  # an earlier version there is kept (retired), not lost
 
 
 def load_intnet(path: str, profile: str | None = None) -> tuple[M.IntNet, str]:

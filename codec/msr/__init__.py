@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..container import Header
-from ..errors import CorruptStream, UnsupportedStream
+from ..errors import CorruptStream
 from ..image import DecodedImage
 from ..registry import Codec, Encoded, check_device, register
 from . import model as M
@@ -97,10 +97,7 @@ class MsrCodec(Codec):
         device = check_device(device, available=True)
         prm = header.params
         profile = prm.get("profile", M.DEFAULT_PROFILE)
-        net, model_id = W.load(profile)
-        if header.model_id != model_id:
-            raise UnsupportedStream(f"msr stream was made with model {header.model_id[:12]}, this build ships "
-                                    f"{model_id[:12]} for profile {profile!r}; decode with the pixark that made it")
+        net, _ = W.load(profile, header.model_id)
         f = coder.parse(payload)
         if (f["height"], f["width"]) != (header.height, header.width) or header.channels != 3:
             raise CorruptStream("msr payload size does not match the container header")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
+import io
 import json
 import os
 import sys
@@ -17,16 +17,14 @@ import time
 import numpy as np
 import torch
 
+from .. import modelstore
 from . import model as M
 
 
 def save_weights(profile: str, net: M.Net, weights_path: str) -> str:
-    inet = M.IntNet.from_net(net)
-    tmp = weights_path + ".tmp.npz"
-    np.savez_compressed(tmp, **inet.to_arrays())
-    os.replace(tmp, weights_path)
-    with open(weights_path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **M.IntNet.from_net(net).to_arrays())
+    return modelstore.write(weights_path, buf.getvalue())  # an earlier version there is kept (retired)
 
 
 def measure(inet: M.IntNet, dirs: list[str], q: int = 90, k: int = 5, T: int = 4, limit: int | None = None) -> dict:

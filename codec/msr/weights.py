@@ -8,6 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .. import modelstore
 from ..errors import UnsupportedStream
 from . import model as M
 
@@ -22,16 +23,30 @@ def exists(profile: str) -> bool:
     return os.path.isfile(path(profile))
 
 
-@lru_cache(maxsize=8)
-def load(profile: str) -> tuple[M.IntNet, str]:
-    """(integer network, model id) of a profile's shipped weights."""
+def load(profile: str, model_id: str | None = None) -> tuple[M.IntNet, str]:
+    """(integer network, model id) of a profile's shipped weights: the current version, or with ``model_id`` the
+    version with that id (current or retired, ``codec/modelstore.py``)."""
     if profile not in M.PROFILES:
         raise UnsupportedStream(f"msr has no profile {profile!r}; this build has {sorted(M.PROFILES)}")
     p = path(profile)
-    if not os.path.isfile(p):
-        raise UnsupportedStream(f"msr profile {profile!r} has no weights in this build ({p}); train them with "
-                                f"`pixark train --codec msr --profile {profile}`")
-    return load_file(p, profile)
+    if model_id is None:
+        if not os.path.isfile(p):
+            raise UnsupportedStream(f"msr profile {profile!r} has no weights in this build ({p}); train them with "
+                                    f"`pixark train --codec msr --profile {profile}`")
+        model_id = modelstore.model_id(p)
+    return _load(profile, model_id)
+
+
+@lru_cache(maxsize=8)
+def _load(profile: str, model_id: str) -> tuple[M.IntNet, str]:
+    p = path(profile)
+    found = modelstore.find(p, model_id)
+    if found is None:
+        have = ([modelstore.model_id(p)[:12]] if os.path.isfile(p) else []) + modelstore.retired(p)
+        raise UnsupportedStream(f"msr stream was made with model {model_id[:12]} of profile {profile!r}, which "
+                                f"this build does not have (it has {', '.join(have) or 'none'}); decode it with "
+                                f"the pixark release that made it")
+    return load_file(found, profile)
 
 
 def load_file(p: str, profile: str) -> tuple[M.IntNet, str]:

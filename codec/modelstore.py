@@ -1,0 +1,65 @@
+"""Weights files of the learned codecs, and every earlier version of them.
+
+A weights file's model id is the sha256 of its bytes; a stream records the id of the model that coded it. The
+file at a profile's path (codec/weights/<codec>-<profile>.npz) is what encoders use. Writing new weights over it
+moves the old file (and its model card) to ``retired/<name>-<first 12 hex of its id>.npz`` beside it, so an
+archive made with any shipped version keeps decoding after the weights improve: ``find`` looks a stream's
+model id up among the current and the retired files (checking the full hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+RETIRED = "retired"
+
+
+def model_id(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _retired_path(path: str, mid: str, ext: str = ".npz") -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(os.path.dirname(os.path.abspath(path)), RETIRED, f"{stem}-{mid[:12]}{ext}")
+
+
+def write(path: str, data: bytes) -> str:
+    """Write weights ``data`` to ``path`` (atomically) and return their model id; a different file already there
+    is retired first, with its model card (same name, .md)."""
+    mid = hashlib.sha256(data).hexdigest()
+    if os.path.exists(path):
+        old = model_id(path)
+        if old != mid:
+            dst = _retired_path(path, old)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(path, dst)
+            card = os.path.splitext(path)[0] + ".md"
+            if os.path.exists(card):
+                os.replace(card, _retired_path(path, old, ".md"))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return mid
+
+
+def find(path: str, mid: str) -> str | None:
+    """The file holding model ``mid`` for the profile whose current weights live at ``path``: that file, a
+    retired version of it, or None."""
+    for p in (path, _retired_path(path, mid)):
+        if os.path.isfile(p) and model_id(p) == mid:
+            return p
+    return None
+
+
+def retired(path: str) -> list[str]:
+    """Model ids (first 12 hex) of the retired versions of the weights at ``path``."""
+    d = os.path.join(os.path.dirname(os.path.abspath(path)), RETIRED)
+    stem = os.path.splitext(os.path.basename(path))[0] + "-"
+    if not os.path.isdir(d):
+        return []
+    return sorted(f[len(stem):-4] for f in os.listdir(d) if f.startswith(stem) and f.endswith(".npz")
+                  and len(f) == len(stem) + 16)
