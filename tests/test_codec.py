@@ -39,7 +39,6 @@ def _odd_images() -> dict[str, bytes]:
     rgb = photo_array(64)
     grey = rgb[:, :, 1].copy()
     rgba = np.dstack([rgb, (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)])
-    la = rgba[:, :, [0, 3]].copy()
     deep_grey = (grey.astype(np.uint16) * 257 + 3)
     deep_rgb = (rgb.astype(np.uint16) * 251 + 7)
     jpeg = io.BytesIO()

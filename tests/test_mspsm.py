@@ -6,7 +6,6 @@ so retraining never breaks them); the codec-level tests use the shipped weights 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
 import sys

@@ -488,7 +488,6 @@ class Trainer:
         xt = xt[:, :, :, None]
         e = []
         logp = 0.0
-        table_bits = 0.0
         for col in range(3):
             mu = channel_mu16(col, base[:, :, col], off, coup, e, floor_ste)  # (B,3,k,h,w)
             c = torch.floor((mu.detach() + 8) / 16)
