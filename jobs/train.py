@@ -130,7 +130,8 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
           dev: str | None = "../shared/data/dev", out: str = "/work/runs/mspsm-cpu", steps: int | None = None,
           minutes: float | None = None, resume: bool = False, batch: int | None = None, lr: float | None = None,
           crop: int = 128, threads: int = 2, seed: int = 0, ckpt_minutes: float = 5.0,
-          dev_minutes: float = 10.0, export_to: str | None = None, init: str | None = None, log=print) -> dict:
+          dev_minutes: float = 10.0, export_to: str | None = None, init: str | None = None, bf16: bool = False,
+          log=print) -> dict:
     """Train ``codec``/``profile``; stop after ``steps`` steps or ``minutes`` of training time (whichever first;
     both counted over resumed runs). ``init``: a checkpoint of another profile of the same codec to warm-start a
     new run from (``Net.warm_start``; ignored on resume, the run's own checkpoint wins). Returns a summary dict.
@@ -167,6 +168,7 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
             minutes = ck.get("minutes")
         if lr is None and ck.get("lr"):  # the run's own schedule, not the profile default
             lr0 = ck["lr"]
+        bf16 = bf16 or ck.get("bf16", False)
         say(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained)")
     elif init:
         ck = torch.load(init, map_location="cpu", weights_only=False)
@@ -181,7 +183,9 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
     sampler = CropSampler(paths, crop, seed + state["step"])
     devx = dev_crops(dev, 8, 256) if dev else None
     say(f"train codec={codec} profile={profile} images={len(sampler.imgs)} batch={batch} crop={crop} "
-        f"lr={lr0} steps={steps} minutes={minutes} threads={threads} params={sum(p.numel() for p in net.parameters())}")
+        f"lr={lr0} steps={steps} minutes={minutes} threads={threads} bf16={int(bf16)} "
+        f"params={sum(p.numel() for p in net.parameters())}")
+    net.bf16 = bf16
 
     def lr_at(progress: float) -> float:
         # warm start, then cosine decay to 2% of lr0
@@ -198,16 +202,19 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
 
     def save():
         _atomic_save({"codec": codec, "profile": profile, "model": net.state_dict(), "opt": opt.state_dict(),
-                      "state": state, "minutes": minutes, "data": data, "batch": batch, "crop": crop, "lr": lr0},
+                      "state": state, "minutes": minutes, "data": data, "batch": batch, "crop": crop, "lr": lr0,
+                      "bf16": bf16},
                      ckpt_path)
 
     def dev_eval():
         if devx is None:
             return None
         net.eval()
+        net.bf16 = False  # the dev estimate stays float32, comparable across runs
         with torch.no_grad():
             v = float(sum(loss_fn(devx[i:i + 2]) * len(devx[i:i + 2]) for i in range(0, len(devx), 2)) / len(devx))
         net.train()
+        net.bf16 = bf16
         return v
 
     last_ckpt = last_dev = time.time()
@@ -290,6 +297,8 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", help="warm-start from another profile's checkpoint (e.g. cpu-fb from cpu-small)")
+    ap.add_argument("--bf16", action="store_true", help="the network trunk's convolutions in bfloat16: ~20 %% faster "
+                    "steps on CPUs with AMX / AVX512-BF16 (kept on resume; dev estimates stay float32)")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--crop", type=int, default=128)
@@ -315,7 +324,7 @@ def main(argv=None) -> int:
     s = train(codec=a.codec, profile=a.profile, data=a.data, dev=a.dev, out=a.out, steps=a.steps,
               minutes=a.minutes, resume=a.resume, batch=a.batch, lr=a.lr, crop=a.crop, threads=a.threads,
               seed=a.seed, ckpt_minutes=a.ckpt_minutes, dev_minutes=a.dev_minutes, export_to=a.export_to,
-              init=a.init, log=lambda m: print(m, file=sys.stderr, flush=True))
+              init=a.init, bf16=a.bf16, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(s, default=str))
     return 0
 

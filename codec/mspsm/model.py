@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, run_trunk, ACT_STEP, IN_STEP
+from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tables", "logistic256.npz")
 
@@ -143,6 +143,7 @@ class Net(nn.Module):
     def __init__(self, p: Profile):
         super().__init__()
         self.p = p
+        self.bf16 = False  # training option (pixark train --bf16, nn.quant.bf16_trunk)
         c = p.channels
         self.conv_in = QConv2d(n_inputs(p), c, 3, IN_STEP, ACT_STEP, "relu")
         self.blocks = nn.ModuleList()
@@ -186,12 +187,13 @@ class Net(nn.Module):
         return sorted(set(dict(self.named_parameters())) - set(take)) + partial
 
     def forward(self, inp: torch.Tensor):
-        a = self.conv_in(inp * IN_STEP)
-        for c1, c2 in self.blocks:
-            r = c2(c1(a))
-            a = (a + r).clamp(0, 127 * ACT_STEP)
-        prm = self.head_p(a)  # out_step 1: already integer units
-        z = self.head_z(a) / ACT_STEP
+        with bf16_trunk(inp, self.bf16):
+            a = self.conv_in(inp * IN_STEP)
+            for c1, c2 in self.blocks:
+                r = c2(c1(a))
+                a = (a + r).clamp(0, 127 * ACT_STEP)
+        prm = self.head_p(a.float())  # out_step 1: already integer units
+        z = self.head_z(a.float()) / ACT_STEP
         return prm, z
 
 

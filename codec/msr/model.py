@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, run_trunk, ACT_STEP, IN_STEP
+from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsb_tables.npz")
 N_SCALE_IDX = 48
@@ -89,6 +89,7 @@ class Net(nn.Module):
     def __init__(self, p: Profile):
         super().__init__()
         self.p = p
+        self.bf16 = False  # training option (pixark train --bf16, nn.quant.bf16_trunk)
         c = p.channels
         self.conv_in = QConv2d(N_IN, c, 3, IN_STEP, ACT_STEP, "relu")
         self.blocks = nn.ModuleList()
@@ -105,10 +106,11 @@ class Net(nn.Module):
             self.head.bias.copy_(b.reshape(-1))
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        a = self.conv_in(inp * IN_STEP)
-        for c1, c2 in self.blocks:
-            a = (a + c2(c1(a))).clamp(0, 127 * ACT_STEP)
-        return self.head(a)  # out_step 1: integer units
+        with bf16_trunk(inp, self.bf16):
+            a = self.conv_in(inp * IN_STEP)
+            for c1, c2 in self.blocks:
+                a = (a + c2(c1(a))).clamp(0, 127 * ACT_STEP)
+        return self.head(a.float())  # out_step 1: integer units
 
 
 class IntNet:
