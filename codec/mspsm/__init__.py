@@ -22,6 +22,7 @@ from ..image import DecodedImage
 from ..registry import Codec, Encoded, check_device, register
 from . import model as M
 from . import export as E
+from .coder import DEFAULT_TILE
 
 _NETS: dict = {}
 _LOCK = threading.Lock()
@@ -65,7 +66,7 @@ class MspsmCodec(Codec):
     learned = True
     summary = ("multi-scale progressive statistical model (learned, integer-exact network and tables); "
                "8-bit RGB")
-    defaults = {"profile": M.DEFAULT_PROFILE, "tile": 512, "tile_batch": 2}
+    defaults = {"profile": M.DEFAULT_PROFILE, "tile": DEFAULT_TILE, "tile_batch": 2}
 
     def supports(self, image: DecodedImage) -> str | None:
         px = image.pixels

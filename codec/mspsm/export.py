@@ -46,11 +46,13 @@ def load_intnet(path: str, profile: str | None = None) -> tuple[M.IntNet, str]:
     return M.IntNet.from_arrays(p, z), hashlib.sha256(data).hexdigest()
 
 
-def measure(net: M.IntNet, paths: list[str], tile: int = 512, verify: bool = True, log=None) -> dict:
-    """Real coded size (payload bytes) and speed on images; every round trip checked when verify."""
+def measure(net: M.IntNet, paths: list[str], tile: int | None = None, verify: bool = True, log=None) -> dict:
+    """Real coded size (payload bytes) and speed on images, tiled as the codec tiles them (default: the codec's
+    tile); every round trip checked when verify."""
     from . import coder
     from pixark.jobs.train import load_rgb
 
+    tile = tile or coder.DEFAULT_TILE
     bits = 0
     subpx = 0
     t_enc = t_dec = 0.0
@@ -58,7 +60,7 @@ def measure(net: M.IntNet, paths: list[str], tile: int = 512, verify: bool = Tru
     for pth in paths:
         px = load_rgb(pth)
         t0 = time.time()
-        payload = coder.encode(net, px, tile=tile)
+        payload = coder.encode(net, px, tile=coder.balanced_tile(*px.shape[:2], tile))
         t1 = time.time()
         t_enc += t1 - t0
         if verify:
@@ -112,7 +114,8 @@ def export_weights(profile: str, net, weights_file: str, card_path: str, dev_dir
         if isinstance(v, dict):
             lines.append(f"| dev/{k} | {v['images']} | {v['bpsp']:.4f} | {v['enc_mps']:.3f} | "
                          f"{(v['dec_mps'] or 0):.3f} |")
-    lines += ["", "Speeds measured with tile 512 while other jobs shared the 2 cores: indicative only.", ""]
+    lines += ["", "Speeds measured with the codec's default tiling while other jobs shared the 2 cores: indicative "
+              "only.", ""]
     with open(card_path, "w") as f:
         f.write("\n".join(lines))
     return res
