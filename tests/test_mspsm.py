@@ -372,25 +372,38 @@ def test_copy_model_codes_grey_pixels_cheaply():
         coder.encode(net, colour, version=4)
 
 
-SHIPPED_GOLDEN = "mspsm-{}-photo.pxk"  # one container per profile with shipped weights (make_golden adds new ones)
+SHIPPED_GOLDEN = "mspsm-{}-photo.pxk"  # per profile with shipped weights; later weights versions add -<id12>
+
+
+def _shipped_goldens(profile: str) -> list:
+    import re
+
+    pattern = re.escape(SHIPPED_GOLDEN.format(profile)).replace("photo", "([0-9a-f]{12}-)?photo")
+    return sorted(p for p in GOLDEN.iterdir() if re.fullmatch(pattern, p.name))
 
 
 @pytest.mark.parametrize("profile", sorted(M.PROFILES))
 def test_shipped_weights_keep_their_streams(profile):
-    """A stream made with a profile's shipped weights decodes (tests/test_golden.py) and encodes again to the
-    same bytes: a change to the network input, feedback, coder or weights that alters those streams fails here."""
+    """Every stream made with a version of a profile's shipped weights (current or retired) decodes
+    (tests/test_golden.py) and encodes again with that version to the same payload, and the current version has
+    one: a change to the network input, feedback, coder or weights that alters those streams fails here."""
     import pixark.codec as pc
-    from pixark.codec.mspsm import shipped
+    from pixark.codec import container, modelstore
+    from pixark.codec.mspsm import load_profile, shipped
 
-    path = GOLDEN / SHIPPED_GOLDEN.format(profile)
+    paths = _shipped_goldens(profile)
     if profile not in shipped():
-        assert not path.exists(), f"{path.name} exists but {profile} ships no weights"
+        assert not paths, f"{paths[0].name} exists but {profile} ships no weights"
         return
-    assert path.exists(), f"no golden stream for shipped profile {profile} (python tests/test_mspsm.py --make-golden)"
-    data = path.read_bytes()
-    params = pc.info(data)["params"]
-    px = pc.decode(data).pixels
-    assert pc.encode(px, "mspsm", **params) == data
+    ids = set()
+    for path in paths:
+        header, _, payload = container.unpack(path.read_bytes())
+        px = pc.decode(path.read_bytes()).pixels
+        net, model_id = load_profile(profile, header.model_id)
+        assert coder.encode(net, px, tile=header.params["tile"]) == payload, path.name
+        ids.add(model_id)
+    assert modelstore.model_id(E.weights_path(profile)) in ids, \
+        f"no golden stream for the current {profile} weights (python tests/test_mspsm.py --make-golden)"
 
 
 def test_codec_registry_and_missing_weights():
@@ -482,9 +495,11 @@ def make_golden() -> None:
     manifest = json.loads(manifest_path.read_text())
     px = _half_grey(_photo(40, 56, 14))
     for profile in shipped():
-        name = SHIPPED_GOLDEN.format(profile)
-        if not (GOLDEN / name).exists():
-            data = pc.encode(px, "mspsm", profile=profile)
+        have = [pc.info(p.read_bytes())["model_id"] for p in _shipped_goldens(profile)]
+        data = pc.encode(px, "mspsm", profile=profile)
+        mid = pc.info(data)["model_id"]
+        if mid not in have:  # the current weights' stream, beside those of earlier versions
+            name = SHIPPED_GOLDEN.format(f"{profile}-{mid[:12]}" if have else profile)
             (GOLDEN / name).write_bytes(data)
             manifest[name] = {"codec": "mspsm", "pixel_sha256": pc.pixel_sha256(px),
                               "stream_sha256": hashlib.sha256(data).hexdigest()}
