@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+from .errors import UnsupportedStream
+
 RETIRED = "retired"
 
 
@@ -63,3 +65,14 @@ def retired(path: str) -> list[str]:
         return []
     return sorted(f[len(stem):-4] for f in os.listdir(d) if f.startswith(stem) and f.endswith(".npz")
                   and len(f) == len(stem) + 16)
+
+
+def locate(path: str, mid: str, what: str) -> str:
+    """``find``, or UnsupportedStream naming the versions this build has (``what``: e.g. "mspsm profile 'x'")."""
+    found = find(path, mid)
+    if found is None:
+        have = ([model_id(path)[:12]] if os.path.isfile(path) else []) + retired(path)
+        raise UnsupportedStream(f"the stream was made with model {mid[:12]} of {what}, which this build does not "
+                                f"have (it has {', '.join(have) or 'none'}); decode it with the pixark release "
+                                f"that made it")
+    return found

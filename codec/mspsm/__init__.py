@@ -44,13 +44,7 @@ def load_profile(profile: str, model_id: str | None = None):
         model_id = modelstore.model_id(path)
     with _LOCK:
         if (profile, model_id) not in _NETS:
-            found = modelstore.find(path, model_id)
-            if found is None:
-                have = ([modelstore.model_id(path)[:12]] if os.path.exists(path) else []) + modelstore.retired(path)
-                raise UnsupportedStream(
-                    f"mspsm stream was made with model {model_id[:12]}... of profile {profile!r}, which this "
-                    f"build does not have (it has {', '.join(have) or 'none'}); decode it with the pixark "
-                    f"release that wrote it")
+            found = modelstore.locate(path, model_id, f"mspsm profile {profile!r}")
             _NETS[profile, model_id] = E.load_intnet(found, profile)
         return _NETS[profile, model_id]
 

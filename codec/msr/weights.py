@@ -39,14 +39,7 @@ def load(profile: str, model_id: str | None = None) -> tuple[M.IntNet, str]:
 
 @lru_cache(maxsize=8)
 def _load(profile: str, model_id: str) -> tuple[M.IntNet, str]:
-    p = path(profile)
-    found = modelstore.find(p, model_id)
-    if found is None:
-        have = ([modelstore.model_id(p)[:12]] if os.path.isfile(p) else []) + modelstore.retired(p)
-        raise UnsupportedStream(f"msr stream was made with model {model_id[:12]} of profile {profile!r}, which "
-                                f"this build does not have (it has {', '.join(have) or 'none'}); decode it with "
-                                f"the pixark release that made it")
-    return load_file(found, profile)
+    return load_file(modelstore.locate(path(profile), model_id, f"msr profile {profile!r}"), profile)
 
 
 def load_file(p: str, profile: str) -> tuple[M.IntNet, str]:
