@@ -41,7 +41,7 @@ F32_EXACT = 1 << 24
 @contextmanager
 def exact_cuda():
     """CUDA settings under which ``IntConv.forward_torch`` stays integer-exact, restored on exit (process-global
-    flags: hold this only around the network call). Why: the fast path is exact because every float32 partial sum
+    flags: hold this only around the network call). Why: the float path is exact because every float32 partial sum
     is an integer below 2**24 (so any summation order gives the same value) and the float64 requantization
     products are exact (so FMA or not gives the same value). cuDNN may pick Winograd or FFT convolutions, which
     transform the operands and round, and TF32 keeps only 10 mantissa bits: either changes the integers. With
@@ -265,7 +265,7 @@ class IntConv:
         self.cpu_ok = bool(self.in_max.max() <= 254) and self.f32_ok
         self._cpu = None  # (prepacked int8 weights or None, float32 weights) over the packed input channels
 
-    # ---------------- fast path (torch) ----------------
+    # ---------------- float path (torch; other devices) ----------------
     def _torch_params(self, device=None):
         """The layer's torch tensors on ``device`` (default CPU), built once per device: the CPU copy from the
         integer arrays, any other as a copy of the CPU tensors (same values, so the same integers)."""
