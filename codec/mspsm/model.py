@@ -192,8 +192,9 @@ class Net(nn.Module):
             for c1, c2 in self.blocks:
                 r = c2(c1(a))
                 a = (a + r).clamp(0, 127 * ACT_STEP)
-        prm = self.head_p(a.float())  # out_step 1: already integer units
-        z = self.head_z(a.float()) / ACT_STEP
+        a = a.float()  # the heads stay float32 (bf16_trunk)
+        prm = self.head_p(a)  # out_step 1: already integer units
+        z = self.head_z(a) / ACT_STEP
         return prm, z
 
 
