@@ -10,16 +10,38 @@ model id up among the current and the retired files (checking the full hash).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+
+import numpy as np
 
 from .errors import UnsupportedStream
 
 RETIRED = "retired"
 
 
+_IDS: dict = {}  # path -> (file identity, id): encoders ask for the current id on every call
+
+
+def _identity(path: str) -> tuple:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size  # ``write`` replaces a file with a new one (a new inode)
+
+
 def model_id(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    ident = _identity(path)
+    known = _IDS.get(path)
+    if known is None or known[0] != ident:  # new, or replaced since: hash it again
+        with open(path, "rb") as f:
+            known = _IDS[path] = (ident, hashlib.sha256(f.read()).hexdigest())
+    return known[1]
+
+
+def save_npz(path: str, arrays: dict) -> str:
+    """``write`` the arrays as a compressed .npz (a weights file); returns its model id."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return write(path, buf.getvalue())
 
 
 def _retired_path(path: str, mid: str, ext: str = ".npz") -> str:
@@ -45,6 +67,7 @@ def write(path: str, data: bytes) -> str:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+    _IDS[path] = (_identity(path), mid)
     return mid
 
 

@@ -28,9 +28,7 @@ def weights_path(profile: str) -> str:
 def save_intnet(net: M.IntNet, path: str) -> str:
     arrs = net.to_arrays()
     arrs["format"] = np.array(FORMAT, np.int64)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrs)
-    return modelstore.write(path, buf.getvalue())  # an earlier version there is kept (retired), not lost
+    return modelstore.save_npz(path, arrs)  # an earlier version there is kept (retired), not lost
 
 
 def load_intnet(path: str, profile: str | None = None) -> tuple[M.IntNet, str]:

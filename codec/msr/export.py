@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import io
 import json
 import os
 import sys
@@ -22,9 +21,7 @@ from . import model as M
 
 
 def save_weights(profile: str, net: M.Net, weights_path: str) -> str:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **M.IntNet.from_net(net).to_arrays())
-    return modelstore.write(weights_path, buf.getvalue())  # an earlier version there is kept (retired)
+    return modelstore.save_npz(weights_path, M.IntNet.from_net(net).to_arrays())  # an earlier version is retired
 
 
 def measure(inet: M.IntNet, dirs: list[str], q: int = 90, k: int = 5, T: int = 4, limit: int | None = None) -> dict:
