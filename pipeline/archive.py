@@ -114,8 +114,7 @@ def _read_plans(fs, root: str) -> list[Plan]:
     for path in store.list_now(fs, posixpath.join(root, PLAN_DIR)):
         if not path.endswith(".parquet"):
             continue
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+        table = manifest.read_parquet(fs, path)
         meta = json.loads(table.schema.metadata[b"pixark.plan"])
         by_name: dict[str, ShardPlan] = {name: ShardPlan(name, meta["generation"]) for name in meta["shards"]}
         cols = table.to_pydict()

@@ -81,9 +81,21 @@ def write_part(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> int
     return len(data)
 
 
-def read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+def read_parquet(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    """Read a small Parquet file whole into Arrow-owned memory, then parse it.
+
+    pyarrow given a Python file object may release its last reference to Python memory from an I/O thread after
+    read_table returned; if the interpreter is exiting by then, that thread aborts the process (seen as
+    'terminate called without an active exception' after a CLI command had finished).
+    """
     with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
+        out = pa.BufferOutputStream()
+        out.write(f.read())
+    return pq.read_table(pa.BufferReader(out.getvalue()))
+
+
+def read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    table = read_parquet(fs, path)
     version = int((table.schema.metadata or {}).get(b"pixark.manifest_version", b"0"))
     if version > MANIFEST_VERSION:
         from .errors import UnsupportedShard
