@@ -243,19 +243,26 @@ def _drop_inputs(layer, n):
     return dc_replace(layer, w=layer.w[:, :-n], in_max=layer.in_max[:-n])
 
 
-@pytest.mark.parametrize("target", ["cpu-fb", "cpu-small:blocks=2"])
-def test_warm_start_begins_where_the_source_was(target):
-    """A warm-started profile (new inputs, an extra residual block) first computes (almost) what its source did."""
+@pytest.mark.parametrize("source,target", [("cpu-small", "cpu-fb"), ("cpu-small", "cpu-small:blocks=2"),
+                                           ("cpu-fb2", "cpu-fb2:channels=48"),
+                                           ("cpu-fb2", "cpu-fb2:channels=48,blocks=2")])
+def test_warm_start_begins_where_the_source_was(source, target):
+    """A warm-started profile (new inputs, wider layers, an extra residual block) first computes what its source
+    did: exactly when it only adds inputs or channels (they start with zero weights), almost with a new block."""
     torch.manual_seed(2)
-    src = M.Net(M.PROFILES["cpu-small"])
+    src = M.Net(M.PROFILES[source])
     dst = M.Net(M.resolve(target))
     fresh = dst.warm_start(src.state_dict())
-    assert fresh and all("blocks.1" in n or "new inputs" in n for n in fresh)
+    new_block = "blocks=2" in target
+    assert fresh and all(("blocks.1" in n and new_block) or "(widened)" in n for n in fresh)
     x = torch.from_numpy(_photo(32, 32, 6)).permute(2, 0, 1)[None].float()
     with torch.no_grad():
         a = float(M.Trainer(src.p, src)(x))
         b = float(M.Trainer(dst.p, dst)(x))
-    assert abs(a - b) < 0.01 * a
+    assert abs(a - b) < 0.01 * a if new_block else a == b
+    if "channels" in target:  # the new channels are live: training can use them
+        h = dst.conv_in(torch.rand(1, M.n_inputs(dst.p), 8, 8) * 64 * M.IN_STEP)
+        assert h[:, src.p.channels:].abs().sum() > 0
 
 
 def test_train_warm_start_resume_and_export(tmp_path):

@@ -165,26 +165,29 @@ class Net(nn.Module):
             self.head_p.bias.copy_(b.reshape(-1))
 
     def warm_start(self, state: dict) -> list[str]:
-        """Start from another profile's trained weights (``state``: a state dict): every tensor whose name and
-        shape match is copied; inputs the source lacks get zero weights; residual blocks the source lacks get their
-        second convolution scaled down 64x. So the warm-started network first computes (almost) what the source
-        did, and training only has to improve it.
+        """Start from another profile's trained weights (``state``: a state dict) with as many or more inputs,
+        channels and residual blocks: each source tensor is copied into the leading part of its counterpart; inputs
+        the source lacks (new network inputs, new channels) get zero weights, so new channels start unused;
+        residual blocks the source lacks get their second convolution scaled down 64x. So the warm-started network
+        first computes (almost) what the source did, and training only has to improve it.
         Returns the names of the parameters that were not (entirely) copied."""
-        own = self.state_dict()
-        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        partial = []
-        w = state.get("conv_in.weight")
-        if "conv_in.weight" not in take and w is not None and w.shape[0] == own["conv_in.weight"].shape[0] \
-                and w.shape[1] < own["conv_in.weight"].shape[1]:  # inputs appended (feedback): they start unused
-            take["conv_in.weight"] = torch.cat([w, torch.zeros_like(own["conv_in.weight"][:, w.shape[1]:])], 1)
-            partial.append("conv_in.weight (new inputs)")
-        self.load_state_dict(take, strict=False)
+        own, params = self.state_dict(), dict(self.named_parameters())
+        copied, partial = set(), []
         with torch.no_grad():
+            for name, v in state.items():
+                t = own.get(name)
+                if t is None or t.dim() != v.dim() or any(a < b for a, b in zip(t.shape, v.shape)) or \
+                        (name not in params and t.shape != v.shape):  # buffers (gains, steps) fit the new shape
+                    continue
+                if name.endswith(".weight"):
+                    t[:, v.shape[1]:] = 0  # inputs the source lacks start unused
+                t[tuple(slice(0, n) for n in v.shape)] = v
+                (copied.add if t.shape == v.shape else partial.append)(name)
             for i, (_, c2) in enumerate(self.blocks):
-                if f"blocks.{i}.1.weight" not in take:
+                if f"blocks.{i}.1.weight" not in state:
                     c2.weight.mul_(1 / 64)
                     c2.bias.zero_()
-        return sorted(set(dict(self.named_parameters())) - set(take)) + partial
+        return sorted(set(params) - copied - set(partial)) + [f"{n} (widened)" for n in partial]
 
     def forward(self, inp: torch.Tensor):
         with bf16_trunk(inp, self.bf16):
