@@ -248,7 +248,8 @@ def _drop_inputs(layer, n):
                                            ("cpu-fb2", "cpu-fb2:channels=48,blocks=2")])
 def test_warm_start_begins_where_the_source_was(source, target):
     """A warm-started profile (new inputs, wider layers, an extra residual block) first computes what its source
-    did: exactly when it only adds inputs or channels (they start with zero weights), almost with a new block."""
+    did: the same up to float summation order when it only adds inputs or channels (they start with zero weights),
+    almost with a new block."""
     torch.manual_seed(2)
     src = M.Net(M.PROFILES[source])
     dst = M.Net(M.resolve(target))
@@ -259,7 +260,7 @@ def test_warm_start_begins_where_the_source_was(source, target):
     with torch.no_grad():
         a = float(M.Trainer(src.p, src)(x))
         b = float(M.Trainer(dst.p, dst)(x))
-    assert abs(a - b) < 0.01 * a if new_block else a == b
+    assert abs(a - b) < (0.01 if new_block else 1e-5) * a
     if "channels" in target:  # the new channels are live: training can use them
         h = dst.conv_in(torch.rand(1, M.n_inputs(dst.p), 8, 8) * 64 * M.IN_STEP)
         assert h[:, src.p.channels:].abs().sum() > 0
