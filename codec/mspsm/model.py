@@ -188,7 +188,7 @@ class Net(nn.Module):
                 t[tuple(slice(0, n) for n in v.shape)] = v
                 (copied.add if t.shape == v.shape else partial.append)(name)
             for i, (_, c2) in enumerate(self.blocks):
-                if f"blocks.{i}.1.weight" not in state:
+                if f"blocks.{i}.1.weight" not in copied | set(partial):
                     c2.weight.mul_(1 / 64)
                     c2.bias.zero_()
         return sorted(set(params) - copied - set(partial)) + [f"{n} (widened)" for n in partial]
