@@ -88,9 +88,8 @@ def read_parquet(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
     read_table returned; if the interpreter is exiting by then, that thread aborts the process (seen as
     'terminate called without an active exception' after a CLI command had finished).
     """
-    with fs.open(path, "rb") as f:
-        out = pa.BufferOutputStream()
-        out.write(f.read())
+    out = pa.BufferOutputStream()
+    out.write(fs.cat_file(path))
     return pq.read_table(pa.BufferReader(out.getvalue()))
 
 
