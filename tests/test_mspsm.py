@@ -332,15 +332,25 @@ def _half_grey(px: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_copy_centres_match_a_direct_reading_of_the_rule():
-    """Flag: the known pixels of base16's neighbour set (4-neighbours, else diagonals) all have one difference
-    R - 0, G - R or B - G; that difference is the centre's offset."""
+def test_stage_inputs_match_the_trainer_and_a_direct_reading_of_the_copy_rule():
+    """The coder's one-pass stage inputs (``coder.stage_inputs``): the network input and base16 as the trainer's
+    torch functions compute them; copy flag where the known pixels of base16's neighbour set (4-neighbours, else
+    diagonals) all have one difference R - 0, G - R or B - G, and that difference as the centre's offset."""
     rng = np.random.default_rng(3)
+    p = M.PROFILES["cpu-fb2"]
     for trial in range(20):
         H, W = 2 * rng.integers(1, 6, size=2)
         X = rng.integers(0, 4, size=(1, 3, H, W)).astype(np.float32) * 60  # few values: equal differences happen
         known = (rng.random((1, 1, H, W)) < rng.random()).astype(np.float32)
-        flag, diff = coder.copy_centres(torch.from_numpy(X), torch.from_numpy(known), [0, 1, 2])
+        known[:, :, 1::2, 1::2] = 1  # phase (1,1): the coarser scale, always known
+        Xt, Kt = torch.from_numpy(X), torch.from_numpy(known)
+        z = torch.from_numpy(rng.integers(0, 128, size=(1, p.context, H // 2, W // 2)).astype(np.float32))
+        err = torch.from_numpy(rng.integers(-127, 128, size=(1, 3, H, W)).astype(np.float32))
+        inp, b16, flag, diff = coder.stage_inputs(p, Xt, Kt, z, err, 3, [0, 1, 2])
+        ref16 = M.base16(Xt, Kt)
+        assert torch.equal(inp, M.net_input(p, Xt, Kt, ref16, z, 3, err))
+        unknown = M.unknown_phases(Kt.expand_as(Xt)) == 0
+        assert torch.equal(b16[unknown], M.unknown_phases(ref16)[unknown])
         for ph, (py, px) in enumerate(M.PHASES[:3]):
             for y in range(py, H, 2):
                 for x in range(px, W, 2):
@@ -355,7 +365,7 @@ def test_copy_centres_match_a_direct_reading_of_the_rule():
                         if got:
                             assert float(diff[0, ph, ci, y // 2, x // 2]) == ds.pop()
         one = int(rng.integers(0, 3))  # a group's phases only: the same values there, nothing elsewhere
-        f1, d1 = coder.copy_centres(torch.from_numpy(X), torch.from_numpy(known), [one])
+        _, _, f1, d1 = coder.stage_inputs(p, Xt, Kt, z, err, 3, [one])
         assert torch.equal(f1[:, one], flag[:, one]) and torch.equal(d1[:, one], diff[:, one])
         assert not f1[:, [p for p in range(3) if p != one]].any()
 

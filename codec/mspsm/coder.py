@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,8 @@ UNIFORM = np.full(256, 256, np.int64)
 # integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
 # first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
 DT = torch.float32
+_NO_ERR = np.zeros((0, 3, 1, 1), np.float32)
+_OFF, _SMAX, _COUP = M.OFF_CLAMP, M.N_SCALE_IDX - 1, M.COUP_CLAMP  # for the compiled kernels
 
 
 # Largest tile side by default: a 576x576 photo is one tile, not 4 of 288 (gb82, 5 photos: -0.28 % bits at the same
@@ -111,39 +114,147 @@ class _TileCoder:
         return x, use, sym
 
 
-def copy_centres(X: torch.Tensor, known: torch.Tensor, phases: list[int]):
-    """The copy model's inputs for the unknown phases: flags (B,3ph,3col,h,w) bool and differences d (same
-    shape): flag where base16's neighbour set is non-empty and its known pixels all have the same difference to
-    the earlier channel (R: to 0). Equal values are found by n * sum(d^2) == sum(d)^2 over the n known
-    neighbours (equality holds only when all are equal); every value is an integer below 2**24 in float32, and
-    d = sum(d) / n is then an exact quotient. Only ``phases`` (those the group codes) are computed; the others
-    are left False / 0."""
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sums(Xp, kp, n, ys, xs):
+    """Over the known ones of the 4 pixels (ys[i], xs[i]) of padded x-hat ``Xp`` (known mask ``kp``, zero in the
+    padding): their number, the sums of R, G, B, and the sums of squares of the differences R - 0, G - R, B - G.
+    Branch-free: a multiply by the mask instead of a test per pixel (several times faster; every value is an
+    integer below 2**24, exact in float32)."""
+    cnt = sr = sg = sb = qr = qg = qb = np.float32(0)
+    for i in range(4):
+        k = kp[n, 0, ys[i], xs[i]]
+        r, g, b = Xp[n, 0, ys[i], xs[i]] * k, Xp[n, 1, ys[i], xs[i]] * k, Xp[n, 2, ys[i], xs[i]] * k
+        cnt += k
+        sr += r
+        sg += g
+        sb += b
+        qr += r * r
+        qg += (g - r) * (g - r)
+        qb += (b - g) * (b - g)
+    return int(cnt), int(sr), int(sg), int(sb), int(qr), int(qg), int(qb)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _avg16(s, cnt):
+    """floor((16 s + floor(cnt / 2)) / cnt) for s >= 0 and cnt 1..4, 2048 for cnt 0 (a constant divisor for
+    each case)."""
+    if cnt == 4:
+        return (16 * s + 2) >> 2
+    if cnt == 2:
+        return (16 * s + 1) >> 1
+    if cnt == 3:
+        return (16 * s + 1) // 3
+    return 16 * s if cnt == 1 else 2048
+
+
+@numba.njit(cache=True, nogil=True)
+def _stage(Xp, kp, err, z, scale, copy_ph, inp, b16, flag, diff):
+    """One stage's coder inputs in one compiled pass (the coder's form of ``model.base16`` and
+    ``model.net_input``, which the trainer uses and ``run_tiles(check_reference=True)`` compares with this):
+    Xp (B,3,2h+2,2w+2) pixels and kp (B,1,2h+2,2w+2) the 0/1 known mask, both padded by one zero pixel; err
+    (B,3,2h,2w) the error map (empty without feedback); z (B,ctx,h,w) the context. Writes the network input
+    ``inp`` (B,Cin,h,w); ``b16`` (B,3ph,3col,h,w) the neighbour-average prediction in 1/16 px at the unknown
+    positions of the three unknown phases; and for the phases with ``copy_ph[ph]`` the copy model's ``flag`` and
+    difference ``diff`` (same shape; see _CopyChoice): flag where base16's neighbour set (the known 4-neighbours,
+    else the known diagonal ones) is non-empty and its pixels all have the same difference d to the earlier
+    channel (R: to 0), found as cnt * sum(d^2) == sum(d)^2; diff = d there."""
+    nb = Xp.shape[0]
+    h, w = (Xp.shape[2] - 2) // 2, (Xp.shape[3] - 2) // 2
+    ctx = z.shape[1]
+    fb = err.shape[0] > 0
+    for n in range(nb):  # plane by plane, row by row: contiguous writes
+        for y in range(h):
+            for x in range(w):
+                inp[n, 16, y, x] = 16 * scale
+        for c in range(ctx):
+            for y in range(h):
+                for x in range(w):
+                    inp[n, 17 + c, y, x] = 2 * z[n, c, y, x]
+        for ph in range(4):
+            py, px = ph >> 1, ph & 1
+            if fb:
+                for c in range(3):
+                    for y in range(h):
+                        for x in range(w):
+                            inp[n, 17 + ctx + 3 * ph + c, y, x] = err[n, c, 2 * y + py, 2 * x + px]
+            for y in range(h):
+                yy = 2 * y + py + 1  # in the padded arrays
+                for x in range(w):
+                    xx = 2 * x + px + 1
+                    k = kp[n, 0, yy, xx] > 0
+                    inp[n, 12 + ph, y, x] = 64 if k else 0
+                    if k:
+                        for c in range(3):
+                            inp[n, 3 * ph + c, y, x] = Xp[n, c, yy, xx] - 128
+                        if not copy_ph[ph]:
+                            continue
+                    # base16's neighbour set: the known 4-neighbours, else the known diagonal ones
+                    cnt, sr, sg, sb, qr, qg, qb = _sums(Xp, kp, n, (yy - 1, yy + 1, yy, yy), (xx, xx, xx - 1, xx + 1))
+                    if cnt == 0:
+                        cnt, sr, sg, sb, qr, qg, qb = _sums(Xp, kp, n, (yy - 1, yy - 1, yy + 1, yy + 1),
+                                                            (xx - 1, xx + 1, xx - 1, xx + 1))
+                    if not k and ph < 3:  # (phase (1,1) is always known: the coarser scale)
+                        for c, s in enumerate((sr, sg, sb)):
+                            v = _avg16(s, cnt)
+                            b16[n, ph, c, y, x] = v
+                            inp[n, 3 * ph + c, y, x] = ((v + 8) >> 4) - 128
+                    if copy_ph[ph] and cnt:
+                        for c, (q, d) in enumerate(((qr, sr), (qg, sg - sr), (qb, sb - sg))):
+                            if cnt * q == d * d:
+                                flag[n, ph, c, y, x] = True
+                                diff[n, ph, c, y, x] = d // cnt
+
+
+def stage_inputs(p, X, known, z, err, scale: int, copy_phases=()):
+    """``_stage``'s outputs as tensors: (network input, base16 of the unknown phases, copy flags, differences)."""
     bsz, _, h2, w2 = X.shape
-    K = F.pad(known, (1, 1, 1, 1))
-    D = F.pad(torch.cat([X[:, :1], X[:, 1:] - X[:, :2]], 1), (1, 1, 1, 1)) * K  # R, G - R, B - G where known
-    DD = D * D
-    flag = torch.zeros(bsz, 3, 3, h2 // 2, w2 // 2, dtype=torch.bool)
-    diff = torch.zeros(bsz, 3, 3, h2 // 2, w2 // 2, dtype=X.dtype)
-    for ph in phases:
-        py, px = M.PHASES[ph]
+    h, w = h2 // 2, w2 // 2
+    inp = torch.empty(bsz, M.n_inputs(p), h, w, dtype=DT)
+    b16 = torch.zeros(bsz, 3, 3, h, w, dtype=DT)
+    flag = torch.zeros(bsz, 3, 3, h, w, dtype=torch.bool)
+    diff = torch.zeros(bsz, 3, 3, h, w, dtype=DT)
+    copy_ph = np.array([ph in copy_phases for ph in range(4)])
+    _stage(F.pad(X, (1, 1, 1, 1)).numpy(), F.pad(known, (1, 1, 1, 1)).numpy(),
+           _NO_ERR if err is None else err.numpy(), z.numpy(), scale, copy_ph,
+           inp.numpy(), b16.numpy(), flag.numpy(), diff.numpy())
+    return inp, b16, flag, diff
 
-        def at(T, dy, dx):  # T at this phase's positions shifted by (dy, dx) (T padded by 1)
-            y, x = 1 + py + dy, 1 + px + dx
-            return T[..., y:y + h2 - 1:2, x:x + w2 - 1:2]
 
-        def cross(T):
-            return at(T, -1, 0) + at(T, 1, 0) + at(T, 0, -1) + at(T, 0, 1)
+@numba.njit(cache=True, nogil=True)
+def _gather(P, b16, X, flag, diff, pos, out):
+    """A group's subpixels, pos (n, 4) = (tile, phase, y, x) in coding order: ``out`` (7, n, 3col) float32 holds
+    base16, x-hat (the true pixels when encoding), and the network's offset, scale index and coupling clamped as
+    ``model.split_params`` clamps them (P: its K = 1 outputs, channels-last (B, h, w, 30)), then the copy flag
+    and difference."""
+    for i in range(pos.shape[0]):
+        b, ph, y, x = pos[i, 0], pos[i, 1], pos[i, 2], pos[i, 3]
+        yy, xx = 2 * y + (ph >> 1), 2 * x + (ph & 1)
+        o = 10 * ph
+        for c in range(3):
+            out[0, i, c] = b16[b, ph, c, y, x]
+            out[1, i, c] = X[b, c, yy, xx]
+            out[2, i, c] = min(max(P[b, y, x, o + 1 + c], -_OFF), _OFF)
+            out[3, i, c] = min(max(P[b, y, x, o + 4 + c], 0), _SMAX)
+            out[4, i, c] = min(max(P[b, y, x, o + 7 + c], -_COUP), _COUP)
+            out[5, i, c] = flag[b, ph, c, y, x]
+            out[6, i, c] = diff[b, ph, c, y, x]
 
-        def diag(T):
-            return at(T, -1, -1) + at(T, -1, 1) + at(T, 1, -1) + at(T, 1, 1)
 
-        n4 = cross(K)
-        use4 = n4 > 0
-        n = torch.where(use4, n4, diag(K))
-        sd = torch.where(use4, cross(D), diag(D))
-        flag[:, ph] = (n > 0) & (n * torch.where(use4, cross(DD), diag(DD)) == sd * sd)
-        diff[:, ph] = sd / n.clamp(min=1)
-    return flag, diff
+@numba.njit(cache=True, nogil=True)
+def _scatter(pos, xs, e16, X, known, err, decoding):
+    """After a group is coded: mark its subpixels known; when decoding, write their values ``xs`` (n, 3) into
+    x-hat; with feedback (non-empty ``err``), their errors ``e16`` (16 x - mu16) into the error map in quarter
+    pixels, clamped to +-127 (``model.feedback_errors``, the trainer's form)."""
+    fb = err.shape[0] > 0
+    for i in range(pos.shape[0]):
+        b, ph, y, x = pos[i, 0], pos[i, 1], pos[i, 2], pos[i, 3]
+        yy, xx = 2 * y + (ph >> 1), 2 * x + (ph & 1)
+        known[b, 0, yy, xx] = 1
+        for c in range(3):
+            if decoding:
+                X[b, c, yy, xx] = xs[i, c]
+            if fb:
+                err[b, c, yy, xx] = min(max((np.int64(e16[i, c]) + 2) >> 2, -127), 127)
 
 
 def _coarsest(tiles, sizes, bsz: int, scales: int, coders):
@@ -179,11 +290,18 @@ def _scale_start(p, i: int, h: int, w: int, bsz: int, cur, pyr, z):
     return X, known, z, M.group_map(p, i, h, w), torch.ones(bsz, 3, h, w, dtype=torch.bool)
 
 
-def _predict(net, X, known, z, err, i: int, j: int, check_reference: bool, stats, device: str = "cpu"):
-    """One stage's network pass: (neighbour-average base in 1/16 px, outputs P, next context z). Only the network
-    runs on ``device``; its integer outputs come back to the CPU, where the rest of the stage runs as always."""
-    b16 = M.base16(X, known)
-    inp = M.net_input(net.p, X, known, b16, z, i, err)
+def _predict(net, X, known, z, err, i: int, j: int, copy_phases, check_reference: bool, stats,
+             device: str = "cpu"):
+    """One stage: the coder inputs (``stage_inputs``), then the network pass; returns (base16 of the unknown
+    phases, copy flags, copy differences, outputs P, next context z). Only the network runs on ``device``; its
+    integer outputs come back to the CPU, where the rest of the stage runs as always."""
+    inp, b16, flag, diff = stage_inputs(net.p, X, known, z, err, i, copy_phases)
+    if check_reference:  # the trainer's torch form of the inputs, and the pure-integer network
+        ref16 = M.unknown_phases(M.base16(X, known))
+        unknown = M.unknown_phases(known.expand_as(X)) == 0
+        if not (torch.equal(inp, M.net_input(net.p, X, known, M.base16(X, known), z, i, err))
+                and torch.equal(b16[unknown], ref16[unknown])):
+            raise AssertionError(f"coder inputs != the trainer's at scale {i} group {j}")
     P, z = run_on(device, net, inp)
     z = z.to(DT)  # the context feeds the next stage's input
     if check_reference:
@@ -192,15 +310,7 @@ def _predict(net, X, known, z, err, i: int, j: int, check_reference: bool, stats
             raise AssertionError(f"fast path != integer reference at scale {i} group {j}")
         if stats is not None:
             stats["reference_checks"] = stats.get("reference_checks", 0) + 1
-    return b16, P, z
-
-
-def _subpixels(sel: torch.Tensor) -> torch.Tensor:
-    """Flat indices (n, 3col) into a contiguous (B,3ph,3col,h,w) tensor of the subpixels ``sel`` (B,3ph,h,w)
-    picks: tile-major, inside a tile phase-major raster (the coding order)."""
-    hw = sel.shape[-1] * sel.shape[-2]
-    q = sel.reshape(-1).nonzero().squeeze(1)  # (b * 3 + ph) * hw + yx
-    return ((q // hw * 3)[:, None] + torch.arange(3)) * hw + (q % hw)[:, None]
+    return b16, flag, diff, P, z
 
 
 def _group_done(X, known, sel, xt, decoding: bool):
@@ -248,23 +358,22 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
         X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z)
         err = M.start_errors(p, X, err)
         for j in range(p.groups):
-            b16, P, z = _predict(net, X, known, z, err, i, j, check_reference, stats, device)
-            logits, off, sidx, coup = M.split_params(P, 1)
+            # the copy model's inputs for the phases this group may code (dynamic grouping: any not yet coded)
+            cph = () if not coders[0].copy else M.group_phases(remaining if gmap is None else (gmap == j)[None])
+            b16, cflag, cdiff, P, z = _predict(net, X, known, z, err, i, j, cph, check_reference, stats, device)
             if gmap is None:
+                logits, _, sidx, _ = M.split_params(P, 1)
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
             else:
                 sel = (gmap == j)[None].expand(bsz, 3, h, w)
             remaining = remaining & ~sel
             # everything below runs on the group's subpixels only, (1, n, 3col, 1) in tile order and inside a
             # tile phase-major raster (the coding order), the shape channel_mu16 indexes as (B, ph, col, k)
-            cuts = np.concatenate([[0], np.cumsum(sel.reshape(bsz, -1).sum(1).numpy())])
-            idx = _subpixels(sel)
-            phases = M.group_phases(sel)
-            xt = M.unknown_phases(X)  # (B,3ph,3col,h,w)
-            base, xs, off, sidx, coup = (torch.take(t, idx)[None, :, :, None] for t in (
-                M.unknown_phases(b16), xt, off[:, :, :, 0], sidx[:, :, :, 0], coup[:, :, :, 0]))
-            if coders[0].copy:
-                cflag, cdiff = (torch.take(t, idx)[None, :, :, None] for t in copy_centres(X, known, phases))
+            pos = sel.nonzero().numpy()  # (n, 4): tile, phase, y, x in that order
+            cuts = np.searchsorted(pos[:, 0], np.arange(bsz + 1))
+            g = np.empty((7, len(pos), 3), np.float32)
+            _gather(P.permute(0, 2, 3, 1).numpy(), b16.numpy(), X.numpy(), cflag.numpy(), cdiff.numpy(), pos, g)
+            base, xs, off, sidx, coup, cflag, cdiff = (torch.from_numpy(t)[None, :, :, None] for t in g)
             e = []
             for col in range(3):
                 mu = M.channel_mu16(col, base[:, :, col], off, coup, e, torch.floor)  # (1,n,1)
@@ -274,7 +383,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 cn = c[0, :, 0].numpy().astype(np.int64)
                 xn = xs[0, :, col, 0].numpy().astype(np.int64)
                 if coders[0].copy:  # the copy centres: the earlier channel (just coded; R: 0) plus d
-                    fl = cflag[0, :, col, 0].numpy()
+                    fl = cflag[0, :, col, 0].numpy() > 0
                     cc = ((xs[0, :, col - 1, 0] if col else 0) + cdiff[0, :, col, 0]).numpy().astype(np.int64)
                 for b in range(bsz):
                     t = slice(cuts[b], cuts[b + 1])
@@ -287,13 +396,8 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 if decoding:
                     xs[0, :, col, 0] = torch.from_numpy(xn.astype(np.float32))
                 e.append(16 * xs[:, :, col] - mu)
-            if decoding:
-                xt.view(-1)[idx] = xs[0, :, :, 0]
-            if p.feedback:
-                e16 = torch.zeros_like(xt)
-                e16.view(-1)[idx] = torch.cat(e, dim=2)[0].to(DT)
-                M.feedback_errors(err, sel, e16[:, phases], phases)
-            known = _group_done(X, known, sel, xt[:, :, :, None], decoding)
+            _scatter(pos, g[1], torch.cat(e, dim=2)[0].numpy(), X.numpy(), known.numpy(),
+                     err.numpy() if p.feedback else _NO_ERR, decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]
     return _finish(cur, top, stats, decoding)
@@ -337,14 +441,14 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
         h, w = sizes[i + 1]
         X, known, z, gmap, remaining = _scale_start(p, i, h, w, bsz, cur, pyr, z)
         for j in range(p.groups):
-            b16, P, z = _predict(net, X, known, z, None, i, j, check_reference, stats, device)
+            b16, _, _, P, z = _predict(net, X, known, z, None, i, j, (), check_reference, stats, device)
             logits, off, sidx, coup = M.split_params(P, k)
             if gmap is None:
                 sel = M.dynamic_select(sidx, logits, remaining, p.groups - j)
             else:
                 sel = (gmap == j)[None].expand(bsz, 3, h, w)
             remaining = remaining & ~sel
-            base = M.unknown_phases(b16)[:, :, :, None]
+            base = b16[:, :, :, None]
             xt = M.unknown_phases(X)[:, :, :, None].clone()  # (B,3ph,3col,1,h,w)
             seln = sel.numpy().reshape(bsz, -1)
             lg = logits.permute(0, 1, 3, 4, 2).reshape(bsz, -1, k).numpy().astype(np.int64)  # (B, n, K)
