@@ -179,7 +179,7 @@ def test_a_few_training_steps_of_every_profile(profile):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(np.isfinite(losses)) and 0 < losses[0] < 17
     inet = M.IntNet.from_net(net)  # every profile exports and codes (K > 1: per-symbol integer tables)
     px = _photo(8, 12, 8)
