@@ -77,8 +77,11 @@ PROFILES: dict[str, Profile] = {
                        note="cpu-fb with the error map carried across scales (the known pixels bring the errors "
                             "they had at the coarser scale)"),
     "cpu-fb2-64": Profile("cpu-fb2-64", 6, "a", 64, 1, 16, 1, feedback=True, carry=True,
-                          note="default: cpu-fb2 widened to C=64 (trained from cpu-fb2's weights, the new channels "
-                               "starting unused)"),
+                          note="cpu-fb2 widened to C=64 (trained from cpu-fb2's weights, the new channels starting "
+                               "unused)"),
+    "cpu-fb2-96": Profile("cpu-fb2-96", 6, "a", 96, 1, 16, 1, feedback=True, carry=True,
+                          note="default: cpu-fb2 widened to C=96 (trained from cpu-fb2-64's weights, the new "
+                               "channels starting unused)"),
     "cpu-random": Profile("cpu-random", 6, "random", 48, 2, 16, 1, note="grouping study: random 3 groups"),
     "cpu-dynamic": Profile("cpu-dynamic", 6, "dynamic", 48, 2, 16, 1, note="grouping study: dynamic 3 groups"),
     # The paper's Table 3 profiles (GPU-sized; mixtures of K logistics).
@@ -86,10 +89,10 @@ PROFILES: dict[str, Profile] = {
     "big": Profile("big", 3, "b", 64, 3, 32, 5, batch=16, lr=2e-4, note="paper Table 3 big"),
     "extra": Profile("extra", 4, "b", 128, 4, 32, 10, batch=8, lr=2e-4, note="paper Table 3 extra"),
 }
-# The best measured trade-off: on all of dev its shipped weights code 2.7-3.1 % smaller than `cpu-fb2`'s (payload
-# bytes, model cards); 3x the network's multiply-accumulates cost 10-17 % of the coding speed (docs/MSPSM.md)
-# and it stays above 0.5 MP/s on 2 cores (README: `pixark bench --workers 2`).
-DEFAULT_PROFILE = "cpu-fb2-64"
+# The best measured trade-off: on all of dev its shipped weights code 1.2-1.6 % smaller than `cpu-fb2-64`'s
+# (payload bytes, model cards), and with twice the network's multiply-accumulates it stays above 0.5 MP/s on 2
+# cores (README: `pixark bench --workers 2`).
+DEFAULT_PROFILE = "cpu-fb2-96"
 _VARIANT_KEYS = {"scales": int, "grouping": str, "channels": int, "blocks": int, "context": int, "mixtures": int,
                  "feedback": lambda v: bool(int(v)), "carry": lambda v: bool(int(v))}
 
