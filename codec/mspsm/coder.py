@@ -373,6 +373,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
             cuts = np.searchsorted(pos[:, 0], np.arange(bsz + 1))
             g = np.empty((7, len(pos), 3), np.float32)
             _gather(P.permute(0, 2, 3, 1).numpy(), b16.numpy(), X.numpy(), cflag.numpy(), cdiff.numpy(), pos, g)
+            # views of g: decoded values written into xs below are what _scatter reads back from g[1]
             base, xs, off, sidx, coup, cflag, cdiff = (torch.from_numpy(t)[None, :, :, None] for t in g)
             e = []
             for col in range(3):
