@@ -89,7 +89,7 @@ PROFILES: dict[str, Profile] = {
     "big": Profile("big", 3, "b", 64, 3, 32, 5, batch=16, lr=2e-4, note="paper Table 3 big"),
     "extra": Profile("extra", 4, "b", 128, 4, 32, 10, batch=8, lr=2e-4, note="paper Table 3 extra"),
 }
-# The best measured trade-off: on the dev sets its shipped weights code 0.8-1.6 % smaller than `cpu-fb2-64`'s
+# The best measured trade-off: on the dev sets its shipped weights code 1.3-2.4 % smaller than `cpu-fb2-64`'s
 # (payload bytes, model cards), and with twice the network's multiply-accumulates it stays above 0.5 MP/s on 2
 # cores (README: `pixark bench --workers 2`).
 DEFAULT_PROFILE = "cpu-fb2-96"
