@@ -120,6 +120,23 @@ TRAINABLE = {"mspsm": _mspsm, "msr": _msr}
 
 
 # ------------------------------------------------------------------------------------------------ loop
+def _init_source(codec: str, init: str) -> tuple[str, dict]:
+    """What ``--init`` names: a training checkpoint, or (mspsm) a shipped weights file, whose integers give back a
+    float network (``IntNet.to_net``): training goes on from shipped weights when their checkpoint is gone.
+    Returns (a description for the model card, the float state dict)."""
+    if init.endswith(".npz"):
+        if codec != "mspsm":
+            raise SystemExit(f"cannot warm-start {codec} from a weights file ({init}); give a checkpoint")
+        from pixark.codec.mspsm import export as E
+
+        inet, model_id = E.load_intnet(init)
+        return f"{inet.p.name} weights {model_id[:12]}", inet.to_net().state_dict()
+    ck = torch.load(init, map_location="cpu", weights_only=False)
+    if ck.get("codec") != codec:
+        raise SystemExit(f"cannot warm-start a {codec} model from {init} ({ck.get('codec')})")
+    return f"{ck.get('profile')} step {ck['state']['step']}", ck["model"]
+
+
 def _atomic_save(obj, path: str) -> None:
     tmp = path + ".tmp"
     torch.save(obj, tmp)
@@ -133,8 +150,8 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
           dev_minutes: float = 10.0, export_to: str | None = None, init: str | None = None, bf16: bool = False,
           log=print) -> dict:
     """Train ``codec``/``profile``; stop after ``steps`` steps or ``minutes`` of training time (whichever first;
-    both counted over resumed runs). ``init``: a checkpoint of another profile of the same codec to warm-start a
-    new run from (``Net.warm_start``; ignored on resume, the run's own checkpoint wins). Returns a summary dict.
+    both counted over resumed runs). ``init``: a checkpoint (or weights file, ``_init_source``) of this or another
+    profile of the same codec to warm-start a new run from (``Net.warm_start``; ignored on resume, the run's own checkpoint wins). Returns a summary dict.
     Exports the integer model at the end when ``export_to`` (a weights .npz path) is given."""
     if codec not in TRAINABLE:
         raise SystemExit(f"unknown trainable codec {codec!r}; choose from {sorted(TRAINABLE)}")
@@ -171,12 +188,12 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
         bf16 = bf16 or ck.get("bf16", False)
         say(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained)")
     elif init:
-        ck = torch.load(init, map_location="cpu", weights_only=False)
-        if ck.get("codec") != codec or not hasattr(net, "warm_start"):
-            raise SystemExit(f"cannot warm-start a {codec} model from {init} ({ck.get('codec')})")
-        fresh = net.warm_start(ck["model"])
-        state["init"] = f"{ck.get('profile')} step {ck['state']['step']} ({init})"  # for the model card
-        say(f"warm start from {init} ({ck.get('profile')}, step {ck['state']['step']}); new: {', '.join(fresh)}")
+        src, weights = _init_source(codec, init)
+        if not hasattr(net, "warm_start"):
+            raise SystemExit(f"cannot warm-start a {codec} model")
+        fresh = net.warm_start(weights)
+        state["init"] = f"{src} ({init})"  # for the model card
+        say(f"warm start from {init} ({src}); new: {', '.join(fresh)}")
     paths = list_images(data)
     if not paths:
         raise SystemExit(f"no images under {data}")
@@ -296,7 +313,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--init", help="warm-start from another profile's checkpoint (e.g. cpu-fb from cpu-small)")
+    ap.add_argument("--init", help="warm-start from a checkpoint of this or another profile (e.g. cpu-fb from "
+                    "cpu-small), or from shipped weights (mspsm: codec/weights/mspsm-<profile>.npz)")
     ap.add_argument("--bf16", action="store_true", help="the network trunk's convolutions in bfloat16: faster steps "
                     "on CPUs with AMX / AVX512-BF16 (1.3-1.9x here; kept on resume; dev estimates stay float32)")
     ap.add_argument("--batch", type=int)

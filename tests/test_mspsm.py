@@ -293,6 +293,37 @@ def test_train_warm_start_resume_and_export(tmp_path):
     assert net.p.feedback
     with pytest.raises(SystemExit, match="cannot warm-start"):
         train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=ck, **quiet)
+    # --init from a weights file: training goes on (here widened) from the exported integers
+    s = train(codec="mspsm", profile="cpu-fb:channels=40", out=str(tmp_path / "fbw"), steps=1,
+              init=str(tmp_path / "w.npz"), **quiet)
+    state = torch.load(tmp_path / "fbw" / "checkpoint.pt", weights_only=False)["state"]
+    assert s["steps"] == 1 and state["init"].startswith(f"cpu-fb weights {E.load_intnet(str(tmp_path / 'w.npz'))[1][:12]}")
+    with pytest.raises(SystemExit, match="cannot warm-start msr from a weights file"):
+        train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=str(tmp_path / "w.npz"), **quiet)
+
+
+@pytest.mark.parametrize("profile", [p for p in sorted(M.PROFILES) if os.path.exists(E.weights_path(p))])
+def test_shipped_weights_give_back_a_training_network(profile):
+    """IntNet.to_net (pixark train --init <weights.npz>, for when a checkpoint is gone) builds a float network that
+    exports to exactly the shipped integers."""
+    inet, _ = E.load_intnet(E.weights_path(profile), profile)
+    a, b = inet.to_arrays(), M.IntNet.from_net(inet.to_net()).to_arrays()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_network_from_exported_weights_has_the_trained_loss():
+    """A trained float network, exported and turned back into a float network (IntNet.to_net), has the same
+    training loss: training goes on from where it stopped."""
+    torch.manual_seed(3)
+    net = M.Net(M.resolve("cpu-fb2:channels=24"))
+    with torch.no_grad():  # outputs that vary, as in a trained network
+        net.head_p.weight.mul_(20)
+    back = M.IntNet.from_net(net).to_net()
+    x = torch.from_numpy(_photo(48, 48, 5)).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        a, b = float(M.Trainer(net.p, net)(x)), float(M.Trainer(back.p, back)(x))
+        fresh = float(M.Trainer(net.p, M.Net(net.p))(x))
+    assert abs(a - b) < 1e-3 * a and abs(a - fresh) > 0.05 * a
 
 
 def test_bf16_trunk_training_tracks_the_float32_loss(tmp_path):

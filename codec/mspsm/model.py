@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP, IN_STEP
+from ..nn.quant import QConv2d, IntConv, export_conv, import_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tables", "logistic256.npz")
 
@@ -232,6 +232,17 @@ class IntNet:
             out.update(v.to_arrays(k))
         out["profile"] = np.array(repr(asdict(self.p)))
         return out
+
+    def to_net(self) -> Net:
+        """A training network that fake-quantizes to these integers (``import_conv``)."""
+        net = Net(self.p)
+        import_conv(net.conv_in, self.layers["conv_in"])
+        for i, (c1, c2) in enumerate(net.blocks):
+            import_conv(c1, self.layers[f"b{i}.c1"])
+            import_conv(c2, self.layers[f"b{i}.c2"])
+        import_conv(net.head_p, self.layers["head_p"])
+        import_conv(net.head_z, self.layers["head_z"])
+        return net
 
     @classmethod
     def from_arrays(cls, p: Profile, arrs) -> "IntNet":

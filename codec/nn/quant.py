@@ -419,3 +419,17 @@ def export_conv(layer: QConv2d, in_max) -> IntConv:
     in_max = np.broadcast_to(np.asarray(in_max, np.int64), (layer.cin,)).copy()
     return IntConv(w=wi.numpy().astype(np.int8), b=bi.numpy().astype(np.int64), m=m, sh=sh, mode=layer.mode,
                    out_clamp=int(layer.out_clamp), in_max=in_max)
+
+
+def import_conv(layer: QConv2d, ic: IntConv) -> None:
+    """The inverse of ``export_conv``: set ``layer``'s float weights so that it fake-quantizes to ``ic`` (the
+    requantization ratio m / 2**sh gives the weight scale to 15 bits). Lets training go on from shipped integer
+    weights when the float checkpoint is gone; exporting the result gives ``ic`` back (tests/test_mspsm.py)."""
+    if ic.w.shape != tuple(layer.weight.shape):
+        raise ValueError(f"integer layer {ic.w.shape} does not fit {tuple(layer.weight.shape)}")
+    with torch.no_grad():
+        ratio = torch.from_numpy(ic.m.astype(np.float64) * np.exp2(-ic.sh.astype(np.float64)))
+        sw = ratio * layer.out_step.double() / layer.in_step
+        gain = layer.gain.double()
+        layer.weight.copy_(torch.from_numpy(ic.w.astype(np.float64)) * (sw / gain)[:, None, None, None])
+        layer.bias.copy_(torch.from_numpy(ic.b.astype(np.float64)) * sw * layer.in_step / gain)
