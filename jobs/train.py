@@ -151,8 +151,9 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
           log=print) -> dict:
     """Train ``codec``/``profile``; stop after ``steps`` steps or ``minutes`` of training time (whichever first;
     both counted over resumed runs). ``init``: a checkpoint (or weights file, ``_init_source``) of this or another
-    profile of the same codec to warm-start a new run from (``Net.warm_start``; ignored on resume, the run's own checkpoint wins). Returns a summary dict.
-    Exports the integer model at the end when ``export_to`` (a weights .npz path) is given."""
+    profile of the same codec to warm-start a new run from (``Net.warm_start``; ignored on resume, the run's own
+    checkpoint wins). Returns a summary dict. Exports the integer model at the end when ``export_to`` (a weights
+    .npz path) is given."""
     if codec not in TRAINABLE:
         raise SystemExit(f"unknown trainable codec {codec!r}; choose from {sorted(TRAINABLE)}")
     make_model, make_loss, export, profile_cfg = TRAINABLE[codec]()

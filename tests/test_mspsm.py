@@ -297,7 +297,8 @@ def test_train_warm_start_resume_and_export(tmp_path):
     s = train(codec="mspsm", profile="cpu-fb:channels=40", out=str(tmp_path / "fbw"), steps=1,
               init=str(tmp_path / "w.npz"), **quiet)
     state = torch.load(tmp_path / "fbw" / "checkpoint.pt", weights_only=False)["state"]
-    assert s["steps"] == 1 and state["init"].startswith(f"cpu-fb weights {E.load_intnet(str(tmp_path / 'w.npz'))[1][:12]}")
+    model_id = E.load_intnet(str(tmp_path / "w.npz"))[1]
+    assert s["steps"] == 1 and state["init"].startswith(f"cpu-fb weights {model_id[:12]}")
     with pytest.raises(SystemExit, match="cannot warm-start msr from a weights file"):
         train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=str(tmp_path / "w.npz"), **quiet)
 

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, import_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP, IN_STEP
+from ..nn.quant import (QConv2d, IntConv, export_conv, import_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP,
+                        IN_STEP)
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tables", "logistic256.npz")
 
