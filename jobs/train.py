@@ -6,7 +6,9 @@ checkpoints with resume, a log file, and export of the integer model with a mode
 
 Generic part: ``train(codec=..., ...)`` looks the codec up in ``TRAINABLE``; a codec plugs in by providing
 ``make_model(profile) -> torch.nn.Module``, ``make_loss(profile, model) -> callable(batch uint8->float) -> bpsp``,
-``export(profile, model, weights_path, card_path, dev_dirs, info)`` and ``profile_cfg(profile)`` (batch, lr).
+``export(profile, model, weights_path, card_path, dev_dirs, info)`` and ``profile_cfg(profile)`` (batch, lr, and
+``model``: equal for two profile names that build the same model, e.g. a training variant and the named profile
+it is shipped as).
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def dev_crops(dev_root: str, n: int, size: int) -> torch.Tensor | None:
 
 # ------------------------------------------------------------------------------------------------ codecs
 def _mspsm():
+    from dataclasses import replace
+
     from pixark.codec.mspsm import model as M
 
     def make_model(profile):
@@ -105,7 +109,7 @@ def _mspsm():
 
     def profile_cfg(profile):
         p = M.resolve(profile)
-        return {"batch": p.batch, "lr": p.lr}
+        return {"batch": p.batch, "lr": p.lr, "model": replace(p, name="", note="", batch=0, lr=0.0)}
 
     return make_model, make_loss, export, profile_cfg
 
@@ -283,11 +287,14 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
 
 def export_checkpoint(codec: str, profile: str, out: str, export_to: str, dev: str | None,
                       limit: int | None = None, log=print) -> dict:
-    """Export the integer model of the checkpoint in ``out`` to ``export_to`` and measure dev with the real coder."""
-    make_model, _, export, _ = TRAINABLE[codec]()
+    """Export the integer model of the checkpoint in ``out`` to ``export_to`` as ``profile`` (the checkpoint's own
+    profile, or a name for the same model: a run of ``cpu-fb2:channels=96`` ships as ``cpu-fb2-96``) and measure
+    dev with the real coder."""
+    make_model, _, export, profile_cfg = TRAINABLE[codec]()
     ck = torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=False)
-    if ck.get("profile") != profile or ck.get("codec") != codec:
-        raise SystemExit(f"checkpoint in {out} is for {ck.get('codec')}/{ck.get('profile')}")
+    if ck.get("codec") != codec or (ck.get("profile") != profile and
+                                    profile_cfg(ck.get("profile"))["model"] != profile_cfg(profile)["model"]):
+        raise SystemExit(f"checkpoint in {out} is for {ck.get('codec')}/{ck.get('profile')}, not {profile}")
     net = make_model(profile)
     net.load_state_dict(ck["model"])
     net.eval()
@@ -296,7 +303,8 @@ def export_checkpoint(codec: str, profile: str, out: str, export_to: str, dev: s
     info = {"codec": codec, "profile": profile, "steps": st["step"], "minutes": st["elapsed"] / 60,
             "train_loss_last": hist[-1][1] if hist else None, "data": ck.get("data", "../shared/data/train"),
             "batch": ck.get("batch"), "crop": ck.get("crop", 128), "lr": ck.get("lr"),
-            "dev_bpsp_est": st.get("last_dev"), "measure_limit": limit, "init": st.get("init")}
+            "dev_bpsp_est": st.get("last_dev"), "measure_limit": limit, "init": st.get("init"),
+            "trained_as": ck["profile"] if ck["profile"] != profile else None}
     card = os.path.splitext(export_to)[0] + ".md"
     dev_dirs = [os.path.join(dev, s) for s in sorted(os.listdir(dev))] if dev and os.path.isdir(dev) else []
     kw = {"limit": limit, "log": log} if codec == "mspsm" else {}  # other codecs' hooks take the base signature

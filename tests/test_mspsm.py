@@ -299,6 +299,13 @@ def test_train_warm_start_resume_and_export(tmp_path):
     state = torch.load(tmp_path / "fbw" / "checkpoint.pt", weights_only=False)["state"]
     model_id = E.load_intnet(str(tmp_path / "w.npz"))[1]
     assert s["steps"] == 1 and state["init"].startswith(f"cpu-fb weights {model_id[:12]}")
+    with pytest.raises(SystemExit, match="is for mspsm/cpu-fb:channels=40, not cpu-fb"):
+        export_checkpoint("mspsm", "cpu-fb", str(tmp_path / "fbw"), str(tmp_path / "w2.npz"), None)
+    # a training variant that builds the same model as a named profile exports under that name
+    train(codec="mspsm", profile="cpu-small:blocks=1", out=str(tmp_path / "same"), steps=1, **quiet)
+    export_checkpoint("mspsm", "cpu-small", str(tmp_path / "same"), str(tmp_path / "w3.npz"), None)
+    assert E.load_intnet(str(tmp_path / "w3.npz"), "cpu-small")[0].p.name == "cpu-small"
+    assert "trained as `cpu-small:blocks=1`" in (tmp_path / "w3.md").read_text()
     with pytest.raises(SystemExit, match="cannot warm-start msr from a weights file"):
         train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=str(tmp_path / "w.npz"), **quiet)
 

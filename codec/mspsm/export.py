@@ -100,6 +100,7 @@ def export_weights(profile: str, net, weights_file: str, card_path: str, dev_dir
              f"Model id (sha256 of the weights file): `{model_id}`", "",
              "## Training", "",
              f"- data: {info.get('data')} (random {info.get('crop')}x{info.get('crop')} crops, flips, transposes)",
+             *([f"- trained as `{info['trained_as']}` (the same model)"] if info.get("trained_as") else []),
              *([f"- warm start from {info['init']}"] if info.get("init") else []),
              f"- steps: {info.get('steps')}, batch {info.get('batch')}, Adam lr {info.get('lr')} cosine-decayed, "
              f"training time {float(info.get('minutes') or 0):.1f} min on 2 shared CPU cores",

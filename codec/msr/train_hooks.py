@@ -21,6 +21,6 @@ def hooks():
         if profile not in M.PROFILES:
             raise SystemExit(f"msr has no profile {profile!r}; choose from {sorted(M.PROFILES)}")
         p = M.PROFILES[profile]
-        return {"batch": p.batch, "lr": p.lr}
+        return {"batch": p.batch, "lr": p.lr, "model": profile}
 
     return make_model, make_loss, export, profile_cfg
