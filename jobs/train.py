@@ -133,7 +133,10 @@ def _init_source(codec: str, init: str) -> tuple[str, dict]:
             raise SystemExit(f"cannot warm-start {codec} from a weights file ({init}); give a checkpoint")
         from pixark.codec.mspsm import export as E
 
-        inet, model_id = E.load_intnet(init)
+        try:
+            inet, model_id = E.load_intnet(init)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"cannot warm-start from {init}: {e}")
         return f"{inet.p.name} weights {model_id[:12]}", inet.to_net().state_dict()
     ck = torch.load(init, map_location="cpu", weights_only=False)
     if ck.get("codec") != codec:

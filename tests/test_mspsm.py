@@ -306,6 +306,9 @@ def test_train_warm_start_resume_and_export(tmp_path):
     export_checkpoint("mspsm", "cpu-small", str(tmp_path / "same"), str(tmp_path / "w3.npz"), None)
     assert E.load_intnet(str(tmp_path / "w3.npz"), "cpu-small")[0].p.name == "cpu-small"
     assert "trained as `cpu-small:blocks=1`" in (tmp_path / "w3.md").read_text()
+    msr_weights = Path(E.WEIGHTS_DIR) / "msr-cpu.npz"
+    with pytest.raises(SystemExit, match="not an mspsm weights file"):
+        train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "x"), steps=1, init=str(msr_weights), **quiet)
     with pytest.raises(SystemExit, match="cannot warm-start msr from a weights file"):
         train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=str(tmp_path / "w.npz"), **quiet)
 

@@ -35,6 +35,8 @@ def load_intnet(path: str, profile: str | None = None) -> tuple[M.IntNet, str]:
     with open(path, "rb") as f:
         data = f.read()
     z = np.load(io.BytesIO(data), allow_pickle=False)
+    if "format" not in z.files or "profile" not in z.files:
+        raise ValueError(f"{path}: not an mspsm weights file")
     if int(z["format"]) != FORMAT:
         raise ValueError(f"{path}: weights format {int(z['format'])} unknown to this build")
     prof = eval(str(z["profile"]), {"__builtins__": {}}, {})  # a dict literal written by repr(asdict(profile))
