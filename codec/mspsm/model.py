@@ -216,16 +216,15 @@ class IntNet:
         self.p = p
         self.layers = layers
 
+    @staticmethod
+    def _pairs(net: Net) -> list[tuple[str, QConv2d]]:
+        """Each integer layer's name with its training layer."""
+        blocks = [(f"b{i}.c{j + 1}", c) for i, blk in enumerate(net.blocks) for j, c in enumerate(blk)]
+        return [("conv_in", net.conv_in), *blocks, ("head_p", net.head_p), ("head_z", net.head_z)]
+
     @classmethod
     def from_net(cls, net: Net) -> "IntNet":
-        p = net.p
-        L = {"conv_in": export_conv(net.conv_in, input_max(p))}
-        for i, (c1, c2) in enumerate(net.blocks):
-            L[f"b{i}.c1"] = export_conv(c1, 127)
-            L[f"b{i}.c2"] = export_conv(c2, 127)
-        L["head_p"] = export_conv(net.head_p, 127)
-        L["head_z"] = export_conv(net.head_z, 127)
-        return cls(p, L)
+        return cls(net.p, {n: export_conv(c, input_max(net.p) if n == "conv_in" else 127) for n, c in cls._pairs(net)})
 
     def to_arrays(self) -> dict:
         out = {}
@@ -237,12 +236,8 @@ class IntNet:
     def to_net(self) -> Net:
         """A training network that fake-quantizes to these integers (``import_conv``)."""
         net = Net(self.p)
-        import_conv(net.conv_in, self.layers["conv_in"])
-        for i, (c1, c2) in enumerate(net.blocks):
-            import_conv(c1, self.layers[f"b{i}.c1"])
-            import_conv(c2, self.layers[f"b{i}.c2"])
-        import_conv(net.head_p, self.layers["head_p"])
-        import_conv(net.head_z, self.layers["head_z"])
+        for n, c in self._pairs(net):
+            import_conv(c, self.layers[n])
         return net
 
     @classmethod
