@@ -428,8 +428,29 @@ def test_copy_model_codes_grey_pixels_cheaply():
             sizes[name, v] = len(payload)
     assert sizes["grey", 3] < 0.95 * sizes["grey", 2]  # measured: -9 % on this 96x96 crop
     assert abs(sizes["colour", 3] - sizes["colour", 2]) <= 0.01 * sizes["colour", 2]
-    with pytest.raises(ValueError, match="version 4"):
-        coder.encode(net, colour, version=4)
+    with pytest.raises(ValueError, match="version 5"):
+        coder.encode(net, colour, version=5)
+
+
+def test_transmitted_shifts_code_a_photo_shorter_and_a_tiny_image_as_before():
+    """Payload version 4: each tile is coded with the causal correction of version 3 or with shifts chosen on the
+    whole tile, whichever is shorter (the tile's first symbol says which). On a photo the shifts win; on a tiny
+    image their table costs more than it saves, so the tile stays causal at one bit more than version 3."""
+    from pixark.codec.entropy import Decoder
+
+    if not os.path.exists(E.weights_path(M.DEFAULT_PROFILE)):
+        pytest.skip("no shipped weights for the default profile")
+    net, _ = E.load_intnet(E.weights_path(M.DEFAULT_PROFILE))
+    keys = net.p.scales * net.p.groups
+    for px, transmitted in ((_photo(384, 384, 2), True), (_photo(12, 10, 3), False)):
+        v3, v4 = coder.encode(net, px, version=3), coder.encode(net, px, version=4)
+        assert v4[4] == 4 and np.array_equal(coder.decode(net, v4), px)
+        tile = coder._TileCoder(dec=Decoder(v4[25:]), version=4, keys=keys)  # one tile: its stream at 21 + 4
+        assert (tile.shifts is not None) == transmitted
+        if transmitted:
+            assert len(v4) < len(v3)
+        else:
+            assert len(v4) <= len(v3) + 4  # the mode symbol; streams grow in 32-bit words
 
 
 SHIPPED_GOLDEN = "mspsm-{}-photo.pxk"  # per profile with shipped weights; later weights versions add -<id12>
@@ -460,7 +481,7 @@ def test_shipped_weights_keep_their_streams(profile):
         header, _, payload = container.unpack(path.read_bytes())
         px = pc.decode(path.read_bytes()).pixels
         net, model_id = load_profile(profile, header.model_id)
-        assert coder.encode(net, px, tile=header.params["tile"]) == payload, path.name
+        assert coder.encode(net, px, tile=header.params["tile"], version=payload[4]) == payload, path.name
         ids.add(model_id)
     assert modelstore.model_id(E.weights_path(profile)) in ids, \
         f"no golden stream for the current {profile} weights (python tests/test_mspsm.py --make-golden)"

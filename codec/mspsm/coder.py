@@ -1,12 +1,14 @@
 """MSPSM integer encoder/decoder (K = 1 profiles): tiles -> range-coded streams with the stored table bank.
 
 Payload layout (little endian):
-    b"MSPS" | u8 payload version (1 or 2) | u32 height | u32 width | u32 tile | u32 n_tiles | n_tiles x u32 length |
+    b"MSPS" | u8 payload version (1 to 4) | u32 height | u32 width | u32 tile | u32 n_tiles | n_tiles x u32 length |
     the tiles' range-coded streams, in raster order of tiles.
-Inside one tile's stream, in this order: the coarsest scale x^(M) with a uniform model (channel-major raster), then
-scales M-1 .. 0, groups in order, channels R, G, B; the subpixels of one (group, channel) are listed phase-major
-raster and coded in a stable sort by table index, one 1-D table call per distinct table (the decoder computes the
-same table indices before decoding, so the order is agreed).
+Inside one tile's stream, in this order: (version 4) the tile's mode, 0 = the causal scale correction of version 3,
+1 = transmitted shifts (``adapt.ShiftTable``; the deltas of each (group, channel) just before its symbols, for the
+cells it uses); the coarsest scale x^(M) with a
+uniform model (channel-major raster), then scales M-1 .. 0, groups in order, channels R, G, B; the subpixels of one
+(group, channel) are listed phase-major raster and coded in a stable sort by table index, one 1-D table call per
+distinct table (the decoder computes the same table indices before decoding, so the order is agreed).
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..adapt import ScaleAdapter
+from ..adapt import SHIFT_FREQ, ScaleAdapter, ShiftTable
 from ..entropy import Encoder, Decoder
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
 from . import model as M
 
 MAGIC = b"MSPS"
-# 1: as first shipped; 2: K = 1 with per-tile scale correction (codec/adapt.py); 3: version 2 plus the copy model
-PAYLOAD_VERSIONS = (1, 2, 3)
+# 1: as first shipped; 2: K = 1 with per-tile scale correction (codec/adapt.py); 3: version 2 plus the copy model;
+# 4: version 3, or per tile transmitted scale shifts instead of the causal correction, whichever is shorter
+PAYLOAD_VERSIONS = (1, 2, 3, 4)
 UNIFORM = np.full(256, 256, np.int64)
+MODE = np.array([32768, 32768], np.int64)  # a version 4 tile's first symbol: 0 causal, 1 transmitted shifts
 # Coder state (pixels, masks, neighbour averages, network inputs and context) is held in float32: every value is an
 # integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
 # first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
@@ -78,23 +82,59 @@ class _CopyChoice:
 
 
 class _TileCoder:
-    """Per-tile entropy coding of one (group, channel): runs of equal table index, with the tile's scale
-    correction state (payload version >= 2, K = 1; see codec/adapt.py) and copy model (version 3)."""
+    """One tile's entropy coding: the symbols of each (group, channel) in runs of equal table index, with the
+    tile's scale correction (payload version >= 2, K = 1; codec/adapt.py) and copy model (version >= 3). A version
+    4 encoder only records the tile's coding calls (``record``); ``finish`` then codes the tile twice, with the
+    causal correction and with shifts chosen on the whole tile (``ShiftTable``), and keeps the shorter. ``bits``
+    counts the ideal code length of what an encoder coded. ``keys``: coding steps (scales x groups)."""
 
-    def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None, version: int = 1):
+    def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None, version: int = 1, keys: int = 0,
+                 record: bool = False):
         t = M.tables()
+        self.version, self.keys = version, keys
         self.adapt = ScaleAdapter(t["cost"]) if version >= 2 else None
         self.copy = _CopyChoice(t["cost"].rows) if version >= 3 else None
         self.freq = t["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
         self.bank = t["bank"]
         self.enc, self.dec = enc, dec
+        self.bits = 0.0
+        self.shifts: ShiftTable | None = None  # set: this tile codes with transmitted shifts, not self.adapt
+        self.log: list | None = [] if record else None
+        if record:
+            self.shifts = ShiftTable(t["cost"], keys)  # sums the costs to choose from
+        elif dec is not None and version >= 4 and dec.decode(MODE, 1)[0]:
+            self.use_shifts(ShiftTable(t["cost"], keys))  # its deltas are read as their cells come up
 
-    def code(self, col: int, s: np.ndarray, f8: np.ndarray, cn: np.ndarray, x: np.ndarray | None,
-             copy: tuple[np.ndarray, np.ndarray] | None = None):
-        """Encode the pixel values ``x`` (decode when None) of channel ``col`` given the network's scale indices
-        ``s``, mean fractions ``f8`` and centres ``cn``, and the copy model's (flags, centres) (version 3 only).
-        Returns (pixel values, table indices used, symbols coded)."""
-        tbl = (self.adapt.shift(col, s) if self.adapt else s) * 16 + f8
+    def use_shifts(self, table: ShiftTable) -> None:
+        self.shifts, self.adapt = table, None
+
+    def put(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
+        """Encode ``symbols`` with one table (1-D) or a table per symbol (2-D)."""
+        if self.log is not None:
+            self.log.append((symbols, freqs))
+            return
+        self.enc.encode(symbols, freqs)
+        f = freqs[symbols] if freqs.ndim == 1 else freqs[np.arange(len(freqs)), symbols]
+        self.bits += float(-np.log2(f / 65536.0).sum())
+
+    def code(self, key: int, col: int, s: np.ndarray, f8: np.ndarray, cn: np.ndarray, x: np.ndarray | None,
+             copy: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Encode the pixel values ``x`` (decode when None; returns them) of channel ``col`` in coding step
+        ``key`` given the network's scale indices ``s``, mean fractions ``f8`` and centres ``cn``, and the copy
+        model's (flags, centres) (version >= 3)."""
+        if self.log is not None:
+            self.log.append((key, col, s, f8, cn, x, copy))
+            self.shifts.add(key, col, s, f8 * 256 + ((x - cn) & 255))
+            return x
+        if self.shifts is not None:  # the deltas of the cells this step uses, read or written just before them
+            cells = self.shifts.cells(s)
+            if x is None:
+                self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
+            else:
+                self.put(self.shifts.symbols(key, col, cells), SHIFT_FREQ)
+            tbl = self.shifts.shift(key, col, s) * 16 + f8
+        else:
+            tbl = (self.adapt.shift(col, s) if self.adapt else s) * 16 + f8
         use, cen = tbl, cn
         ct = self.copy.table(col) if self.copy else None
         if ct is not None:
@@ -106,12 +146,31 @@ class _TileCoder:
         else:
             sym = (x - cen) & 255
             self.enc.encode_indexed(sym, use, self.bank)
+            self.bits += float(-np.log2(self.freq[use, sym] / 65536.0).sum())
         if self.adapt:
             self.adapt.update(col, s, f8 * 256 + ((x - cn) & 255))
         if self.copy and copy[0].any():
             fl = copy[0]
             self.copy.update(col, tbl[fl], (x[fl] - cn[fl]) & 255, (x[fl] - copy[1][fl]) & 255)
-        return x, use, sym
+        return x
+
+    def finish(self) -> bytes:
+        """The tile's stream (an encoder)."""
+        if self.log is None:
+            return self.enc.finish()
+        self.shifts.choose()
+        best = None
+        for table in (None, self.shifts):
+            c = _TileCoder(Encoder(), version=self.version, keys=self.keys)
+            c.put(np.array([int(table is not None)]), MODE)
+            if table is not None:
+                c.use_shifts(table)
+            for op in self.log:
+                c.put(*op) if len(op) == 2 else c.code(*op)
+            data = c.enc.finish()
+            if best is None or len(data) < len(best):
+                best, self.bits = data, c.bits
+        return best
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -266,7 +325,7 @@ def _coarsest(tiles, sizes, bsz: int, scales: int, coders):
             pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
         top = pyr[-1]
         for b in range(bsz):
-            coders[b].enc.encode(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
+            coders[b].put(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
         return pyr, top
     hm, wm = sizes[-1]
     top = torch.zeros(bsz, 3, hm, wm, dtype=DT)
@@ -325,15 +384,8 @@ def _group_done(X, known, sel, xt, decoding: bool):
     return torch.where(selk, torch.ones_like(known), known)
 
 
-def _add_bits(stats: dict, freqs: np.ndarray) -> None:
-    """Count the ideal code length of symbols coded with integer frequencies ``freqs``."""
-    stats["bits"] = stats.get("bits", 0.0) + float(-np.log2(freqs / 65536.0).sum())
-
-
-def _finish(cur, top, stats, decoding: bool) -> np.ndarray:
-    """The tiles' pixels (B,H,W,3) uint8; encoding with ``stats`` also counts the uniform coarsest scale."""
-    if stats is not None and not decoding:
-        stats["bits"] = stats.get("bits", 0.0) + 8.0 * top.numel()
+def _pixels(cur) -> np.ndarray:
+    """The tiles' pixels (B,H,W,3) uint8."""
     return cur.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
 
 
@@ -349,9 +401,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
     bsz, H, W = shape
     decoding = tiles is None
     sizes = M.pyramid_sizes(H, W, p.scales)
-    pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders)
-    cur = top
-    freq = coders[0].freq
+    pyr, cur = _coarsest(tiles, sizes, bsz, p.scales, coders)
     z = err = None
     for i in reversed(range(p.scales)):
         h, w = sizes[i + 1]
@@ -388,12 +438,10 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                     cc = ((xs[0, :, col - 1, 0] if col else 0) + cdiff[0, :, col, 0]).numpy().astype(np.int64)
                 for b in range(bsz):
                     t = slice(cuts[b], cuts[b + 1])
-                    v, tbl, d = coders[b].code(col, s[t], f8[t], cn[t], None if decoding else xn[t],
-                                               (fl[t], cc[t]) if coders[0].copy else None)
+                    v = coders[b].code(i * p.groups + j, col, s[t], f8[t], cn[t], None if decoding else xn[t],
+                                       (fl[t], cc[t]) if coders[0].copy else None)
                     if decoding:
                         xn[t] = v
-                    elif stats is not None:
-                        _add_bits(stats, freq[tbl, d])
                 if decoding:
                     xs[0, :, col, 0] = torch.from_numpy(xn.astype(np.float32))
                 e.append(16 * xs[:, :, col] - mu)
@@ -401,7 +449,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                      err.numpy() if p.feedback else _NO_ERR, decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]
-    return _finish(cur, top, stats, decoding)
+    return _pixels(cur)
 
 
 def _exp_weight() -> np.ndarray:
@@ -435,8 +483,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
     sizes = M.pyramid_sizes(H, W, p.scales)
     expw = _exp_weight()
     freq2 = coders[0].freq
-    pyr, top = _coarsest(tiles, sizes, bsz, p.scales, coders)
-    cur = top
+    pyr, cur = _coarsest(tiles, sizes, bsz, p.scales, coders)
     z = None
     for i in reversed(range(p.scales)):
         h, w = sizes[i + 1]
@@ -478,9 +525,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
                         if decoding:
                             xs[sl] = coders[b].dec.decode(table)
                         else:
-                            coders[b].enc.encode(xs[sl], table)
-                            if stats is not None:
-                                _add_bits(stats, table[np.arange(len(table)), xs[sl]])
+                            coders[b].put(xs[sl], table)
                         pk = np.take_along_axis(pmf, xs[sl][:, None, None].repeat(k, 1), axis=2)[:, :, 0]
                         wb[sl] = (wb[sl] * pk) >> 16
                     if decoding:
@@ -492,7 +537,7 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
             known = _group_done(X, known, sel, xt, decoding)
         hi, wi = sizes[i]
         cur = X[:, :, :hi, :wi]
-    return _finish(cur, top, stats, decoding)
+    return _pixels(cur)
 
 
 def encode(net: M.IntNet, pixels: np.ndarray, tile: int = DEFAULT_TILE, tile_batch: int = 2,
@@ -510,14 +555,18 @@ def encode(net: M.IntNet, pixels: np.ndarray, tile: int = DEFAULT_TILE, tile_bat
     if version not in PAYLOAD_VERSIONS or (version > 1 and net.p.mixtures > 1):
         raise ValueError(f"mspsm cannot write payload version {version} for this profile")
     streams: list[bytes] = [b""] * len(grid)
+    keys = net.p.scales * net.p.groups
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
         batch = np.stack([pixels[grid[k][0]:grid[k][0] + th, grid[k][1]:grid[k][1] + tw] for k in idxs])
-        coders = [_TileCoder(enc=Encoder(), version=version) for _ in idxs]
+        rec = version >= 4  # the shifts are chosen on the whole tile: code it when it is done
+        coders = [_TileCoder(None if rec else Encoder(), version=version, keys=keys, record=rec) for _ in idxs]
         run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats,
                   device=device)
         for k, cd in zip(idxs, coders):
-            streams[k] = cd.enc.finish()
+            streams[k] = cd.finish()
+            if stats is not None:
+                stats["bits"] = stats.get("bits", 0.0) + cd.bits
     head = MAGIC + struct.pack("<BIIII", version, h, w, tile, len(grid))
     return head + struct.pack(f"<{len(grid)}I", *[len(s) for s in streams]) + b"".join(streams)
 
@@ -544,7 +593,8 @@ def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cp
     out = np.zeros((h, w, 3), np.uint8)
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
-        coders = [_TileCoder(dec=Decoder(payload[starts[k]:starts[k + 1]]), version=ver) for k in idxs]
+        coders = [_TileCoder(dec=Decoder(payload[starts[k]:starts[k + 1]]), version=ver,
+                             keys=net.p.scales * net.p.groups) for k in idxs]
         px = run_tiles(net, None, (len(idxs), th, tw), coders, device=device)
         for k, t in zip(idxs, px):
             y, x = grid[k][:2]
