@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapt import SHIFT_FREQ, ScaleAdapter, ShiftTable
-from ..entropy import Encoder, Decoder
+from ..entropy import Decoder, Encoder, cost, normalize
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
 from . import model as M
@@ -32,6 +32,11 @@ MAGIC = b"MSPS"
 PAYLOAD_VERSIONS = (1, 2, 3, 4)
 UNIFORM = np.full(256, 256, np.int64)
 MODE = np.array([32768, 32768], np.int64)  # a version 4 tile's first symbol: 0 causal, 1 transmitted shifts
+# version 4, mode 1: per (step, channel G or B) a correction of the coupling to the previous channel's error, mu +=
+# floor((a e + 32) / 64), a = COUPLE[symbol] in 1/64 (as the network's coupling coefficients)
+COUPLE = np.arange(-32, 33, 2)
+COUPLE_FREQ = normalize((64 >> np.minimum(np.abs(COUPLE) // 2, 6)) + 1)  # peaked at a = 0
+COUPLE_COST = cost(COUPLE_FREQ).astype(np.int64)
 # Coder state (pixels, masks, neighbour averages, network inputs and context) is held in float32: every value is an
 # integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
 # first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
@@ -99,9 +104,10 @@ class _TileCoder:
         self.enc, self.dec = enc, dec
         self.bits = 0.0
         self.shifts: ShiftTable | None = None  # set: this tile codes with transmitted shifts, not self.adapt
+        self.couple = np.full((keys, 3), len(COUPLE) // 2)  # with the shifts: coupling corrections (COUPLE[i])
         self.log: list | None = [] if record else None
         if record:
-            self.shifts = ShiftTable(t["cost"], keys)  # sums the costs to choose from
+            self.shifts = ShiftTable(t["cost"], keys)
         elif dec is not None and version >= 4 and dec.decode(MODE, 1)[0]:
             self.use_shifts(ShiftTable(t["cost"], keys))  # its deltas are read as their cells come up
 
@@ -118,15 +124,20 @@ class _TileCoder:
         self.bits += float(-np.log2(f / 65536.0).sum())
 
     def code(self, key: int, col: int, s: np.ndarray, f8: np.ndarray, cn: np.ndarray, x: np.ndarray | None,
-             copy: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+             copy: tuple[np.ndarray, np.ndarray] | None = None, e: np.ndarray | None = None) -> np.ndarray:
         """Encode the pixel values ``x`` (decode when None; returns them) of channel ``col`` in coding step
-        ``key`` given the network's scale indices ``s``, mean fractions ``f8`` and centres ``cn``, and the copy
-        model's (flags, centres) (version >= 3)."""
+        ``key`` given the network's scale indices ``s``, mean fractions ``f8`` and centres ``cn``, the copy
+        model's (flags, centres) (version >= 3) and the previous channel's errors ``e`` (16 x - mu; version 4)."""
         if self.log is not None:
-            self.log.append((key, col, s, f8, cn, x, copy))
-            self.shifts.add(key, col, s, f8 * 256 + ((x - cn) & 255))
+            self.log.append((key, col, s, f8, cn, x, copy, e))
             return x
-        if self.shifts is not None:  # the deltas of the cells this step uses, read or written just before them
+        if self.shifts is not None:  # this step's side information, read or written just before its symbols
+            if col:
+                if x is None:
+                    self.couple[key, col] = self.dec.decode(COUPLE_FREQ, 1)[0]
+                else:
+                    self.put(self.couple[key, col:col + 1], COUPLE_FREQ)
+                cn, f8 = _recentre(cn, f8, e, COUPLE[self.couple[key, col]])
             cells = self.shifts.cells(s)
             if x is None:
                 self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
@@ -158,19 +169,54 @@ class _TileCoder:
         """The tile's stream (an encoder)."""
         if self.log is None:
             return self.enc.finish()
-        self.shifts.choose()
+        self._choose()
         best = None
         for table in (None, self.shifts):
             c = _TileCoder(Encoder(), version=self.version, keys=self.keys)
             c.put(np.array([int(table is not None)]), MODE)
             if table is not None:
                 c.use_shifts(table)
+                c.couple = self.couple
             for op in self.log:
                 c.put(*op) if len(op) == 2 else c.code(*op)
             data = c.enc.finish()
             if best is None or len(data) < len(best):
                 best, self.bits = data, c.bits
         return best
+
+    def _choose(self) -> None:
+        """Version 4 encoder, on the whole tile: the coupling corrections (with the network's scales), then the
+        scale shifts on the corrected means; each minimises the code length including its own."""
+        rows = M.tables()["cost"].rows
+        tot = np.zeros(self.couple.shape + (len(COUPLE),), np.int64)
+        for key, col, s, f8, cn, x, _, e in (op for op in self.log if len(op) > 2 and op[1]):
+            _couple_costs(rows, s, 16 * cn + f8 - 8, x, e, COUPLE, tot[key, col])
+        self.couple = (tot + COUPLE_COST).argmin(axis=-1)  # R (nothing summed): the cheapest, a = 0
+        for key, col, s, f8, cn, x, _, e in (op for op in self.log if len(op) > 2):
+            if col:
+                cn, f8 = _recentre(cn, f8, e, COUPLE[self.couple[key, col]])
+            self.shifts.add(key, col, s, f8 * 256 + ((x - cn) & 255))
+        self.shifts.choose()
+
+
+def _recentre(cn: np.ndarray, f8: np.ndarray, e: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and mean fractions of the means moved by a coupling correction ``a`` (1/64) on errors ``e``."""
+    if a == 0:
+        return cn, f8
+    mu = np.clip(16 * cn + f8 - 8 + (a * e + 32) // 64, 0, 4080)
+    c = (mu + 8) // 16
+    return c, mu - 16 * c + 8
+
+
+@numba.njit(cache=True, nogil=True)
+def _couple_costs(rows, s, mu, x, e, cands, out):
+    """out[k] += the code length of x under the network's scale ``s`` and mean ``mu`` moved by cands[k] (as
+    ``_recentre``), summed over the symbols."""
+    for i in range(s.shape[0]):
+        for k in range(cands.shape[0]):
+            m = min(max(mu[i] + (cands[k] * e[i] + 32) // 64, 0), 4080)
+            c = (m + 8) // 16
+            out[k] += rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -433,13 +479,14 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 f8 = (mu - 16 * c + 8)[0, :, 0].numpy().astype(np.int64)
                 cn = c[0, :, 0].numpy().astype(np.int64)
                 xn = xs[0, :, col, 0].numpy().astype(np.int64)
+                ep = e[-1][0, :, 0].numpy().astype(np.int64) if col else None  # the previous channel's errors
                 if coders[0].copy:  # the copy centres: the earlier channel (just coded; R: 0) plus d
                     fl = cflag[0, :, col, 0].numpy() > 0
                     cc = ((xs[0, :, col - 1, 0] if col else 0) + cdiff[0, :, col, 0]).numpy().astype(np.int64)
                 for b in range(bsz):
                     t = slice(cuts[b], cuts[b + 1])
                     v = coders[b].code(i * p.groups + j, col, s[t], f8[t], cn[t], None if decoding else xn[t],
-                                       (fl[t], cc[t]) if coders[0].copy else None)
+                                       (fl[t], cc[t]) if coders[0].copy else None, ep[t] if col else None)
                     if decoding:
                         xn[t] = v
                 if decoding:
