@@ -32,11 +32,13 @@ MAGIC = b"MSPS"
 PAYLOAD_VERSIONS = (1, 2, 3, 4)
 UNIFORM = np.full(256, 256, np.int64)
 MODE = np.array([32768, 32768], np.int64)  # a version 4 tile's first symbol: 0 causal, 1 transmitted shifts
-# version 4, mode 1: per (step, channel G or B) a correction of the coupling to the previous channel's error, mu +=
-# floor((a e + 32) / 64), a = COUPLE[symbol] in 1/64 (as the network's coupling coefficients)
+# version 4, mode 1: per (step, channel G or B, earlier channel) a correction of the coupling to that channel's error,
+# mu += floor((a e + 32) / 64), a = COUPLE[symbol] in 1/64 (as the network's coupling coefficients); applied, sent
+# and chosen in COUPLE_ORDER: the previous channel first
 COUPLE = np.arange(-32, 33, 2)
 COUPLE_FREQ = normalize((64 >> np.minimum(np.abs(COUPLE) // 2, 6)) + 1)  # peaked at a = 0
 COUPLE_COST = cost(COUPLE_FREQ).astype(np.int64)
+COUPLE_ORDER = ((), (0,), (1, 0))
 # Coder state (pixels, masks, neighbour averages, network inputs and context) is held in float32: every value is an
 # integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
 # first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
@@ -104,7 +106,7 @@ class _TileCoder:
         self.enc, self.dec = enc, dec
         self.bits = 0.0
         self.shifts: ShiftTable | None = None  # set: this tile codes with transmitted shifts, not self.adapt
-        self.couple = np.full((keys, 3), len(COUPLE) // 2)  # with the shifts: coupling corrections (COUPLE[i])
+        self.couple = np.full((keys, 3, 2), len(COUPLE) // 2)  # with the shifts: coupling corrections (COUPLE[i])
         self.log: list | None = [] if record else None
         if record:
             self.shifts = ShiftTable(t["cost"], keys)
@@ -127,17 +129,17 @@ class _TileCoder:
              copy: tuple[np.ndarray, np.ndarray] | None = None, e: np.ndarray | None = None) -> np.ndarray:
         """Encode the pixel values ``x`` (decode when None; returns them) of channel ``col`` in coding step
         ``key`` given the network's scale indices ``s``, mean fractions ``f8`` and centres ``cn``, the copy
-        model's (flags, centres) (version >= 3) and the previous channel's errors ``e`` (16 x - mu; version 4)."""
+        model's (flags, centres) (version >= 3) and the earlier channels' errors ``e`` (16 x - mu; version 4)."""
         if self.log is not None:
             self.log.append((key, col, s, f8, cn, x, copy, e))
             return x
         if self.shifts is not None:  # this step's side information, read or written just before its symbols
-            if col:
+            for j in COUPLE_ORDER[col]:
                 if x is None:
-                    self.couple[key, col] = self.dec.decode(COUPLE_FREQ, 1)[0]
+                    self.couple[key, col, j] = self.dec.decode(COUPLE_FREQ, 1)[0]
                 else:
-                    self.put(self.couple[key, col:col + 1], COUPLE_FREQ)
-                cn, f8 = _recentre(cn, f8, e, COUPLE[self.couple[key, col]])
+                    self.put(self.couple[key, col, j:j + 1], COUPLE_FREQ)
+                cn, f8 = _recentre(cn, f8, e[j], COUPLE[self.couple[key, col, j]])
             cells = self.shifts.cells(s)
             if x is None:
                 self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
@@ -185,16 +187,23 @@ class _TileCoder:
         return best
 
     def _choose(self) -> None:
-        """Version 4 encoder, on the whole tile: the coupling corrections (with the network's scales), then the
-        scale shifts on the corrected means; each minimises the code length including its own."""
+        """Version 4 encoder, on the whole tile: the coupling corrections (with the network's scales; each given
+        those before it), then the scale shifts on the corrected means; each minimises the code length including
+        its own."""
         rows = M.tables()["cost"].rows
-        tot = np.zeros(self.couple.shape + (len(COUPLE),), np.int64)
-        for key, col, s, f8, cn, x, _, e in (op for op in self.log if len(op) > 2 and op[1]):
-            _couple_costs(rows, s, 16 * cn + f8 - 8, x, e, COUPLE, tot[key, col])
-        self.couple = (tot + COUPLE_COST).argmin(axis=-1)  # R (nothing summed): the cheapest, a = 0
-        for key, col, s, f8, cn, x, _, e in (op for op in self.log if len(op) > 2):
-            if col:
-                cn, f8 = _recentre(cn, f8, e, COUPLE[self.couple[key, col]])
+        ops = [op for op in self.log if len(op) > 2]
+        for col in (1, 2):
+            for n, j in enumerate(COUPLE_ORDER[col]):
+                tot = np.zeros((self.keys, len(COUPLE)), np.int64)
+                for key, c, s, f8, cn, x, _, e in ops:
+                    if c == col:
+                        for i in COUPLE_ORDER[col][:n]:
+                            cn, f8 = _recentre(cn, f8, e[i], COUPLE[self.couple[key, col, i]])
+                        _couple_costs(rows, s, 16 * cn + f8 - 8, x, e[j], COUPLE, tot[key])
+                self.couple[:, col, j] = (tot + COUPLE_COST).argmin(axis=-1)
+        for key, col, s, f8, cn, x, _, e in ops:
+            for j in COUPLE_ORDER[col]:
+                cn, f8 = _recentre(cn, f8, e[j], COUPLE[self.couple[key, col, j]])
             self.shifts.add(key, col, s, f8 * 256 + ((x - cn) & 255))
         self.shifts.choose()
 
@@ -479,14 +488,14 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 f8 = (mu - 16 * c + 8)[0, :, 0].numpy().astype(np.int64)
                 cn = c[0, :, 0].numpy().astype(np.int64)
                 xn = xs[0, :, col, 0].numpy().astype(np.int64)
-                ep = e[-1][0, :, 0].numpy().astype(np.int64) if col else None  # the previous channel's errors
+                ep = [ek[0, :, 0].numpy().astype(np.int64) for ek in e]  # the earlier channels' errors
                 if coders[0].copy:  # the copy centres: the earlier channel (just coded; R: 0) plus d
                     fl = cflag[0, :, col, 0].numpy() > 0
                     cc = ((xs[0, :, col - 1, 0] if col else 0) + cdiff[0, :, col, 0]).numpy().astype(np.int64)
                 for b in range(bsz):
                     t = slice(cuts[b], cuts[b + 1])
                     v = coders[b].code(i * p.groups + j, col, s[t], f8[t], cn[t], None if decoding else xn[t],
-                                       (fl[t], cc[t]) if coders[0].copy else None, ep[t] if col else None)
+                                       (fl[t], cc[t]) if coders[0].copy else None, [ek[t] for ek in ep])
                     if decoding:
                         xn[t] = v
                 if decoding:
