@@ -97,8 +97,7 @@ class ShiftTable:
                    np.asarray(rest, np.int64), DELTAS, SHIFT_BUCKET)
 
     def choose(self) -> None:
-        """Per (step, channel), the deltas of the used cells that minimise symbol costs plus difference codes:
-        a shortest path over the cells (Viterbi), exact for the integer costs."""
+        """Per (step, channel), the deltas of the used cells that minimise symbol costs plus difference codes."""
         if self.acc is None:
             return
         order = np.argsort(DELTAS)  # acc's columns in delta order -6..6
@@ -107,20 +106,23 @@ class ShiftTable:
         for key, col in np.ndindex(self.acc.shape[:2]):
             acc = self.acc[key, col][:, order]
             cells = np.flatnonzero(acc.any(axis=1))
-            if not len(cells):
-                continue
-            best = trans[6] + acc[cells[0]]  # from delta 0 (index 6)
-            back = []
-            for c in cells[1:]:
-                tot = best[:, None] + trans
-                back.append(tot.argmin(axis=0))
-                best = tot.min(axis=0) + acc[c]
-            k = int(best.argmin())
-            path = [k]
-            for b in reversed(back):
-                k = int(b[k])
-                path.append(k)
-            self.delta[key, col, cells] = vals[path[::-1]]
+            if len(cells):
+                self.delta[key, col, cells] = vals[best_chain(acc[cells], trans, 6)]  # from delta 0
+
+
+def best_chain(acc: np.ndarray, trans: np.ndarray, start: int) -> np.ndarray:
+    """Options k_1..k_n minimising sum_i acc[i, k_i] + trans[k_(i-1), k_i], k_0 = ``start``: a shortest path
+    (Viterbi), exact for integer costs. For side information sent as differences from the value before."""
+    best = trans[start] + acc[0]
+    back = []
+    for row in acc[1:]:
+        tot = best[:, None] + trans
+        back.append(tot.argmin(axis=0))
+        best = tot.min(axis=0) + row
+    path = [int(best.argmin())]
+    for b in reversed(back):
+        path.append(int(b[path[-1]]))
+    return np.array(path[::-1])
 
 
 @numba.njit(cache=True, nogil=True)

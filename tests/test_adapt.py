@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixark.codec.adapt import BUCKET, DELTAS, SHIFT_BUCKET, SHIFT_COST, ScaleAdapter, ShiftTable
+from pixark.codec.adapt import BUCKET, DELTAS, SHIFT_BUCKET, SHIFT_COST, ScaleAdapter, ShiftTable, best_chain
 from pixark.codec.mspsm import model as mspsm_model
 from pixark.codec.msr import model as msr_model
 
@@ -92,3 +92,19 @@ def test_transmitted_shifts_are_chosen_on_all_the_symbols_with_their_own_cost():
     few.choose()
     gain = [2 * (rows[s0, rest0 + 3] - rows[min(max(s0 + d, 0), 63), rest0 + 3]) for d in DELTAS]
     assert max(gain) > 0 and not few.delta.any()
+
+
+def test_best_chain_is_the_cheapest_path():
+    """The shortest path behind the transmitted side information, against a brute force on random costs."""
+    import itertools
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n, k = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        acc, trans, start = rng.integers(0, 50, (n, k)), rng.integers(0, 50, (k, k)), int(rng.integers(0, k))
+
+        def total(path):
+            return sum(acc[i, p] + trans[q, p] for i, (q, p) in enumerate(zip((start,) + path[:-1], path)))
+
+        got = tuple(int(v) for v in best_chain(acc, trans, start))
+        assert len(got) == n and total(got) == min(total(p) for p in itertools.product(range(k), repeat=n))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..adapt import SHIFT_FREQ, ScaleAdapter, ShiftTable
+from ..adapt import SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chain
 from ..entropy import Decoder, Encoder, cost, normalize
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
@@ -32,13 +32,15 @@ MAGIC = b"MSPS"
 PAYLOAD_VERSIONS = (1, 2, 3, 4)
 UNIFORM = np.full(256, 256, np.int64)
 MODE = np.array([32768, 32768], np.int64)  # a version 4 tile's first symbol: 0 causal, 1 transmitted shifts
-# version 4, mode 1: per (step, channel G or B, earlier channel) a correction of the coupling to that channel's error,
-# mu += floor((a e + 32) / 64), a = COUPLE[symbol] in 1/64 (as the network's coupling coefficients); applied, sent
-# and chosen in COUPLE_ORDER: the previous channel first
+# version 4, mode 1: per (step, channel G or B, earlier channel, cell of COUPLE_BUCKET scale indices) a correction
+# of the coupling to that channel's error, mu += floor((a e + 32) / 64), a in COUPLE (1/64, as the network's coupling
+# coefficients); applied, sent and chosen in COUPLE_ORDER (the previous channel first); sent as the difference from
+# the cell before: symbol = (a - a_before) / 2 + 32
 COUPLE = np.arange(-32, 33, 2)
-COUPLE_FREQ = normalize((64 >> np.minimum(np.abs(COUPLE) // 2, 6)) + 1)  # peaked at a = 0
-COUPLE_COST = cost(COUPLE_FREQ).astype(np.int64)
+COUPLE_BUCKET = 8
 COUPLE_ORDER = ((), (0,), (1, 0))
+COUPLE_FREQ = normalize((64 >> np.minimum(np.abs(np.arange(-32, 33)), 6)) + 1)  # peaked at no difference
+COUPLE_COST = cost(COUPLE_FREQ).astype(np.int64)
 # Coder state (pixels, masks, neighbour averages, network inputs and context) is held in float32: every value is an
 # integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
 # first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
@@ -106,7 +108,7 @@ class _TileCoder:
         self.enc, self.dec = enc, dec
         self.bits = 0.0
         self.shifts: ShiftTable | None = None  # set: this tile codes with transmitted shifts, not self.adapt
-        self.couple = np.full((keys, 3, 2), len(COUPLE) // 2)  # with the shifts: coupling corrections (COUPLE[i])
+        self.couple = np.zeros((keys, 3, 2, -(-64 // COUPLE_BUCKET)), np.int64)  # with the shifts: corrections a
         self.log: list | None = [] if record else None
         if record:
             self.shifts = ShiftTable(t["cost"], keys)
@@ -134,12 +136,15 @@ class _TileCoder:
             self.log.append((key, col, s, f8, cn, x, copy, e))
             return x
         if self.shifts is not None:  # this step's side information, read or written just before its symbols
+            cc = s // COUPLE_BUCKET
+            cells = np.unique(cc)
             for j in COUPLE_ORDER[col]:
+                a = self.couple[key, col, j]
                 if x is None:
-                    self.couple[key, col, j] = self.dec.decode(COUPLE_FREQ, 1)[0]
+                    a[cells] = np.cumsum(2 * (self.dec.decode(COUPLE_FREQ, len(cells)).astype(np.int64) - 32))
                 else:
-                    self.put(self.couple[key, col, j:j + 1], COUPLE_FREQ)
-                cn, f8 = _recentre(cn, f8, e[j], COUPLE[self.couple[key, col, j]])
+                    self.put(np.diff(a[cells], prepend=0) // 2 + 32, COUPLE_FREQ)
+                cn, f8 = _recentre(cn, f8, e[j], a[cc])
             cells = self.shifts.cells(s)
             if x is None:
                 self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
@@ -191,26 +196,30 @@ class _TileCoder:
         those before it), then the scale shifts on the corrected means; each minimises the code length including
         its own."""
         rows = M.tables()["cost"].rows
+        trans = COUPLE_COST[(COUPLE[None, :] - COUPLE[:, None]) // 2 + 32]  # [previous a, a]
         ops = [op for op in self.log if len(op) > 2]
         for col in (1, 2):
             for n, j in enumerate(COUPLE_ORDER[col]):
-                tot = np.zeros((self.keys, len(COUPLE)), np.int64)
+                tot = np.zeros(self.couple.shape[:1] + self.couple.shape[3:] + (len(COUPLE),), np.int64)
                 for key, c, s, f8, cn, x, _, e in ops:
                     if c == col:
                         for i in COUPLE_ORDER[col][:n]:
-                            cn, f8 = _recentre(cn, f8, e[i], COUPLE[self.couple[key, col, i]])
-                        _couple_costs(rows, s, 16 * cn + f8 - 8, x, e[j], COUPLE, tot[key])
-                self.couple[:, col, j] = (tot + COUPLE_COST).argmin(axis=-1)
+                            cn, f8 = _recentre(cn, f8, e[i], self.couple[key, col, i, s // COUPLE_BUCKET])
+                        _couple_costs(rows, s, 16 * cn + f8 - 8, x, e[j], COUPLE_BUCKET, COUPLE, tot[key])
+                for key in range(self.keys):
+                    cells = np.flatnonzero(tot[key].any(axis=1))
+                    if len(cells):
+                        self.couple[key, col, j, cells] = COUPLE[best_chain(tot[key, cells], trans, len(COUPLE) // 2)]
         for key, col, s, f8, cn, x, _, e in ops:
             for j in COUPLE_ORDER[col]:
-                cn, f8 = _recentre(cn, f8, e[j], COUPLE[self.couple[key, col, j]])
+                cn, f8 = _recentre(cn, f8, e[j], self.couple[key, col, j, s // COUPLE_BUCKET])
             self.shifts.add(key, col, s, f8 * 256 + ((x - cn) & 255))
         self.shifts.choose()
 
 
-def _recentre(cn: np.ndarray, f8: np.ndarray, e: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centres and mean fractions of the means moved by a coupling correction ``a`` (1/64) on errors ``e``."""
-    if a == 0:
+def _recentre(cn: np.ndarray, f8: np.ndarray, e: np.ndarray, a) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and mean fractions of the means moved by coupling corrections ``a`` (1/64) on errors ``e``."""
+    if not np.any(a):
         return cn, f8
     mu = np.clip(16 * cn + f8 - 8 + (a * e + 32) // 64, 0, 4080)
     c = (mu + 8) // 16
@@ -218,14 +227,15 @@ def _recentre(cn: np.ndarray, f8: np.ndarray, e: np.ndarray, a: int) -> tuple[np
 
 
 @numba.njit(cache=True, nogil=True)
-def _couple_costs(rows, s, mu, x, e, cands, out):
-    """out[k] += the code length of x under the network's scale ``s`` and mean ``mu`` moved by cands[k] (as
-    ``_recentre``), summed over the symbols."""
+def _couple_costs(rows, s, mu, x, e, bucket, cands, out):
+    """out[s // bucket, k] += the code length of x under the network's scale ``s`` and mean ``mu`` moved by
+    cands[k] (as ``_recentre``), summed over the symbols."""
     for i in range(s.shape[0]):
+        b = s[i] // bucket
         for k in range(cands.shape[0]):
             m = min(max(mu[i] + (cands[k] * e[i] + 32) // 64, 0), 4080)
             c = (m + 8) // 16
-            out[k] += rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
+            out[b, k] += rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
