@@ -432,9 +432,9 @@ def test_copy_model_codes_grey_pixels_cheaply():
         coder.encode(net, colour, version=5)
 
 
-def test_coupling_corrections_cost_what_the_recentred_tables_cost():
-    """Payload version 4's coupling search (compiled, per cell of scale indices) against coding each candidate's
-    recentred means directly."""
+def test_mean_corrections_cost_what_the_recentred_tables_cost():
+    """Payload version 4's search for mean corrections (compiled, per cell of scale indices) against coding each
+    candidate's recentred means directly."""
     rows = M.tables()["cost"].rows
     rng = np.random.default_rng(3)
     n = 500
@@ -442,22 +442,22 @@ def test_coupling_corrections_cost_what_the_recentred_tables_cost():
     cn = (mu0 + 8) // 16
     f8 = mu0 - 16 * cn + 8
     x, e = rng.integers(0, 256, n), rng.integers(-2000, 2000, n)
-    out = np.zeros((64 // coder.COUPLE_BUCKET, len(coder.COUPLE)), np.int64)
-    coder._couple_costs(rows, s, 16 * cn + f8 - 8, x, e, coder.COUPLE_BUCKET, coder.COUPLE, out)
-    for k, a in enumerate(coder.COUPLE):
+    out = np.zeros((64 // coder.CORR_BUCKET, len(coder.CORR)), np.int64)
+    coder._correction_costs(rows, s, 16 * cn + f8 - 8, x, e, coder.CORR_BUCKET, coder.CORR, out)
+    for k, a in enumerate(coder.CORR):
         c, f = coder._recentre(cn, f8, e, int(a))
         mu = np.clip(16 * cn + f8 - 8 + np.floor((a * e + 32) / 64).astype(np.int64), 0, 4080)
         assert np.array_equal(16 * c + f - 8, mu) and f.min() >= 0 and f.max() <= 15
         got = rows[s, f * 256 + ((x - c) & 255)]
-        assert np.array_equal(out[:, k], np.bincount(s // coder.COUPLE_BUCKET, got, minlength=len(out)))
-    per = coder.COUPLE[rng.integers(0, len(coder.COUPLE), n)]  # one correction per symbol, as the coder applies
+        assert np.array_equal(out[:, k], np.bincount(s // coder.CORR_BUCKET, got, minlength=len(out)))
+    per = coder.CORR[rng.integers(0, len(coder.CORR), n)]  # one correction per symbol, as the coder applies
     c, f = coder._recentre(cn, f8, e, per)
     assert np.array_equal(16 * c + f - 8, np.clip(mu0 + (per * e + 32) // 64, 0, 4080))
 
 
 def test_transmitted_shifts_code_a_photo_shorter_and_a_tiny_image_as_before():
     """Payload version 4: each tile is coded with the causal correction of version 3 or with scale shifts and
-    coupling corrections chosen on the whole tile, whichever is shorter (the tile's first symbol says which). On a
+    mean corrections chosen on the whole tile, whichever is shorter (the tile's first symbol says which). On a
     photo those win; on a tiny image they cost more than they save, so the tile stays causal at one bit more than
     version 3."""
     from pixark.codec.entropy import Decoder

@@ -32,15 +32,16 @@ MAGIC = b"MSPS"
 PAYLOAD_VERSIONS = (1, 2, 3, 4)
 UNIFORM = np.full(256, 256, np.int64)
 MODE = np.array([32768, 32768], np.int64)  # a version 4 tile's first symbol: 0 causal, 1 transmitted shifts
-# version 4, mode 1: per (step, channel G or B, earlier channel, cell of COUPLE_BUCKET scale indices) a correction
-# of the coupling to that channel's error, mu += floor((a e + 32) / 64), a in COUPLE (1/64, as the network's coupling
-# coefficients); applied, sent and chosen in COUPLE_ORDER (the previous channel first); sent as the difference from
-# the cell before: symbol = (a - a_before) / 2 + 32
-COUPLE = np.arange(-32, 33, 2)
-COUPLE_BUCKET = 8
-COUPLE_ORDER = ((), (0,), (1, 0))
-COUPLE_FREQ = normalize((64 >> np.minimum(np.abs(np.arange(-32, 33)), 6)) + 1)  # peaked at no difference
-COUPLE_COST = cost(COUPLE_FREQ).astype(np.int64)
+# version 4, mode 1: mean corrections mu += floor((a v + 32) / 64) per (step, channel, term v, cell of CORR_BUCKET
+# scale indices), a in CORR (1/64, as the network's coupling coefficients). The terms of a channel: the earlier
+# channels' errors 16 x - mu (a corrects the network's coupling to them), then the network's offset from the
+# neighbour average (a scales it). Applied, sent and chosen in CORR_TERMS order (the previous channel's error
+# first); each a is sent as the difference from the cell before: symbol = (a - a_before) / 2 + 32.
+CORR = np.arange(-32, 33, 2)
+CORR_BUCKET = 8
+CORR_TERMS = ((0,), (0, 1), (1, 0, 2))  # indices into the channel's terms [errors of R (, G), offset]
+CORR_FREQ = normalize((64 >> np.minimum(np.abs(np.arange(-32, 33)), 6)) + 1)  # peaked at no difference
+CORR_COST = cost(CORR_FREQ).astype(np.int64)
 # Coder state (pixels, masks, neighbour averages, network inputs and context) is held in float32: every value is an
 # integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
 # first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
@@ -108,7 +109,7 @@ class _TileCoder:
         self.enc, self.dec = enc, dec
         self.bits = 0.0
         self.shifts: ShiftTable | None = None  # set: this tile codes with transmitted shifts, not self.adapt
-        self.couple = np.zeros((keys, 3, 2, -(-64 // COUPLE_BUCKET)), np.int64)  # with the shifts: corrections a
+        self.corr = np.zeros((keys, 3, 3, -(-64 // CORR_BUCKET)), np.int64)  # with the shifts: mean corrections a
         self.log: list | None = [] if record else None
         if record:
             self.shifts = ShiftTable(t["cost"], keys)
@@ -128,23 +129,23 @@ class _TileCoder:
         self.bits += float(-np.log2(f / 65536.0).sum())
 
     def code(self, key: int, col: int, s: np.ndarray, f8: np.ndarray, cn: np.ndarray, x: np.ndarray | None,
-             copy: tuple[np.ndarray, np.ndarray] | None = None, e: np.ndarray | None = None) -> np.ndarray:
+             copy: tuple[np.ndarray, np.ndarray] | None = None, terms: list | None = None) -> np.ndarray:
         """Encode the pixel values ``x`` (decode when None; returns them) of channel ``col`` in coding step
         ``key`` given the network's scale indices ``s``, mean fractions ``f8`` and centres ``cn``, the copy
-        model's (flags, centres) (version >= 3) and the earlier channels' errors ``e`` (16 x - mu; version 4)."""
+        model's (flags, centres) (version >= 3) and the terms of the mean corrections (version 4: see CORR)."""
         if self.log is not None:
-            self.log.append((key, col, s, f8, cn, x, copy, e))
+            self.log.append((key, col, s, f8, cn, x, copy, terms))
             return x
         if self.shifts is not None:  # this step's side information, read or written just before its symbols
-            cc = s // COUPLE_BUCKET
+            cc = s // CORR_BUCKET
             cells = np.unique(cc)
-            for j in COUPLE_ORDER[col]:
-                a = self.couple[key, col, j]
+            for j in CORR_TERMS[col]:
+                a = self.corr[key, col, j]
                 if x is None:
-                    a[cells] = np.cumsum(2 * (self.dec.decode(COUPLE_FREQ, len(cells)).astype(np.int64) - 32))
+                    a[cells] = np.cumsum(2 * (self.dec.decode(CORR_FREQ, len(cells)).astype(np.int64) - 32))
                 else:
-                    self.put(np.diff(a[cells], prepend=0) // 2 + 32, COUPLE_FREQ)
-                cn, f8 = _recentre(cn, f8, e[j], a[cc])
+                    self.put(np.diff(a[cells], prepend=0) // 2 + 32, CORR_FREQ)
+                cn, f8 = _recentre(cn, f8, terms[j], a[cc])
             cells = self.shifts.cells(s)
             if x is None:
                 self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
@@ -183,7 +184,7 @@ class _TileCoder:
             c.put(np.array([int(table is not None)]), MODE)
             if table is not None:
                 c.use_shifts(table)
-                c.couple = self.couple
+                c.corr = self.corr
             for op in self.log:
                 c.put(*op) if len(op) == 2 else c.code(*op)
             data = c.enc.finish()
@@ -192,48 +193,48 @@ class _TileCoder:
         return best
 
     def _choose(self) -> None:
-        """Version 4 encoder, on the whole tile: the coupling corrections (with the network's scales; each given
-        those before it), then the scale shifts on the corrected means; each minimises the code length including
-        its own."""
+        """Version 4 encoder, on the whole tile: the mean corrections (with the network's scales; each given those
+        before it), then the scale shifts on the corrected means; each minimises the code length including its
+        own."""
         rows = M.tables()["cost"].rows
-        trans = COUPLE_COST[(COUPLE[None, :] - COUPLE[:, None]) // 2 + 32]  # [previous a, a]
+        trans = CORR_COST[(CORR[None, :] - CORR[:, None]) // 2 + 32]  # [previous a, a]
         ops = [op for op in self.log if len(op) > 2]
-        for col in (1, 2):
-            for n, j in enumerate(COUPLE_ORDER[col]):
-                tot = np.zeros(self.couple.shape[:1] + self.couple.shape[3:] + (len(COUPLE),), np.int64)
-                for key, c, s, f8, cn, x, _, e in ops:
+        for col in range(3):
+            for n, j in enumerate(CORR_TERMS[col]):
+                tot = np.zeros((self.keys, self.corr.shape[3], len(CORR)), np.int64)
+                for key, c, s, f8, cn, x, _, terms in ops:
                     if c == col:
-                        for i in COUPLE_ORDER[col][:n]:
-                            cn, f8 = _recentre(cn, f8, e[i], self.couple[key, col, i, s // COUPLE_BUCKET])
-                        _couple_costs(rows, s, 16 * cn + f8 - 8, x, e[j], COUPLE_BUCKET, COUPLE, tot[key])
+                        for i in CORR_TERMS[col][:n]:
+                            cn, f8 = _recentre(cn, f8, terms[i], self.corr[key, col, i, s // CORR_BUCKET])
+                        _correction_costs(rows, s, 16 * cn + f8 - 8, x, terms[j], CORR_BUCKET, CORR, tot[key])
                 for key in range(self.keys):
                     cells = np.flatnonzero(tot[key].any(axis=1))
                     if len(cells):
-                        self.couple[key, col, j, cells] = COUPLE[best_chain(tot[key, cells], trans, len(COUPLE) // 2)]
-        for key, col, s, f8, cn, x, _, e in ops:
-            for j in COUPLE_ORDER[col]:
-                cn, f8 = _recentre(cn, f8, e[j], self.couple[key, col, j, s // COUPLE_BUCKET])
+                        self.corr[key, col, j, cells] = CORR[best_chain(tot[key, cells], trans, len(CORR) // 2)]
+        for key, col, s, f8, cn, x, _, terms in ops:
+            for j in CORR_TERMS[col]:
+                cn, f8 = _recentre(cn, f8, terms[j], self.corr[key, col, j, s // CORR_BUCKET])
             self.shifts.add(key, col, s, f8 * 256 + ((x - cn) & 255))
         self.shifts.choose()
 
 
-def _recentre(cn: np.ndarray, f8: np.ndarray, e: np.ndarray, a) -> tuple[np.ndarray, np.ndarray]:
-    """Centres and mean fractions of the means moved by coupling corrections ``a`` (1/64) on errors ``e``."""
+def _recentre(cn: np.ndarray, f8: np.ndarray, v: np.ndarray, a) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and mean fractions of the means moved by corrections ``a`` (1/64) on the term ``v``."""
     if not np.any(a):
         return cn, f8
-    mu = np.clip(16 * cn + f8 - 8 + (a * e + 32) // 64, 0, 4080)
+    mu = np.clip(16 * cn + f8 - 8 + (a * v + 32) // 64, 0, 4080)
     c = (mu + 8) // 16
     return c, mu - 16 * c + 8
 
 
 @numba.njit(cache=True, nogil=True)
-def _couple_costs(rows, s, mu, x, e, bucket, cands, out):
+def _correction_costs(rows, s, mu, x, v, bucket, cands, out):
     """out[s // bucket, k] += the code length of x under the network's scale ``s`` and mean ``mu`` moved by
     cands[k] (as ``_recentre``), summed over the symbols."""
     for i in range(s.shape[0]):
         b = s[i] // bucket
         for k in range(cands.shape[0]):
-            m = min(max(mu[i] + (cands[k] * e[i] + 32) // 64, 0), 4080)
+            m = min(max(mu[i] + (cands[k] * v[i] + 32) // 64, 0), 4080)
             c = (m + 8) // 16
             out[b, k] += rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
 
@@ -498,14 +499,15 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 f8 = (mu - 16 * c + 8)[0, :, 0].numpy().astype(np.int64)
                 cn = c[0, :, 0].numpy().astype(np.int64)
                 xn = xs[0, :, col, 0].numpy().astype(np.int64)
-                ep = [ek[0, :, 0].numpy().astype(np.int64) for ek in e]  # the earlier channels' errors
+                # the mean corrections' terms: the earlier channels' errors, the network's offset
+                vs = [v[0, :, 0].numpy().astype(np.int64) for v in e + [off[:, :, col]]]
                 if coders[0].copy:  # the copy centres: the earlier channel (just coded; R: 0) plus d
                     fl = cflag[0, :, col, 0].numpy() > 0
                     cc = ((xs[0, :, col - 1, 0] if col else 0) + cdiff[0, :, col, 0]).numpy().astype(np.int64)
                 for b in range(bsz):
                     t = slice(cuts[b], cuts[b + 1])
                     v = coders[b].code(i * p.groups + j, col, s[t], f8[t], cn[t], None if decoding else xn[t],
-                                       (fl[t], cc[t]) if coders[0].copy else None, [ek[t] for ek in ep])
+                                       (fl[t], cc[t]) if coders[0].copy else None, [v[t] for v in vs])
                     if decoding:
                         xn[t] = v
                 if decoding:
