@@ -80,7 +80,7 @@ class ShiftTable:
     @staticmethod
     def cells(s: np.ndarray) -> np.ndarray:
         """The cells scale indices ``s`` fall in, ascending: whose deltas a step sends."""
-        return np.unique(s // SHIFT_BUCKET)
+        return np.flatnonzero(np.bincount(s // SHIFT_BUCKET))
 
     def symbols(self, key: int, col: int, cells: np.ndarray) -> np.ndarray:
         return np.diff(self.delta[key, col, cells], prepend=0) + 12

@@ -39,6 +39,7 @@ MODE = np.array([32768, 32768], np.int64)  # a version 4 tile's first symbol: 0 
 # first); each a is sent as the difference from the cell before: symbol = (a - a_before) / 2 + 32.
 CORR = np.arange(-32, 33, 2)
 CORR_BUCKET = 8
+CORR_SAMPLE = 16384  # the encoder chooses corrections on about this many symbols of a step (speed)
 CORR_TERMS = ((0,), (0, 1), (1, 0, 2))  # indices into the channel's terms [errors of R (, G), offset]
 CORR_FREQ = normalize((64 >> np.minimum(np.abs(np.arange(-32, 33)), 6)) + 1)  # peaked at no difference
 CORR_COST = cost(CORR_FREQ).astype(np.int64)
@@ -138,7 +139,7 @@ class _TileCoder:
             return x
         if self.shifts is not None:  # this step's side information, read or written just before its symbols
             cc = s // CORR_BUCKET
-            cells = np.unique(cc)
+            cells = np.flatnonzero(np.bincount(cc))
             for j in CORR_TERMS[col]:
                 a = self.corr[key, col, j]
                 if x is None:
@@ -203,10 +204,14 @@ class _TileCoder:
             for n, j in enumerate(CORR_TERMS[col]):
                 tot = np.zeros((self.keys, self.corr.shape[3], len(CORR)), np.int64)
                 for key, c, s, f8, cn, x, _, terms in ops:
-                    if c == col:
+                    if c == col:  # one step and channel: on a large one, every k-th symbol counted k times
+                        k = max(1, len(s) // CORR_SAMPLE)
+                        s, f8, cn, x, terms = s[::k], f8[::k], cn[::k], x[::k], [v[::k] for v in terms]
                         for i in CORR_TERMS[col][:n]:
                             cn, f8 = _recentre(cn, f8, terms[i], self.corr[key, col, i, s // CORR_BUCKET])
-                        _correction_costs(rows, s, 16 * cn + f8 - 8, x, terms[j], CORR_BUCKET, CORR, tot[key])
+                        part = np.zeros(tot.shape[1:], np.int64)
+                        _correction_costs(rows, s, 16 * cn + f8 - 8, x, terms[j], CORR_BUCKET, CORR, part)
+                        tot[key] += k * part
                 for key in range(self.keys):
                     cells = np.flatnonzero(tot[key].any(axis=1))
                     if len(cells):
@@ -222,8 +227,8 @@ def _recentre(cn: np.ndarray, f8: np.ndarray, v: np.ndarray, a) -> tuple[np.ndar
     """Centres and mean fractions of the means moved by corrections ``a`` (1/64) on the term ``v``."""
     if not np.any(a):
         return cn, f8
-    mu = np.clip(16 * cn + f8 - 8 + (a * v + 32) // 64, 0, 4080)
-    c = (mu + 8) // 16
+    mu = np.clip(16 * cn + f8 - 8 + ((a * v + 32) >> 6), 0, 4080)  # shifts: floor division by 64, by 16
+    c = (mu + 8) >> 4
     return c, mu - 16 * c + 8
 
 
@@ -234,8 +239,8 @@ def _correction_costs(rows, s, mu, x, v, bucket, cands, out):
     for i in range(s.shape[0]):
         b = s[i] // bucket
         for k in range(cands.shape[0]):
-            m = min(max(mu[i] + (cands[k] * v[i] + 32) // 64, 0), 4080)
-            c = (m + 8) // 16
+            m = min(max(mu[i] + ((cands[k] * v[i] + 32) >> 6), 0), 4080)
+            c = (m + 8) >> 4
             out[b, k] += rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
 
 
