@@ -76,6 +76,8 @@ EXPECTED_MODE = {"grey": "L", "rgba": "RGBA", "la": "LA", "grey16": "I;16", "rgb
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED_MODE) + ["jpeg"])
 def test_auto_handles_every_kind_of_input(kind):
+    from pixark.codec import api
+
     data = _odd_images()[kind]
     src = pc.load(data)
     stream = pc.encode(data, "auto")
@@ -87,7 +89,7 @@ def test_auto_handles_every_kind_of_input(kind):
         assert back.to_file() == data
         return
     assert src.mode == EXPECTED_MODE[kind]
-    assert meta["codec"] in ("jxl-ll", "png", "store")
+    assert meta["codec"] in ("jxl-ll", "png", "store") + api.AUTO_LEARNED
     assert np.array_equal(back.pixels, src.pixels)
     # written back in its original format, the file decodes to the same pixels and mode
     again = pc.load(back.to_file())
@@ -198,7 +200,7 @@ def test_every_registered_codec_describes_itself():
 
 def test_auto_learned_all_picks_the_smallest_learned_or_classical_stream():
     """auto:learned=all tries every learned codec with shipped weights beside jxl-ll and keeps the smallest;
-    learned=none and the default (no learned codec proven yet) try jxl-ll alone; a bad choice is an error."""
+    learned=none tries jxl-ll alone; a bad choice is an error."""
     from pixark.codec import api, registry
 
     img = pc.load(photo_array(48))
@@ -214,6 +216,21 @@ def test_auto_learned_all_picks_the_smallest_learned_or_classical_stream():
     assert np.array_equal(pc.decode(data).pixels, img.pixels)
     with pytest.raises(ValueError, match="learned="):
         pc.encode(img, "auto:learned=maybe")
+
+
+def test_auto_tries_mspsm_for_8_bit_rgb_only():
+    """The default `auto` tries the proven learned codec (mspsm, when its weights ship) beside jxl-ll for 8-bit RGB,
+    and jxl-ll alone for other images; its stream is the smaller of the two and decodes exactly."""
+    from pixark.codec import api, registry
+
+    if not registry.get("mspsm").available():
+        pytest.skip("mspsm has no shipped weights")
+    rgb = pc.load(photo_array(40))
+    assert [n for n, _ in api.candidates(rgb)] == ["mspsm", "jxl-ll"]
+    assert [n for n, _ in api.candidates(pc.load(photo_array(40)[:, :, 0]))] == ["jxl-ll"]
+    data = pc.encode(rgb, "auto")
+    sizes = [len(pc.encode(rgb, n)) for n in ("mspsm", "jxl-ll")]
+    assert len(data) == min(sizes) and np.array_equal(pc.decode(data).pixels, rgb.pixels)
 
 
 def test_auto_keeps_the_smallest_candidate(monkeypatch):
