@@ -4,11 +4,11 @@ Payload layout (little endian):
     b"MSPS" | u8 payload version (1 to 4) | u32 height | u32 width | u32 tile | u32 n_tiles | n_tiles x u32 length |
     the tiles' range-coded streams, in raster order of tiles.
 Inside one tile's stream, in this order: (version 4) the tile's mode, 0 = the causal scale correction of version 3,
-1 = transmitted shifts (``adapt.ShiftTable``; the deltas of each (group, channel) just before its symbols, for the
-cells it uses); the coarsest scale x^(M) with a
-uniform model (channel-major raster), then scales M-1 .. 0, groups in order, channels R, G, B; the subpixels of one
-(group, channel) are listed phase-major raster and coded in a stable sort by table index, one 1-D table call per
-distinct table (the decoder computes the same table indices before decoding, so the order is agreed).
+1 = transmitted corrections; the coarsest scale x^(M) with a uniform model (channel-major raster), then scales
+M-1 .. 0, groups in order, channels R, G, B, each (group, channel) in mode 1 preceded by its corrections (the mean
+corrections of each term, then the scale shifts, ``adapt.ShiftTable``, for the cells the step uses); the subpixels
+of one (group, channel) are listed phase-major raster and coded in a stable sort by table index, one 1-D table
+call per distinct table (the decoder computes the same table indices before decoding, so the order is agreed).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from . import model as M
 
 MAGIC = b"MSPS"
 # 1: as first shipped; 2: K = 1 with per-tile scale correction (codec/adapt.py); 3: version 2 plus the copy model;
-# 4: version 3, or per tile transmitted scale shifts instead of the causal correction, whichever is shorter
+# 4: per tile version 3, or transmitted scale shifts and mean corrections instead of the causal correction,
+# whichever is shorter
 PAYLOAD_VERSIONS = (1, 2, 3, 4)
 UNIFORM = np.full(256, 256, np.int64)
-MODE = np.array([32768, 32768], np.int64)  # a version 4 tile's first symbol: 0 causal, 1 transmitted shifts
+MODE = np.array([32768, 32768], np.int64)  # a version 4 tile's first symbol: 0 causal, 1 transmitted corrections
 # version 4, mode 1: mean corrections mu += floor((a v + 32) / 64) per (step, channel, term v, cell of CORR_BUCKET
 # scale indices), a in CORR (1/64, as the network's coupling coefficients). The terms of a channel: the earlier
 # channels' errors 16 x - mu (a corrects the network's coupling to them), then the network's offset from the
@@ -96,7 +97,7 @@ class _TileCoder:
     """One tile's entropy coding: the symbols of each (group, channel) in runs of equal table index, with the
     tile's scale correction (payload version >= 2, K = 1; codec/adapt.py) and copy model (version >= 3). A version
     4 encoder only records the tile's coding calls (``record``); ``finish`` then codes the tile twice, with the
-    causal correction and with shifts chosen on the whole tile (``ShiftTable``), and keeps the shorter. ``bits``
+    causal correction and with corrections chosen on the whole tile (``_choose``), and keeps the shorter. ``bits``
     counts the ideal code length of what an encoder coded. ``keys``: coding steps (scales x groups)."""
 
     def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None, version: int = 1, keys: int = 0,
@@ -512,7 +513,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 for b in range(bsz):
                     t = slice(cuts[b], cuts[b + 1])
                     v = coders[b].code(i * p.groups + j, col, s[t], f8[t], cn[t], None if decoding else xn[t],
-                                       (fl[t], cc[t]) if coders[0].copy else None, [v[t] for v in vs])
+                                       (fl[t], cc[t]) if coders[0].copy else None, [u[t] for u in vs])
                     if decoding:
                         xn[t] = v
                 if decoding:
