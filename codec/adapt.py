@@ -65,9 +65,9 @@ class ShiftTable:
     """Transmitted scale correction: one delta per (coding step ``key``, channel, cell of SHIFT_BUCKET scale
     indices). The encoder sums, over a whole tile, what every delta would cost in each cell (``add``) and picks
     the deltas with the smallest total including their own code length in the stream (``choose``). A step's deltas
-    are sent just before its symbols, for the cells it uses, in cell order, each as the difference from the one
-    before (``symbols`` / ``read``). Unlike the causal ``ScaleAdapter`` it pays no learning cost and follows how
-    the network's errors change from scale to scale and group to group."""
+    are sent just before its symbols, for the cells it uses (``used_cells``), in cell order, each as the
+    difference from the one before (``symbols`` / ``read``). Unlike the causal ``ScaleAdapter`` it pays no learning
+    cost and follows how the network's errors change from scale to scale and group to group."""
 
     def __init__(self, bank: CostBank, keys: int, channels: int = 3) -> None:
         self.bank = bank
@@ -77,16 +77,11 @@ class ShiftTable:
     def shift(self, key: int, col: int, s: np.ndarray) -> np.ndarray:
         return np.clip(s + self.delta[key, col, s // SHIFT_BUCKET], 0, self.bank.n_scales - 1)
 
-    @staticmethod
-    def cells(s: np.ndarray) -> np.ndarray:
-        """The cells scale indices ``s`` fall in, ascending: whose deltas a step sends."""
-        return np.flatnonzero(np.bincount(s // SHIFT_BUCKET))
-
     def symbols(self, key: int, col: int, cells: np.ndarray) -> np.ndarray:
-        return np.diff(self.delta[key, col, cells], prepend=0) + 12
+        return chain_symbols(self.delta[key, col, cells], 1, 12)
 
     def read(self, key: int, col: int, cells: np.ndarray, symbols: np.ndarray) -> None:
-        self.delta[key, col, cells] = np.cumsum(np.asarray(symbols, np.int64) - 12)  # any value: shift clips
+        self.delta[key, col, cells] = chain_values(symbols, 1, 12)  # any value: shift clips
 
     def add(self, key: int, col: int, s: np.ndarray, rest: np.ndarray) -> None:
         """Encoder: add what every delta would cost on these symbols (as ``ScaleAdapter.update``)."""
@@ -108,6 +103,21 @@ class ShiftTable:
             cells = np.flatnonzero(acc.any(axis=1))
             if len(cells):
                 self.delta[key, col, cells] = vals[best_chain(acc[cells], trans, 6)]  # from delta 0
+
+
+def used_cells(s: np.ndarray, bucket: int) -> np.ndarray:
+    """The cells of ``bucket`` scale indices that indices ``s`` fall in, ascending: whose values a step sends."""
+    return np.flatnonzero(np.bincount(s // bucket))
+
+
+def chain_symbols(values: np.ndarray, step: int, centre: int) -> np.ndarray:
+    """Side information (multiples of ``step``) as symbols: each value's difference from the one before (0 before
+    the first) in steps, plus ``centre``. ``chain_values`` inverts it."""
+    return np.diff(values, prepend=0) // step + centre
+
+
+def chain_values(symbols: np.ndarray, step: int, centre: int) -> np.ndarray:
+    return np.cumsum(step * (np.asarray(symbols, np.int64) - centre))
 
 
 def best_chain(acc: np.ndarray, trans: np.ndarray, start: int) -> np.ndarray:

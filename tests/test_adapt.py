@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixark.codec.adapt import BUCKET, DELTAS, SHIFT_BUCKET, SHIFT_COST, ScaleAdapter, ShiftTable, best_chain
+from pixark.codec.adapt import (BUCKET, DELTAS, SHIFT_BUCKET, SHIFT_COST, ScaleAdapter, ShiftTable, best_chain,
+                                used_cells)
 from pixark.codec.mspsm import model as mspsm_model
 from pixark.codec.msr import model as msr_model
 
@@ -68,7 +69,7 @@ def test_transmitted_shifts_are_chosen_on_all_the_symbols_with_their_own_cost():
         tab.add(1, 2, np.full(n, s), np.full(n, r))
     tab.add(1, 2, np.array([mid]), np.array([rest0]))  # sums accumulate
     tab.choose()
-    cells = ShiftTable.cells(np.array([hi, lo, mid, lo]))
+    cells = used_cells(np.array([hi, lo, mid, lo]), SHIFT_BUCKET)
     assert list(cells) == [lo // SHIFT_BUCKET, mid // SHIFT_BUCKET, hi // SHIFT_BUCKET]
 
     def total(path):

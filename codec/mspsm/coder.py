@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..adapt import SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chain
+from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chain, chain_symbols, chain_values, \
+    used_cells
 from ..entropy import Decoder, Encoder, cost, normalize
 from ..errors import CorruptStream, UnsupportedStream
 from ..nn.quant import run_on
@@ -139,16 +140,15 @@ class _TileCoder:
             self.log.append((key, col, s, f8, cn, x, copy, terms))
             return x
         if self.shifts is not None:  # this step's side information, read or written just before its symbols
-            cc = s // CORR_BUCKET
-            cells = np.flatnonzero(np.bincount(cc))
+            cells, cc = used_cells(s, CORR_BUCKET), s // CORR_BUCKET
             for j in CORR_TERMS[col]:
                 a = self.corr[key, col, j]
                 if x is None:
-                    a[cells] = np.cumsum(2 * (self.dec.decode(CORR_FREQ, len(cells)).astype(np.int64) - 32))
+                    a[cells] = chain_values(self.dec.decode(CORR_FREQ, len(cells)), 2, 32)
                 else:
-                    self.put(np.diff(a[cells], prepend=0) // 2 + 32, CORR_FREQ)
+                    self.put(chain_symbols(a[cells], 2, 32), CORR_FREQ)
                 cn, f8 = _recentre(cn, f8, terms[j], a[cc])
-            cells = self.shifts.cells(s)
+            cells = used_cells(s, SHIFT_BUCKET)
             if x is None:
                 self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
             else:
