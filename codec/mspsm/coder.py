@@ -98,11 +98,12 @@ class _TileCoder:
     """One tile's entropy coding: the symbols of each (group, channel) in runs of equal table index, with the
     tile's scale correction (payload version >= 2, K = 1; codec/adapt.py) and copy model (version >= 3). A version
     4 encoder only records the tile's coding calls (``record``); ``finish`` then codes the tile twice, with the
-    causal correction and with corrections chosen on the whole tile (``_choose``), and keeps the shorter. ``bits``
-    counts the ideal code length of what an encoder coded. ``keys``: coding steps (scales x groups)."""
+    causal correction and with corrections chosen on the whole tile (``_choose``), and keeps the shorter. With
+    ``count``, ``bits`` sums the ideal code length of what an encoder coded (only then: it costs a log per symbol).
+    ``keys``: coding steps (scales x groups)."""
 
     def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None, version: int = 1, keys: int = 0,
-                 record: bool = False):
+                 record: bool = False, count: bool = False):
         t = M.tables()
         self.version, self.keys = version, keys
         self.adapt = ScaleAdapter(t["cost"]) if version >= 2 else None
@@ -110,7 +111,7 @@ class _TileCoder:
         self.freq = t["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
         self.bank = t["bank"]
         self.enc, self.dec = enc, dec
-        self.bits = 0.0
+        self.count, self.bits = count, 0.0
         self.shifts: ShiftTable | None = None  # set: this tile codes with transmitted shifts, not self.adapt
         self.corr = np.zeros((keys, 3, 3, -(-64 // CORR_BUCKET)), np.int64)  # with the shifts: mean corrections a
         self.log: list | None = [] if record else None
@@ -128,8 +129,11 @@ class _TileCoder:
             self.log.append((symbols, freqs))
             return
         self.enc.encode(symbols, freqs)
-        f = freqs[symbols] if freqs.ndim == 1 else freqs[np.arange(len(freqs)), symbols]
-        self.bits += float(-np.log2(f / 65536.0).sum())
+        if self.count:
+            self._add_bits(freqs[symbols] if freqs.ndim == 1 else freqs[np.arange(len(freqs)), symbols])
+
+    def _add_bits(self, freqs: np.ndarray) -> None:
+        self.bits += float(-np.log2(freqs / 65536.0).sum())
 
     def code(self, key: int, col: int, s: np.ndarray, f8: np.ndarray, cn: np.ndarray, x: np.ndarray | None,
              copy: tuple[np.ndarray, np.ndarray] | None = None, terms: list | None = None) -> np.ndarray:
@@ -167,7 +171,8 @@ class _TileCoder:
         else:
             sym = (x - cen) & 255
             self.enc.encode_indexed(sym, use, self.bank)
-            self.bits += float(-np.log2(self.freq[use, sym] / 65536.0).sum())
+            if self.count:
+                self._add_bits(self.freq[use, sym])
         if self.adapt:
             self.adapt.update(col, s, f8 * 256 + ((x - cn) & 255))
         if self.copy and copy[0].any():
@@ -182,7 +187,7 @@ class _TileCoder:
         self._choose()
         best = None
         for table in (None, self.shifts):
-            c = _TileCoder(Encoder(), version=self.version, keys=self.keys)
+            c = _TileCoder(Encoder(), version=self.version, keys=self.keys, count=self.count)
             c.put(np.array([int(table is not None)]), MODE)
             if table is not None:
                 c.use_shifts(table)
@@ -634,7 +639,8 @@ def encode(net: M.IntNet, pixels: np.ndarray, tile: int = DEFAULT_TILE, tile_bat
         ty, tx, th, tw = grid[idxs[0]]
         batch = np.stack([pixels[grid[k][0]:grid[k][0] + th, grid[k][1]:grid[k][1] + tw] for k in idxs])
         rec = version >= 4  # the shifts are chosen on the whole tile: code it when it is done
-        coders = [_TileCoder(None if rec else Encoder(), version=version, keys=keys, record=rec) for _ in idxs]
+        coders = [_TileCoder(None if rec else Encoder(), version=version, keys=keys, record=rec,
+                             count=stats is not None) for _ in idxs]
         run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats,
                   device=device)
         for k, cd in zip(idxs, coders):
