@@ -182,6 +182,10 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
     opt = torch.optim.Adam(net.parameters(), lr=lr0)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     state = {"step": 0, "elapsed": 0.0, "best_dev": None, "history": []}
+    if resume and not os.path.exists(ckpt_path) and not init:
+        # a run stopped before its first checkpoint: starting a fresh network at the profile's defaults here
+        # would silently throw away what the user meant to continue
+        raise SystemExit(f"--resume: no checkpoint in {out} (give --init to start from weights instead)")
     if resume and os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck.get("profile") != profile or ck.get("codec") != codec:

@@ -291,6 +291,8 @@ def test_train_warm_start_resume_and_export(tmp_path):
     assert r["steps"] == 3 and "warm start from cpu-small step 2" in (tmp_path / "w.md").read_text()
     net, _ = E.load_intnet(str(tmp_path / "w.npz"), "cpu-fb")
     assert net.p.feedback
+    with pytest.raises(SystemExit, match="no checkpoint"):  # nothing to resume and nothing to start from
+        train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "none"), steps=1, resume=True, **quiet)
     with pytest.raises(SystemExit, match="cannot warm-start"):
         train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=ck, **quiet)
     # --init from a weights file: training goes on (here widened) from the exported integers
