@@ -197,7 +197,7 @@ def test_golden_streams_cover_every_payload_version():
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in _golden().items()
-                                        if e.get("payload_version", 1) == coder.PAYLOAD_VERSION))
+                                        if e.get("payload_version", 1) in (coder.PAYLOAD_VERSION, coder.TILED_VERSION)))
 def test_golden_msr_stream_reencodes_identically(name):
     """Same pixels and parameters give the same bytes (the WebP encoder is part of this: skip if libwebp differs)."""
     import imagecodecs
@@ -284,14 +284,63 @@ def test_training_hooks_run_a_few_steps(tmp_path):
     assert s["steps"] == 2 and os.path.exists(tmp_path / "run" / "checkpoint.pt")
 
 
-def test_images_above_the_memory_bound_are_declined():
-    big = pc.load(np.zeros((1500, 1500, 3), np.uint8))
-    assert "up to" in pc.get("msr").supports(big)
+# ------------------------------------------------------------------------------------------------ tiles
+def test_large_images_are_coded_in_independent_tiles(net):
+    x = dev_photo(3, 100, 130)
+    payload = coder.encode(x, net, 90, 5, 2, tile=48)
+    f = coder.parse(payload)
+    assert f["version"] == coder.TILED_VERSION and f["tile"] == (34, 44) and len(f["tiles"]) == 9
+    grid = coder.tile_grid(100, 130, 34, 44)
+    assert grid[-1] == (68, 100, 88, 130)
+    for (y0, y1, x0, x1), sub in zip(grid, f["tiles"]):  # each tile is the plain payload of its rectangle
+        assert sub == coder.encode(np.ascontiguousarray(x[y0:y1, x0:x1]), net, 90, 5, 2)
+    assert np.array_equal(coder.decode(payload, net), x)
+    # up to the tile size nothing changes: the version-2 payload of the whole image
+    whole = coder.encode(x, net, 90, 5, 2)
+    assert coder.parse(whole)["version"] == coder.PAYLOAD_VERSION == 2
+    assert coder.encode(x, net, 90, 5, 2, tile=130) == whole
+
+
+def test_image_wider_than_a_tile_round_trips_through_api():
+    x = np.ascontiguousarray(np.tile(dev_photo(4, 12, 400), (1, 3, 1)))  # 12 x 1200: two tiles of 12 x 600
+    assert pc.get("msr").supports(pc.load(np.zeros((20000, 8, 3), np.uint8))) is None  # no size limit
+    data = pc.encode(x, codec="msr", verify=True)
+    assert pc.info(data)["codec"] == "msr"
+    assert np.array_equal(pc.decode(data).pixels, x)
+
+
+def _tiled(parts: list[bytes], h: int, w: int, th: int, tw: int, k=5, T=2, q=90) -> bytes:
+    import struct
+
+    head = coder._HEAD.pack(coder.MAGIC, coder.TILED_VERSION, k, T, q, 0, h, w) + coder._TILES.pack(th, tw)
+    return head + b"".join(struct.pack("<I", len(p)) + p for p in parts)
+
+
+def test_damaged_tiling_is_corrupt(net):
+    x = dev_photo(5, 40, 60)
+    payload = coder.encode(x, net, 90, 5, 2, tile=32)  # tiles of 20 x 30
+    tiles = coder.parse(payload)["tiles"]
+    assert payload == _tiled(tiles, 40, 60, 20, 30)
+    bad = {
+        "truncated": payload[:-7],
+        "tiles cut": payload[:coder._HEAD.size + coder._TILES.size + 6],
+        "trailing": payload + b"\0",
+        "tile shape": _tiled(tiles, 40, 60, 30, 20),
+        "tile parameters": _tiled(tiles[:3] + [coder.encode(x[20:, 30:].copy(), net, 80, 5, 2)], 40, 60, 20, 30),
+        "nested": _tiled([payload] * 4, 80, 120, 40, 60),
+        "zero tile": _tiled([], 40, 60, 0, 30),
+        "billions of tiles": _tiled(tiles, 1 << 14, 1 << 14, 1, 1),
+    }
+    for what, data in bad.items():  # (tiles of one shape swapped decode to other pixels: the container's hash says so)
+        with pytest.raises(CorruptStream):
+            coder.decode(data, net)
 
 
 def make_golden() -> None:
     """Add goldens of the payload version this build writes, with the golden weights: the pixels and parameters
-    of the version-1 goldens, re-encoded (older files stay; the manifest records each file's payload version)."""
+    of the version-1 goldens, re-encoded, and one image wider than a tile (version 3); older files stay; the
+    manifest records each file's payload version."""
+    import dataclasses
     import hashlib
 
     import imagecodecs
@@ -311,6 +360,16 @@ def make_golden() -> None:
         (GOLDEN / new).write_bytes(data)
         manifest[new] = {**exp, "bytes": len(data), "payload_version": coder.PAYLOAD_VERSION,
                          "libwebp": imagecodecs.webp_version(), "stream_sha256": hashlib.sha256(data).hexdigest()}
+        if name == "msr-rgb-q90-k5-t4.pxk":  # tiled (version 3): these pixels repeated to wider than a tile
+            x = coder.decode(payload, net)
+            x = np.ascontiguousarray(np.tile(x, (1, coder.TILE // x.shape[1] + 1, 1)))
+            h, w = x.shape[:2]
+            data = pack(dataclasses.replace(header, height=h, width=w, pixel_sha256=pc.pixel_sha256(x)), blobs,
+                        coder.encode(x, net, p["q"], p["k"], p["T"]))
+            wide = f"msr-v{coder.TILED_VERSION}-wide-q90-k5-t4.pxk"
+            (GOLDEN / wide).write_bytes(data)
+            manifest[wide] = {**manifest[new], "bytes": len(data), "payload_version": coder.TILED_VERSION,
+                              "pixel_sha256": pc.pixel_sha256(x), "stream_sha256": hashlib.sha256(data).hexdigest()}
     GOLDEN_MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 

@@ -17,13 +17,8 @@ from ..image import DecodedImage
 from ..registry import Codec, Encoded, check_device, register
 from . import model as M
 from . import weights as W
-from .webpbase import MAX_SIDE
 
 Q_AUTO = (85, 90, 95)
-# The coder keeps whole-image state (network inputs, outputs, residual planes) in memory: peak RSS was 810 MB
-# for a 1 Mpx image, so larger images than 2 Mpx are left to other codecs (``auto`` falls back) rather than
-# risk a worker's memory. Banded state would lift this (docs/MSR.md, what is left).
-MAX_PIXELS = 1 << 21
 
 
 class MsrCodec(Codec):
@@ -40,11 +35,7 @@ class MsrCodec(Codec):
             return image.reason or "no pixels"
         if px.dtype != np.uint8 or px.ndim != 3 or px.shape[2] != 3:
             return "msr codes 8-bit RGB only"
-        if max(px.shape[:2]) > MAX_SIDE:
-            return f"WebP (the msr base layer) is limited to {MAX_SIDE} pixels a side"
-        if px.shape[0] * px.shape[1] > MAX_PIXELS:
-            return f"msr codes images up to {MAX_PIXELS} pixels (whole-image state in memory)"
-        return None
+        return None  # any size: images over coder.TILE a side are coded in tiles
 
     def available(self) -> bool:
         return W.exists(M.DEFAULT_PROFILE)

@@ -9,6 +9,9 @@ Payload layout (versions 1 and 2, all integers little-endian; docs/MSR.md has th
       rank), per colour c, per table (ascending index s*64 + m; version 2: s shifted by the scale correction), the
       LSBs of the chunk's pixels in raster order.
 
+Version 3 (images over TILE a side): the same 16-byte head, then u32 tile height | u32 tile width | per tile in
+raster order, u32 length + a version-2 payload of that rectangle (same k, T, q).
+
 Runtime knobs that do not change the stream: ``band`` (grid rows per network tile), ``batch`` (tiles per
 network call) and torch's thread count. The tests check the stream does not depend on them.
 """
@@ -23,15 +26,23 @@ import torch
 from .. import entropy
 from ..adapt import ScaleAdapter
 from ..errors import CorruptStream, UnsupportedStream
+from ..image import MAX_PIXELS
 from ..nn.quant import run_on
 from . import model as M
 from . import rle, webpbase
 
 MAGIC = b"MSR"
-PAYLOAD_VERSION = 2  # written; 1 (no scale correction) still decodes
-PAYLOAD_VERSIONS = (1, 2)
+PAYLOAD_VERSION = 2  # written for images up to TILE a side; 1 (no scale correction) still decodes
+TILED_VERSION = 3  # written for larger images: a grid of independent version-2 tiles
+PAYLOAD_VERSIONS = (1, 2, 3)
 CHUNKS = 8  # version 2: each iteration coded in 8 chunks spread over the image, the scale correction learning between
+# The coder keeps a tile's whole state (network inputs and outputs, residual planes, the mask rule's global order)
+# in memory, about 540 bytes a pixel (a 1024x1024 encode: 868 MB peak RSS, 302 MB before it), so larger images are
+# cut into tiles of at most TILE x TILE, each coded on its own: memory stays bounded at any size, and so does the
+# WebP base (VP8 frames are limited to 16383 pixels a side).
+TILE = 1024
 _HEAD = struct.Struct("<3sBBBBBII")
+_TILES = struct.Struct("<II")  # version 3: tile height, tile width
 DEFAULT_BAND = 32
 DEFAULT_BATCH = 4
 
@@ -142,9 +153,23 @@ def _code_chunk(st: _State, ys, xs, off, sidx, coup, freq, adapter, k: int, half
         e.append(M.channel_err(torch.from_numpy(rc.astype(np.float64))[None], mu[None])[0])
 
 
+# ------------------------------------------------------------------------------------------------ tiles
+def tile_grid(h: int, w: int, th: int, tw: int) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of every tile, raster order."""
+    return [(y, min(h, y + th), x, min(w, x + tw)) for y in range(0, h, th) for x in range(0, w, tw)]
+
+
+def tile_shape(h: int, w: int, tile: int = TILE) -> tuple[int, int]:
+    """Tile height and width for an image larger than ``tile`` a side: the fewest tiles of at most ``tile`` a
+    side, of about equal size (the last row and column a few pixels smaller)."""
+    ny, nx = -(-h // tile), -(-w // tile)
+    return -(-h // ny), -(-w // nx)
+
+
 # ------------------------------------------------------------------------------------------------ encode
 def encode(pixels: np.ndarray, net: M.IntNet, q: int, k: int, T: int, band: int = DEFAULT_BAND,
-           batch: int = DEFAULT_BATCH, device: str = "cpu") -> bytes:
+           batch: int = DEFAULT_BATCH, device: str = "cpu", tile: int = TILE) -> bytes:
+    """Payload version 2, or version 3 (independent version-2 tiles) when the image is over ``tile`` a side."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError("msr codes 8-bit RGB pixels (H, W, 3)")
     if not 0 <= q <= 100:
@@ -152,6 +177,19 @@ def encode(pixels: np.ndarray, net: M.IntNet, q: int, k: int, T: int, band: int 
     if not 1 <= T <= 255:
         raise ValueError(f"msr iterations T must be 1..255, got {T}")
     M.tables(k)  # refuses an unsupported k
+    h, w, _ = pixels.shape
+    if max(h, w) <= tile:
+        return _encode_tile(pixels, net, q, k, T, band, batch, device)
+    th, tw = tile_shape(h, w, tile)
+    parts = [_HEAD.pack(MAGIC, TILED_VERSION, k, T, q, 0, h, w), _TILES.pack(th, tw)]
+    for y0, y1, x0, x1 in tile_grid(h, w, th, tw):
+        sub = _encode_tile(np.ascontiguousarray(pixels[y0:y1, x0:x1]), net, q, k, T, band, batch, device)
+        parts += [struct.pack("<I", len(sub)), sub]
+    return b"".join(parts)
+
+
+def _encode_tile(pixels: np.ndarray, net: M.IntNet, q: int, k: int, T: int, band: int, batch: int,
+                 device: str) -> bytes:
     h, w, _ = pixels.shape
     webp = webpbase.encode(pixels, q)
     xhat = webpbase.decode(webp, h, w)
@@ -170,8 +208,9 @@ def encode(pixels: np.ndarray, net: M.IntNet, q: int, k: int, T: int, band: int 
 
 # ------------------------------------------------------------------------------------------------ decode
 def parse(payload: bytes) -> dict:
-    """Fixed fields of a payload (checks lengths; raises CorruptStream)."""
-    if len(payload) < _HEAD.size + 20:
+    """Fixed fields of a payload (checks lengths; raises CorruptStream). Version 3: the tile shape and the tiles'
+    payloads (``tiles``, raster order)."""
+    if len(payload) < _HEAD.size + 8:
         raise CorruptStream("msr payload is truncated")
     magic, ver, k, T, q, _, h, w = _HEAD.unpack_from(payload)
     if magic != MAGIC:
@@ -179,6 +218,11 @@ def parse(payload: bytes) -> dict:
     if ver not in PAYLOAD_VERSIONS:
         raise UnsupportedStream(f"msr payload version {ver} is not supported by this build (knows "
                                 f"{', '.join(map(str, PAYLOAD_VERSIONS))})")
+    f = {"version": ver, "k": k, "T": T, "q": q, "height": h, "width": w}
+    if ver == TILED_VERSION:
+        return {**f, **_parse_tiles(payload, h, w)}
+    if len(payload) < _HEAD.size + 20:
+        raise CorruptStream("msr payload is truncated")
     pos = _HEAD.size
     digest = payload[pos:pos + 16]
     pos += 16
@@ -192,14 +236,37 @@ def parse(payload: bytes) -> dict:
     pos += 4
     if pos + sl > len(payload):
         raise CorruptStream("msr payload is truncated (side information)")
-    return {"version": ver, "k": k, "T": T, "q": q, "height": h, "width": w, "digest": digest, "webp": webp,
-            "side": payload[pos:pos + sl], "words": payload[pos + sl:]}
+    return {**f, "digest": digest, "webp": webp, "side": payload[pos:pos + sl], "words": payload[pos + sl:]}
+
+
+def _parse_tiles(payload: bytes, h: int, w: int) -> dict:
+    th, tw = _TILES.unpack_from(payload, _HEAD.size)
+    if not (0 < h * w <= MAX_PIXELS and 0 < th <= h and 0 < tw <= w):
+        raise CorruptStream(f"msr: impossible tiling ({h}x{w} pixels in tiles of {th}x{tw})")
+    n = -(-h // th) * -(-w // tw)
+    pos = _HEAD.size + _TILES.size
+    if n * 4 > len(payload) - pos:  # every tile takes at least its length field
+        raise CorruptStream("msr payload is truncated (tiles)")
+    tiles = []
+    for _ in range(n):
+        if pos + 4 > len(payload):
+            raise CorruptStream("msr payload is truncated (tiles)")
+        (n_bytes,) = struct.unpack_from("<I", payload, pos)
+        if pos + 4 + n_bytes > len(payload):
+            raise CorruptStream("msr payload is truncated (tiles)")
+        tiles.append(payload[pos + 4:pos + 4 + n_bytes])
+        pos += 4 + n_bytes
+    if pos != len(payload):
+        raise CorruptStream("msr payload has trailing bytes after its tiles")
+    return {"tile": (th, tw), "tiles": tiles}
 
 
 def decode(payload: bytes, net: M.IntNet, band: int = DEFAULT_BAND, batch: int = DEFAULT_BATCH,
            device: str = "cpu") -> np.ndarray:
     f = parse(payload)
     h, w, k, T, q = f["height"], f["width"], f["k"], f["T"], f["q"]
+    if f["version"] == TILED_VERSION:
+        return _decode_tiles(f, net, band, batch, device)
     if k not in (4, 5, 6) or T < 1:
         raise CorruptStream(f"msr payload has impossible parameters k={k} T={T}")
     xhat = webpbase.decode(f["webp"], h, w)
@@ -222,3 +289,17 @@ def decode(payload: bytes, net: M.IntNet, band: int = DEFAULT_BAND, batch: int =
     if x.min() < 0 or x.max() > 255:
         raise CorruptStream("msr: decoded pixels fall outside 0..255 (damaged stream)")
     return x.astype(np.uint8)
+
+
+def _decode_tiles(f: dict, net: M.IntNet, band: int, batch: int, device: str) -> np.ndarray:
+    """Version 3: every tile is a version-1/2 payload of its own rectangle with the image's k, T and q."""
+    grid = tile_grid(f["height"], f["width"], *f["tile"])
+    for (y0, y1, x0, x1), sub in zip(grid, f["tiles"]):  # every tile's fields before any pixel memory
+        g = parse(sub)
+        if (g["version"] == TILED_VERSION or (g["height"], g["width"]) != (y1 - y0, x1 - x0)
+                or (g["k"], g["T"], g["q"]) != (f["k"], f["T"], f["q"])):
+            raise CorruptStream(f"msr: tile at ({y0}, {x0}) does not match the image's tiling or parameters")
+    out = np.empty((f["height"], f["width"], 3), np.uint8)
+    for (y0, y1, x0, x1), sub in zip(grid, f["tiles"]):
+        out[y0:y1, x0:x1] = decode(sub, net, band, batch, device)
+    return out

@@ -11,7 +11,6 @@ import numpy as np
 from ..errors import CorruptStream
 
 WEBP_METHOD = 4  # encoder effort; only the encoder uses it (the decoder reads whatever the stream says)
-MAX_SIDE = 16383  # VP8 frame size limit
 
 
 def encode(pixels: np.ndarray, q: int) -> bytes:
