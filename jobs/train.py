@@ -111,7 +111,13 @@ def _mspsm():
         p = M.resolve(profile)
         return {"batch": p.batch, "lr": p.lr, "model": replace(p, name="", note="", batch=0, lr=0.0)}
 
-    return make_model, make_loss, export, profile_cfg
+    def from_weights(path):
+        from pixark.codec.mspsm import export as E
+
+        inet, model_id = E.load_intnet(path)
+        return f"{inet.p.name} weights {model_id[:12]}", inet.to_net().state_dict()
+
+    return make_model, make_loss, export, profile_cfg, from_weights
 
 
 def _msr():
@@ -125,19 +131,14 @@ TRAINABLE = {"mspsm": _mspsm, "msr": _msr}
 
 # ------------------------------------------------------------------------------------------------ loop
 def _init_source(codec: str, init: str) -> tuple[str, dict]:
-    """What ``--init`` names: a training checkpoint, or (mspsm) a shipped weights file, whose integers give back a
-    float network (``IntNet.to_net``): training goes on from shipped weights when their checkpoint is gone.
+    """What ``--init`` names: a training checkpoint, or a shipped weights file, whose integers give back a float
+    network (the codec's ``IntNet.to_net``): training goes on from shipped weights when their checkpoint is gone.
     Returns (a description for the model card, the float state dict)."""
     if init.endswith(".npz"):
-        if codec != "mspsm":
-            raise SystemExit(f"cannot warm-start {codec} from a weights file ({init}); give a checkpoint")
-        from pixark.codec.mspsm import export as E
-
         try:
-            inet, model_id = E.load_intnet(init)
+            return TRAINABLE[codec]()[4](init)
         except (OSError, ValueError) as e:
             raise SystemExit(f"cannot warm-start from {init}: {e}")
-        return f"{inet.p.name} weights {model_id[:12]}", inet.to_net().state_dict()
     ck = torch.load(init, map_location="cpu", weights_only=False)
     if ck.get("codec") != codec:
         raise SystemExit(f"cannot warm-start a {codec} model from {init} ({ck.get('codec')})")
@@ -163,7 +164,7 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
     .npz path) is given."""
     if codec not in TRAINABLE:
         raise SystemExit(f"unknown trainable codec {codec!r}; choose from {sorted(TRAINABLE)}")
-    make_model, make_loss, export, profile_cfg = TRAINABLE[codec]()
+    make_model, make_loss, export, profile_cfg, _ = TRAINABLE[codec]()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     cfg = profile_cfg(profile)
@@ -297,7 +298,7 @@ def export_checkpoint(codec: str, profile: str, out: str, export_to: str, dev: s
     """Export the integer model of the checkpoint in ``out`` to ``export_to`` as ``profile`` (the checkpoint's own
     profile, or a name for the same model: a run of ``cpu-fb2:channels=96`` ships as ``cpu-fb2-96``) and measure
     dev with the real coder."""
-    make_model, _, export, profile_cfg = TRAINABLE[codec]()
+    make_model, _, export, profile_cfg, _ = TRAINABLE[codec]()
     ck = torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=False)
     if ck.get("codec") != codec or (ck.get("profile") != profile and
                                     profile_cfg(ck.get("profile"))["model"] != profile_cfg(profile)["model"]):

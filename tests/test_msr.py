@@ -273,6 +273,37 @@ def test_describe_lists_profiles():
     assert cpu["params"] == M.count_params(M.PROFILES["cpu"])
 
 
+def test_shipped_weights_give_back_a_training_network():
+    """IntNet.to_net builds a float network that exports to exactly the shipped integers (``--init`` from them)."""
+    inet, _ = W.load_any(W.path(M.DEFAULT_PROFILE))
+    a, b = inet.to_arrays(), M.IntNet.from_net(inet.to_net()).to_arrays()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_training_goes_on_from_shipped_weights(tmp_path):
+    from pixark.jobs.train import train
+
+    data = DEV / "gb82"
+    if not data.is_dir():
+        pytest.skip(f"dev images not found under {DEV}")
+    quiet = {"data": str(data), "dev": None, "batch": 2, "crop": 32, "threads": 1, "log": lambda m: None}
+    shipped = W.path(M.DEFAULT_PROFILE)
+    s = train(codec="msr", profile=M.DEFAULT_PROFILE, out=str(tmp_path / "run"), steps=1, init=shipped, lr=1e-9,
+              **quiet)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert s["steps"] == 1 and state["state"]["init"].startswith(f"cpu weights {W.load_any(shipped)[1][:12]}")
+    trained = M.IntNet.from_net(_net_from(state["model"])).to_arrays()  # lr ~0: still the shipped integers
+    assert all(np.array_equal(v, trained[k]) for k, v in W.load_any(shipped)[0].to_arrays().items())
+    with pytest.raises(SystemExit, match="same profile"):
+        train(codec="msr", profile="small", out=str(tmp_path / "small"), steps=1, init=shipped, **quiet)
+
+
+def _net_from(state: dict) -> "M.Net":
+    net = M.Net(M.PROFILES[M.DEFAULT_PROFILE])
+    net.load_state_dict(state)
+    return net
+
+
 def test_training_hooks_run_a_few_steps(tmp_path):
     from pixark.jobs.train import train
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP, IN_STEP
+from ..nn.quant import QConv2d, IntConv, export_conv, import_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP, IN_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsb_tables.npz")
 N_SCALE_IDX = 48
@@ -105,6 +105,15 @@ class Net(nn.Module):
             b[:, 7] = 32.0 / 32.0
             self.head.bias.copy_(b.reshape(-1))
 
+    def warm_start(self, state: dict) -> list[str]:
+        """Start from trained weights of the same profile (``state``: a state dict); returns the parameters that
+        were not copied (none: other shapes are refused)."""
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as e:
+            raise SystemExit(f"msr warm start needs weights of the same profile ({self.p.name}): {e}") from None
+        return []
+
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         with bf16_trunk(inp, self.bf16):
             a = self.conv_in(inp * IN_STEP)
@@ -124,14 +133,23 @@ class IntNet:
     def names(p: Profile) -> list[str]:
         return ["conv_in"] + [f"b{i}.c{j}" for i in range(p.blocks) for j in (1, 2)] + ["head"]
 
+    @staticmethod
+    def _pairs(net: Net) -> list[tuple[str, QConv2d]]:
+        """Each integer layer's name with its training layer."""
+        blocks = [(f"b{i}.c{j + 1}", c) for i, blk in enumerate(net.blocks) for j, c in enumerate(blk)]
+        return [("conv_in", net.conv_in), *blocks, ("head", net.head)]
+
     @classmethod
     def from_net(cls, net: Net) -> "IntNet":
-        L = {"conv_in": export_conv(net.conv_in, input_max())}
-        for i, (c1, c2) in enumerate(net.blocks):
-            L[f"b{i}.c1"] = export_conv(c1, 127)
-            L[f"b{i}.c2"] = export_conv(c2, 127)
-        L["head"] = export_conv(net.head, 127)
-        return cls(net.p, L)
+        return cls(net.p, {n: export_conv(c, input_max() if n == "conv_in" else 127) for n, c in cls._pairs(net)})
+
+    def to_net(self) -> Net:
+        """A training network that fake-quantizes to these integers (``import_conv``): training goes on from
+        shipped weights (``pixark train --codec msr --init codec/weights/msr-<profile>.npz``)."""
+        net = Net(self.p)
+        for n, c in self._pairs(net):
+            import_conv(c, self.layers[n])
+        return net
 
     def to_arrays(self) -> dict:
         out = {}

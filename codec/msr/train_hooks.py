@@ -1,4 +1,4 @@
-"""How jobs/train.py trains msr: the four hooks of its generic loop (see pixark.jobs.train)."""
+"""How jobs/train.py trains msr: the five hooks of its generic loop (see pixark.jobs.train)."""
 
 from __future__ import annotations
 
@@ -23,4 +23,10 @@ def hooks():
         p = M.PROFILES[profile]
         return {"batch": p.batch, "lr": p.lr, "model": profile}
 
-    return make_model, make_loss, export, profile_cfg
+    def from_weights(path):
+        from .weights import load_any
+
+        inet, model_id = load_any(path)
+        return f"{inet.p.name} weights {model_id[:12]}", inet.to_net().state_dict()
+
+    return make_model, make_loss, export, profile_cfg, from_weights

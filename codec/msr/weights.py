@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import io
 import os
 from functools import lru_cache
 
@@ -50,6 +52,20 @@ def load_file(p: str, profile: str) -> tuple[M.IntNet, str]:
     with np.load(p) as z:
         net = M.IntNet.from_arrays(M.PROFILES[profile], {k: z[k] for k in z.files})
     return net, model_id
+
+
+def load_any(p: str) -> tuple[M.IntNet, str]:
+    """(integer network, model id) of an msr weights file of any profile, read from the profile the file records
+    (``pixark train --init``); ValueError if it is not one."""
+    with open(p, "rb") as f:
+        data = f.read()
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            prof = M.Profile(**ast.literal_eval(str(z["profile"])))
+            net = M.IntNet.from_arrays(prof, {k: z[k] for k in z.files})
+    except (KeyError, TypeError, ValueError, SyntaxError, OSError) as e:
+        raise ValueError(f"{p}: not an msr weights file ({type(e).__name__}: {e})") from None
+    return net, hashlib.sha256(data).hexdigest()
 
 
 def on_device(net: M.IntNet, device) -> M.IntNet:
