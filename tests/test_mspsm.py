@@ -127,6 +127,22 @@ def test_corrupt_payload_raises(inet):
         coder.decode(inet, payload[:4] + b"\x09" + payload[5:])
 
 
+@pytest.mark.parametrize("field,value", [("height", 1 << 31), ("width", 1 << 31), ("height", 1 << 20), ("tile", 1),
+                                         ("tile", 0), ("tiles", 1 << 30)])
+def test_damaged_payload_head_fails_before_sizing_anything(inet, field, value):
+    """A damaged height, width, tile size or tile count raises at once: the decoder builds nothing from them
+    before checking them against each other and the payload's length (a height of 2**31 once made it build a
+    list of 2**28 tiles)."""
+    import struct
+    from pixark.codec.errors import CorruptStream
+
+    payload = bytearray(coder.encode(inet, _photo(40, 48, 5), tile=16))
+    at = {"height": 5, "width": 9, "tile": 13, "tiles": 17}[field]
+    payload[at:at + 4] = struct.pack("<I", value)
+    with pytest.raises(CorruptStream):
+        coder.decode(inet, bytes(payload))
+
+
 def test_encode_and_decode_in_another_process(tmp_path, inet):
     wpath = tmp_path / "w.npz"
     E.save_intnet(inet, str(wpath))

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import modelstore
 from ..container import Header
-from ..errors import UnsupportedStream
+from ..errors import CorruptStream, UnsupportedStream
 from ..image import DecodedImage
 from ..registry import Codec, Encoded, check_device, register
 from . import model as M
@@ -110,12 +110,9 @@ class MspsmCodec(Codec):
         device = check_device(device, available=True)
         profile = header.params.get("profile", M.DEFAULT_PROFILE)
         net, _ = load_profile(profile, header.model_id or None)
-        px = coder.decode(net, payload, tile_batch=self.defaults["tile_batch"], device=device)
-        if px.shape[:2] != (header.height, header.width):
-            from ..errors import CorruptStream
-
+        if coder.parse_head(payload)[1:3] != (header.height, header.width):
             raise CorruptStream("mspsm payload size does not match the container header")
-        return px
+        return coder.decode(net, payload, tile_batch=self.defaults["tile_batch"], device=device)
 
 
 register(MspsmCodec())

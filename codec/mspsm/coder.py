@@ -24,6 +24,7 @@ from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_cha
     used_cells
 from ..entropy import Decoder, Encoder, cost, normalize
 from ..errors import CorruptStream, UnsupportedStream
+from ..image import MAX_PIXELS
 from ..nn.quant import run_on
 from . import model as M
 
@@ -651,21 +652,28 @@ def encode(net: M.IntNet, pixels: np.ndarray, tile: int = DEFAULT_TILE, tile_bat
     return head + struct.pack(f"<{len(grid)}I", *[len(s) for s in streams]) + b"".join(streams)
 
 
-def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cpu") -> np.ndarray:
+def parse_head(payload: bytes) -> tuple[int, int, int, int, int]:
+    """(version, height, width, tile, tiles) of a payload, checked against each other and the payload's length
+    before anything is sized from them (a damaged height must not make a decoder build billions of tiles)."""
     if len(payload) < 21 or payload[:4] != MAGIC:
         raise CorruptStream("not an mspsm payload (bad magic)")
     ver, h, w, tile, n = struct.unpack_from("<BIIII", payload, 4)
     if ver not in PAYLOAD_VERSIONS:
         raise UnsupportedStream(f"mspsm payload version {ver} is not supported by this build (knows "
                                 f"{', '.join(map(str, PAYLOAD_VERSIONS))})")
+    if not (h and w and tile) or h * w > MAX_PIXELS or -(-h // tile) * -(-w // tile) != n:
+        raise CorruptStream("mspsm payload tile count does not match its size")
+    if len(payload) < 21 + 4 * n:
+        raise CorruptStream("mspsm payload truncated")
+    return ver, h, w, tile, n
+
+
+def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cpu") -> np.ndarray:
+    ver, h, w, tile, n = parse_head(payload)
     if ver >= 2 and net.p.mixtures > 1:
         raise CorruptStream(f"mspsm payload version {ver} (scale correction) is for K = 1 profiles only")
-    grid = tile_grid(h, w, tile) if h and w and tile else []
-    if len(grid) != n or n == 0:
-        raise CorruptStream("mspsm payload tile count does not match its size")
+    grid = tile_grid(h, w, tile)
     off = 21 + 4 * n
-    if len(payload) < off:
-        raise CorruptStream("mspsm payload truncated")
     lens = struct.unpack_from(f"<{n}I", payload, 21)
     if off + sum(lens) != len(payload):
         raise CorruptStream("mspsm payload length does not match its tile table")
