@@ -1,4 +1,5 @@
-"""Container robustness: every damaged stream either decodes to the original pixels or raises CorruptStream;
+"""Container robustness: every damaged stream either decodes to the original pixels or raises CorruptStream (the
+learned codecs also with payload damage behind valid checksums);
 unknown versions and codecs raise UnsupportedStream; nothing crashes, hangs or allocates from a bad header."""
 
 from __future__ import annotations
@@ -133,3 +134,46 @@ def test_inner_header_dimensions_are_checked_before_the_library_decodes(codec):
     forged = head + struct.pack("<I", crc32c.crc32c(head)) + body + struct.pack("<I", crc32c.crc32c(body))
     with pytest.raises(pc.CorruptStream, match="payload says 2000x1500"):
         pc.decode(forged)
+
+
+# ------------------------------------------------------------------------------------------------ learned codecs
+def _learned_streams() -> dict[str, tuple[bytes, np.ndarray]]:
+    """Small streams of the learned codecs with shipped weights: mspsm (one tile and several), msr (payload
+    version 2, and version 3: an image wider than msr's tile)."""
+    out = {}
+    wide = np.ascontiguousarray(np.tile(ARR[:8], (1, 1100 // ARR.shape[1] + 1, 1)))
+    for spec, arr in (("mspsm", ARR), ("mspsm:tile=16", ARR), ("msr", ARR), ("msr:T=1", wide)):
+        name = spec.split(":")[0]
+        if name in pc.names() and pc.get(name).available():
+            out[spec] = (pc.encode(arr, spec), arr)
+    return out
+
+
+LEARNED = _learned_streams()
+
+
+def _with_payload(stream: bytes, payload: bytes) -> bytes:
+    header, blobs, _ = container.unpack(stream)
+    return container.pack(header, blobs, payload)
+
+
+@pytest.mark.skipif(not LEARNED, reason="no learned codec weights in this build")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.sampled_from(sorted(LEARNED) or ["-"]), data=st.data())
+def test_damaged_learned_payloads_with_valid_checksums(spec, data):
+    """Payload damage that the container's checksums do not catch (a buggy or hostile encoder): the codec's own
+    checks, or the pixel hash, refuse it; nothing crashes, hangs, or returns other pixels."""
+    stream, arr = LEARNED[spec]
+    payload = bytearray(container.unpack(stream)[2])
+    if data.draw(st.booleans()):  # the payload's own head: sizes, versions, parameters, tile tables
+        pos = data.draw(st.integers(0, min(48, len(payload)) - 1))
+    else:
+        pos = data.draw(st.integers(0, len(payload) - 1))
+    payload[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.sampled_from([None, None, len(payload) // 2, len(payload) - 1]))
+    damaged = _with_payload(stream, bytes(payload[:cut]))
+    try:
+        back = pc.decode(damaged)
+    except (pc.CorruptStream, pc.UnsupportedStream):
+        return
+    assert np.array_equal(back.pixels, arr), "damaged stream decoded to wrong pixels"
