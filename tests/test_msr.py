@@ -362,9 +362,16 @@ def test_damaged_tiling_is_corrupt(net):
         "zero tile": _tiled([], 40, 60, 0, 30),
         "billions of tiles": _tiled(tiles, 1 << 14, 1 << 14, 1, 1),
     }
-    for what, data in bad.items():  # (tiles of one shape swapped decode to other pixels: the container's hash says so)
-        with pytest.raises(CorruptStream):
-            coder.decode(data, net)
+    # (tiles of one shape swapped would decode to other pixels: the container's pixel hash refuses those)
+    assert [what for what, data in bad.items() if not _refused(data, net)] == []
+
+
+def _refused(payload: bytes, net) -> bool:
+    try:
+        coder.decode(payload, net)
+    except CorruptStream:
+        return True
+    return False
 
 
 def make_golden() -> None:
