@@ -235,6 +235,27 @@ def test_truncated_payload_is_corrupt(net, cut):
         coder.decode(payload[:cut], net)
 
 
+def test_msb_side_information_is_checked():
+    """The MSB runs round-trip; side information whose histograms do not add up to the number of runs (which a
+    damaged varint can make as large as 2**62, overflowing the table arithmetic) is refused as such."""
+    from pixark.codec import entropy
+    from pixark.codec.msr import rle
+
+    rng = np.random.default_rng(0)
+    msb = np.where(rng.random((6, 7, 3)) < 0.2, rng.integers(-3, 4, (6, 7, 3)), 0)
+    enc = entropy.Encoder()
+    side = rle.encode(enc, msb, 5)
+    words = enc.finish()
+    back, used = rle.decode(entropy.Decoder(words), side, 0, msb.shape, 5)
+    assert np.array_equal(back, msb) and used == len(side)
+    fields, _ = rle.read_varints(side, 0, 1 + rle.N_BUCKETS + 2 * rle.value_offset(5) + 1)
+    for i in (1, 1 + rle.N_BUCKETS):  # a count of the run-length histogram, one of the value histogram
+        damaged = list(fields)
+        damaged[i] += 1 << 62
+        with pytest.raises(CorruptStream, match="histograms"):
+            rle.decode(entropy.Decoder(words), rle.write_varints(damaged), 0, msb.shape, 5)
+
+
 def test_container_damage_is_caught():
     data = bytearray(pc.encode(dev_photo(0, 32, 40), codec="msr"))
     data[-40] ^= 0x10

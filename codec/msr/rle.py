@@ -122,6 +122,8 @@ def decode(dec: entropy.Decoder, side: bytes, pos: int, shape: tuple[int, int, i
     off = value_offset(k)
     hb, pos = read_varints(side, pos, N_BUCKETS)
     hv, pos = read_varints(side, pos, 2 * off + 1)
+    if sum(hb) != n or sum(hv) != n:  # both are histograms of the n runs: anything else is damage
+        raise CorruptStream("msr: side information histograms do not match the number of MSB runs")
     buckets = dec.decode(entropy.normalize(np.array(hb, np.int64)), n).astype(np.int64)
     extras = _extras(dec, buckets, None)
     runs = np.where(buckets > 0, (1 << np.maximum(buckets - 1, 0)) + extras, 0)
