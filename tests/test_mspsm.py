@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from pixark.codec import tiling
 from pixark.codec.mspsm import model as M, coder, export as E
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -566,7 +567,7 @@ def test_codec_round_trip_with_shipped_weights():
 def test_balanced_tile_never_exceeds_the_maximum(h, w, most, want):
     t = coder.balanced_tile(h, w, most)
     assert t == want and t <= most
-    assert len(coder.tile_grid(h, w, t)) == len(coder.tile_grid(h, w, most))  # as many tiles, more even
+    assert len(tiling.grid(h, w, t, t)) == len(tiling.grid(h, w, most, most))  # as many tiles, more even
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine (torch.cuda.is_available() "

@@ -23,7 +23,7 @@ import struct
 import numpy as np
 import torch
 
-from .. import entropy
+from .. import entropy, tiling
 from ..adapt import ScaleAdapter
 from ..errors import CorruptStream, UnsupportedStream
 from ..image import MAX_PIXELS
@@ -153,19 +153,6 @@ def _code_chunk(st: _State, ys, xs, off, sidx, coup, freq, adapter, k: int, half
         e.append(M.channel_err(torch.from_numpy(rc.astype(np.float64))[None], mu[None])[0])
 
 
-# ------------------------------------------------------------------------------------------------ tiles
-def tile_grid(h: int, w: int, th: int, tw: int) -> list[tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) of every tile, raster order."""
-    return [(y, min(h, y + th), x, min(w, x + tw)) for y in range(0, h, th) for x in range(0, w, tw)]
-
-
-def tile_shape(h: int, w: int, tile: int = TILE) -> tuple[int, int]:
-    """Tile height and width for an image larger than ``tile`` a side: the fewest tiles of at most ``tile`` a
-    side, of about equal size (the last row and column a few pixels smaller)."""
-    ny, nx = -(-h // tile), -(-w // tile)
-    return -(-h // ny), -(-w // nx)
-
-
 # ------------------------------------------------------------------------------------------------ encode
 def encode(pixels: np.ndarray, net: M.IntNet, q: int, k: int, T: int, band: int = DEFAULT_BAND,
            batch: int = DEFAULT_BATCH, device: str = "cpu", tile: int = TILE) -> bytes:
@@ -180,10 +167,10 @@ def encode(pixels: np.ndarray, net: M.IntNet, q: int, k: int, T: int, band: int 
     h, w, _ = pixels.shape
     if max(h, w) <= tile:
         return _encode_tile(pixels, net, q, k, T, band, batch, device)
-    th, tw = tile_shape(h, w, tile)
+    th, tw = tiling.balanced(h, w, tile)
     parts = [_HEAD.pack(MAGIC, TILED_VERSION, k, T, q, 0, h, w), _TILES.pack(th, tw)]
-    for y0, y1, x0, x1 in tile_grid(h, w, th, tw):
-        sub = _encode_tile(np.ascontiguousarray(pixels[y0:y1, x0:x1]), net, q, k, T, band, batch, device)
+    for y, x, hh, ww in tiling.grid(h, w, th, tw):
+        sub = _encode_tile(np.ascontiguousarray(pixels[y:y + hh, x:x + ww]), net, q, k, T, band, batch, device)
         parts += [struct.pack("<I", len(sub)), sub]
     return b"".join(parts)
 
@@ -293,13 +280,13 @@ def decode(payload: bytes, net: M.IntNet, band: int = DEFAULT_BAND, batch: int =
 
 def _decode_tiles(f: dict, net: M.IntNet, band: int, batch: int, device: str) -> np.ndarray:
     """Version 3: every tile is a version-1/2 payload of its own rectangle with the image's k, T and q."""
-    grid = tile_grid(f["height"], f["width"], *f["tile"])
-    for (y0, y1, x0, x1), sub in zip(grid, f["tiles"]):  # every tile's fields before any pixel memory
+    grid = tiling.grid(f["height"], f["width"], *f["tile"])
+    for (y, x, hh, ww), sub in zip(grid, f["tiles"]):  # every tile's fields before any pixel memory
         g = parse(sub)
-        if (g["version"] == TILED_VERSION or (g["height"], g["width"]) != (y1 - y0, x1 - x0)
+        if (g["version"] == TILED_VERSION or (g["height"], g["width"]) != (hh, ww)
                 or (g["k"], g["T"], g["q"]) != (f["k"], f["T"], f["q"])):
-            raise CorruptStream(f"msr: tile at ({y0}, {x0}) does not match the image's tiling or parameters")
+            raise CorruptStream(f"msr: tile at ({y}, {x}) does not match the image's tiling or parameters")
     out = np.empty((f["height"], f["width"], 3), np.uint8)
-    for (y0, y1, x0, x1), sub in zip(grid, f["tiles"]):
-        out[y0:y1, x0:x1] = decode(sub, net, band, batch, device)
+    for (y, x, hh, ww), sub in zip(grid, f["tiles"]):
+        out[y:y + hh, x:x + ww] = decode(sub, net, band, batch, device)
     return out
