@@ -8,7 +8,7 @@
 from . import classical  # noqa: F401  (registers store, png, webp-ll, jxl-ll)
 from .api import candidates, decode, encode, info, load
 from .container import VERSION as FORMAT_VERSION
-from .errors import CodecError, CorruptStream, UnsupportedImage, UnsupportedStream
+from .errors import CodecError, CorruptStream, DeviceError, UnsupportedImage, UnsupportedStream
 from .image import DecodedImage, Metadata, pixel_sha256
 from .registry import Codec, Encoded, all_codecs, get, names, parse_spec, register
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from . import container, registry
 from .container import Header
-from .errors import CodecError, CorruptStream, UnsupportedImage, UnsupportedStream
+from .errors import CodecError, CorruptStream, DeviceError, UnsupportedImage, UnsupportedStream
 from .image import DecodedImage, Metadata, pixel_sha256
 
 # Learned codecs `auto` tries for 8-bit RGB (when installed with weights). A learned codec enters this list only
@@ -105,6 +105,8 @@ def _auto(img: DecodedImage, device: str | None = None, **params) -> bytes:
     for name, p in candidates(img, **params):
         try:
             data = _encode_with(img, registry.get(name), p, device)
+        except DeviceError:  # the device asked for is unusable: say so rather than quietly code without it
+            raise
         except CodecError:  # e.g. a learned model's size limit: the other candidates and store remain
             continue
         if best is None or len(data) < len(best):

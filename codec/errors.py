@@ -15,3 +15,8 @@ class UnsupportedStream(CodecError):
 
 class UnsupportedImage(CodecError):
     """The codec cannot code this image losslessly (wrong mode, depth, size, or not decodable)."""
+
+
+class DeviceError(CodecError):
+    """The device asked for cannot run a learned codec's network exactly (its kernels disagree with the integer
+    reference) or ran out of memory. Nothing is wrong with the stream: code or decode on another device."""

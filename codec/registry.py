@@ -104,8 +104,9 @@ _DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 def check_device(device=None, available: bool = False) -> str:
     """A codec ``device`` argument as a torch device name: None -> 'cpu'; 'cpu', 'cuda' or 'cuda:N' (or the
     torch.device of one) as given. Anything else is a ValueError: the integer networks are proven exact on CPUs and
-    on CUDA GPUs with cuDNN and TF32 off, on nothing else. With ``available`` (a learned codec is about to run
-    there) a CUDA device must also exist on this machine; torch is imported only then."""
+    on CUDA GPUs (the int path: int8 tensor-core products, checked per layer), on nothing else. With
+    ``available`` (a learned codec is about to run there) a CUDA device must also exist on this machine; torch is
+    imported only then."""
     if device is None:
         return "cpu"
     name = str(device).strip()

@@ -1,7 +1,7 @@
 """The codec API's ``device`` argument. Here (any machine): device='cpu' gives exactly the default streams for
 classical and learned codecs; a bad device or a GPU this machine lacks is a clear ValueError, never reported as a
-damaged stream; the CUDA guard (cuDNN and TF32 off) holds around every network call off the CPU and is undone
-after; a Ray worker's GPU maps to the right torch device. Where CUDA exists: streams made on the GPU equal the
+damaged stream; network calls off the CPU route their tensors there and back and touch no process-wide switch; a
+device that runs out of memory is a DeviceError; a Ray worker's GPU maps to the right torch device. Where CUDA exists: streams made on the GPU equal the
 CPU's and CPU streams decode bit-exact on the GPU (skipped elsewhere, with the reason)."""
 
 from __future__ import annotations
@@ -75,57 +75,45 @@ def test_learned_codec_on_a_missing_gpu_is_a_value_error_not_a_corrupt_stream(px
     assert np.array_equal(pc.decode(png, device=missing).pixels, px)
 
 
-def test_exact_cuda_switches_cudnn_and_tf32_off_and_restores_them():
-    flags = ("cuda.matmul.allow_tf32", "cudnn.enabled", "cudnn.allow_tf32", "cudnn.benchmark")
-
-    def state():
-        b = torch.backends
-        return (b.cuda.matmul.allow_tf32, b.cudnn.enabled, b.cudnn.allow_tf32, b.cudnn.benchmark)
-
-    before = state()
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the worst a process may set
-    torch.backends.cudnn.enabled = torch.backends.cudnn.benchmark = True
-    try:
-        with quant.exact_cuda():
-            assert state()[:3] == (False, False, False), dict(zip(flags, state()))
-        assert state() == (True, True, True, True)
-        with pytest.raises(RuntimeError), quant.exact_cuda():
-            raise RuntimeError("a failing network call")
-        assert state() == (True, True, True, True)
-    finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.enabled, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = before
-
-
-def test_network_calls_off_the_cpu_run_under_the_guard_with_per_device_weights():
-    """``run_on`` with a non-CPU device: the input moves there, the call runs under exact_cuda, outputs come back to
-    the CPU; each layer copies its tensors to a device once. A CPU-only torch has one other device, 'meta' (shapes,
-    no values): enough to show the routing and the caching here; the CUDA tests show the arithmetic."""
-    from pixark.codec.mspsm import model as M
-
-    torch.manual_seed(0)
-    layer = M.IntNet.from_net(M.Net(M.PROFILES["cpu-small"])).layers["conv_in"]
-    cpu = layer._torch_params()
-    assert layer._torch_params("cpu") is cpu
-    meta = layer._torch_params("meta")
-    assert meta is layer._torch_params(torch.device("meta")) and meta[1].device.type == "meta"
-    assert cpu[1].device.type == "cpu" and layer._torch_params() is cpu
-
+def test_network_calls_off_the_cpu_move_the_input_there_and_bring_the_outputs_back():
+    """``run_on`` with a non-CPU device: the input moves there and the outputs come back to the CPU, with no
+    process-wide switch touched (the int path needs none). A CPU-only torch has one other device, 'meta' (shapes,
+    no values): enough to show the routing here; the CUDA tests show the arithmetic."""
     seen = []
 
-    def net(x):
-        y = layer.forward_torch(x)  # runs with the layer's copy on x's device
-        seen.append((x.device.type, y.device.type, torch.backends.cuda.matmul.allow_tf32,
-                     torch.backends.cudnn.enabled))
-        # meta tensors hold no values to bring back: return CPU stand-ins of the outputs
-        return torch.zeros(y.shape), torch.zeros(2)
+    class Out(torch.Tensor):  # a meta tensor holds no values to copy: stand in for the copy back
+        def cpu(self):
+            return torch.zeros(self.shape)
 
-    x = torch.zeros(1, M.n_inputs(M.PROFILES["cpu-small"]), 4, 4, dtype=torch.float64)
-    out, extra = quant.run_on("meta", net, x)
-    assert seen[-1] == ("meta", "meta", False, False)
-    assert out.device.type == "cpu" and out.shape == (1, layer.w.shape[0], 4, 4) and extra.device.type == "cpu"
-    quant.run_on("cpu", net, x)
-    assert seen[-1][:2] == ("cpu", "cpu")
+    def net(x):
+        seen.append(x.device.type)
+        return torch.zeros(x.shape[0], 3, device=x.device).as_subclass(Out), torch.zeros(2)
+
+    flags = (torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled)
+    out, extra = quant.run_on("meta", net, torch.zeros(2, 4))
+    assert seen == ["meta"] and out.device.type == "cpu" and out.shape == (2, 3) and extra.device.type == "cpu"
+    assert (torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled) == flags
+    quant.run_on("cpu", net, torch.zeros(1, 4))
+    assert seen[-1] == "cpu"
+
+
+def test_a_device_out_of_memory_is_a_device_error_not_a_damaged_stream(px, monkeypatch):
+    """A GPU that runs out of memory in the network says so (DeviceError), and the API passes that on: never
+    reported as a damaged stream, never silently coded without the learned codec by auto."""
+    def oom(x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with pytest.raises(pc.DeviceError, match="meta ran out of memory"):
+        quant.run_on("meta", oom, torch.zeros(1))
+    _learned("mspsm")
+    stream = pc.encode(px, "mspsm:tile=16")
+    from pixark.codec.mspsm import coder
+
+    monkeypatch.setattr(coder, "run_on", lambda device, fn, x: quant.run_on("meta", oom, x))
+    with pytest.raises(pc.DeviceError):
+        pc.decode(stream)
+    with pytest.raises(pc.DeviceError):
+        pc.encode(px, "auto")
 
 
 def test_ray_gpu_ids_map_to_torch_devices():

@@ -78,7 +78,7 @@ def test_every_layer_fast_path_equals_reference(net):
         layer = net.layers[name]
         if a.shape[1] != layer.w.shape[1]:
             a = torch.from_numpy(np.random.default_rng(0).integers(0, 128, (1, layer.w.shape[1], 24, 24)).astype(np.float32))
-        assert np.array_equal(layer.forward_torch(a).numpy(), layer.forward_numpy(a.numpy()))
+        assert np.array_equal(layer.forward_int(a).numpy(), layer.forward_numpy(a.numpy()))
 
 
 # ------------------------------------------------------------------------------------------------ round trips

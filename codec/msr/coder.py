@@ -53,8 +53,7 @@ def run_net(net: M.IntNet, inp: torch.Tensor, band: int = DEFAULT_BAND, batch: i
     """Head output (1, 36, h, w) of the integer network, computed tile by tile: row bands of ``band`` grid rows
     plus a halo of the receptive-field radius, so every kept output equals the whole-image result exactly;
     bands of equal shape go through the network ``batch`` at a time. ``device`` other than cpu ('cuda[:N]'): the
-    layers copy their tensors there once and cuDNN (Winograd/FFT kernels) and TF32 are switched off around the call
-    (``nn.quant.exact_cuda``); the output comes back to the CPU."""
+    layers copy their tensors there once and run ``nn.quant``'s int path; the output comes back to the CPU."""
     _, _, h, w = inp.shape
     halo = M.halo_cells(net.p)
     band = max(1, int(band))

@@ -71,7 +71,7 @@ def load_any(p: str) -> tuple[M.IntNet, str]:
 def on_device(net: M.IntNet, device) -> M.IntNet:
     """``net`` with its layers' torch tensors also copied to ``device`` (e.g. 'cuda') now rather than on first use.
     Each layer keeps one copy per device and picks the one its input is on, so the same net serves the CPU and
-    GPUs; run it on a GPU through ``coder``'s ``device`` argument (cuDNN and TF32 off, ``nn.quant.exact_cuda``)."""
+    GPUs; run it on a GPU through ``coder``'s ``device`` argument (``nn.quant``'s int path, checked there first)."""
     for conv in net.layers.values():
-        conv._torch_params(device)
+        conv._int_params(device)
     return net

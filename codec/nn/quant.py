@@ -13,15 +13,16 @@ Training uses ``QConv2d`` (float, fake-quantized). ``export_conv`` turns one int
 arrays). Three ways to run one, which must agree exactly:
 - ``IntConv.forward_cpu`` (the CPU path, ``run_trunk``): activations as uint8, oneDNN's int8 convolution with int32
   accumulators (AMX / VNNI where the CPU has them), requantization in one compiled integer pass (numba);
-- ``IntConv.forward_torch`` (other devices): conv2d in float32 when every partial sum is provably an integer
-  below 2**24, else float64; requantization in float64, exact below 2**53;
+- ``IntConv.forward_int`` (GPUs, and CPUs without an exact oneDNN int8 convolution): explicit im2col and an int8
+  matrix product with int32 accumulators (``torch._int_mm``: tensor cores on GPUs), requantization in int64. No
+  float arithmetic, so no precision setting of the host process (TF32, cuDNN, reduced-precision matmul flags) can
+  change a result; each device's kernels are also checked against the reference when a layer first runs there;
 - ``IntConv.forward_numpy``: the slow pure-integer int64 reference.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numba
@@ -30,40 +31,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import DeviceError
+
 ACT_MAX = 127
 ACT_STEP = 1.0 / 32
 IN_STEP = 1.0 / 64
 W_MAX = 127
 M_BITS = 15
 F32_EXACT = 1 << 24
-
-
-@contextmanager
-def exact_cuda():
-    """CUDA settings under which ``IntConv.forward_torch`` stays integer-exact, restored on exit (process-global
-    flags: hold this only around the network call). Why: the float path is exact because every float32 partial sum
-    is an integer below 2**24 (so any summation order gives the same value) and the float64 requantization
-    products are exact (so FMA or not gives the same value). cuDNN may pick Winograd or FFT convolutions, which
-    transform the operands and round, and TF32 keeps only 10 mantissa bits: either changes the integers. With
-    cuDNN disabled conv2d runs PyTorch's own im2col + cuBLAS GEMM, with TF32 off in full float32/float64."""
-    with torch.backends.cudnn.flags(enabled=False, allow_tf32=False):
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+I32_EXACT = 1 << 31
+ALIGN = 16            # torch._int_mm on CUDA wants K and N multiples of 8 and M > 16: padded with zeros here
+INT_POSITIONS = 1 << 18  # output positions per int8 matrix product: bounds the im2col buffer (2**18 x 864 B)
 
 
 def run_on(device: str, fn, x: torch.Tensor):
     """``fn(x)`` (an integer network) with ``x`` on ``device`` ('cpu', 'cuda', 'cuda:N'); the output tensor, or
     tuple of tensors, comes back on the CPU for entropy coding. The layers keep one copy of their tensors per
-    device (``IntConv._torch_params``), so the weights move once, not per call."""
+    device (``IntConv._int_params``), so the weights move once, not per call. A device that runs out of memory
+    raises ``DeviceError`` (never a damaged-stream error)."""
     if device is None or str(device) == "cpu":
         return fn(x)
-    with exact_cuda():
+    try:
         out = fn(x.to(device))
         return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
+    except torch.OutOfMemoryError as e:
+        raise DeviceError(f"{device} ran out of memory in the codec's network ({e}); use a smaller tile_batch or "
+                          "tile, or device='cpu'") from None
 
 
 def bf16_trunk(x: torch.Tensor, enabled: bool):
@@ -251,64 +244,91 @@ class IntConv:
         bound = (np.abs(self.w.astype(np.int64)) * self.in_max[None, :, None, None]).sum(axis=(1, 2, 3))
         self.f32_ok = bool((bound + np.abs(self.b)).max() < F32_EXACT)
         if ((bound + np.abs(self.b)) * self.m).max() >= (1 << 52):
-            raise ValueError("integer layer out of the exact float64 range (|acc + b| * m >= 2**52)")
-        self._t: dict = {}  # torch.device -> (dtype, weights, requant multiplier, requant offset)
-        # The CPU path's uint8 input layout: input channel src[j], whole (part 0) or as two halves (parts 1, 2) for
-        # channels bounded by 128..254, so every packed value fits -128..127, i.e. 0..255 with zero point 128.
-        src, part = [], []
-        for ch, bound in enumerate(self.in_max):
-            halves = bound > 127
-            src += [ch] * (2 if halves else 1)
-            part += [1, 2] if halves else [0]
-        self.src, self.part = np.array(src, np.int64), np.array(part, np.int64)
-        # float32 accumulators (the int8 convolution's output) are exact only below 2**24
+            raise ValueError("integer layer out of the exact int64 requantization range (|acc + b| * m >= 2**52)")
+        if bound.max() >= I32_EXACT:
+            raise ValueError("integer layer out of the int32 accumulator range (sum |w| * in_max >= 2**31)")
+        # The int8 input layout: channel c, bounded by B, as n = ceil(B / 127) parts floor((v + k) / n), k < n,
+        # which add up to v (Hermite's identity) and each fit -127..127; the weights repeat per part.
+        # For B <= 254 the parts are floor(v / 2) and ceil(v / 2): the CPU path's halves (part 1, part 2).
+        n = np.maximum(1, -(-self.in_max // ACT_MAX))
+        self.split_src = np.repeat(np.arange(len(n)), n)
+        self.split_add = np.concatenate([np.arange(k) for k in n]).astype(np.int64)
+        self.split_div = np.repeat(n, n).astype(np.int64)
+        self._t: dict = {}  # torch.device -> the int path's tensors there (``_int_params``)
+        # The CPU path's uint8 input layout: channel src[j], whole (part 0) or halves (parts 1, 2) as above, so
+        # every packed value fits -128..127, i.e. 0..255 with zero point 128.
+        self.src = self.split_src
+        self.part = np.where(self.split_div == 1, 0, 1 + self.split_add)
+        # float32 accumulators (oneDNN's int8 convolution's output) are exact only below 2**24
         self.cpu_ok = bool(self.in_max.max() <= 254) and self.f32_ok
-        self._cpu = None  # (prepacked int8 weights or None, float32 weights) over the packed input channels
+        self._cpu = None  # prepacked int8 weights over the packed input channels
 
-    # ---------------- float path (torch; other devices) ----------------
-    def _torch_params(self, device=None):
-        """The layer's torch tensors on ``device`` (default CPU), built once per device: the CPU copy from the
-        integer arrays, any other as a copy of the CPU tensors (same values, so the same integers)."""
+    # ---------------- int path (torch; GPUs, and CPUs without an exact oneDNN int8 convolution) ----------------
+    def _int_params(self, device=None):
+        """The layer's int path tensors on ``device`` (default CPU), built once per device and checked there
+        against the int64 reference before first use (``DeviceError`` if that device's kernels disagree)."""
         dev = torch.device("cpu") if device is None else torch.device(device)
         if dev.type == "cuda" and dev.index is None:  # the key tensors report: cuda:N
             dev = torch.device("cuda", torch.cuda.current_device())
         t = self._t.get(dev)
         if t is None:
-            if dev.type == "cpu":
-                dt = torch.float32 if self.f32_ok else torch.float64
-                w = torch.from_numpy(self.w.astype(np.float64)).to(dt)
-                # requantization q = floor((acc + b) * r + 0.5) with r = m / 2**sh: (acc + b) * m < 2**53 (checked
-                # below), so acc * r and b * r + 0.5 are exact float64 values on the 2**-sh grid and so is their sum.
-                r = self.m.astype(np.float64) * np.exp2(-self.sh.astype(np.float64))
-                c = self.b.astype(np.float64) * r + 0.5
-                t = (dt, w, torch.from_numpy(r)[None, :, None, None], torch.from_numpy(c)[None, :, None, None])
-            else:
-                dt, *rest = self._torch_params()
-                t = (dt, *[x.to(dev) for x in rest])
+            w = self.w[:, self.split_src].reshape(self.w.shape[0], -1)  # (cout, K): columns in (part, dy, dx) order
+            kp, np_ = _up(w.shape[1], ALIGN), _up(w.shape[0], ALIGN)
+            wm = np.zeros((np_, kp), np.int8)
+            wm[:w.shape[0], :w.shape[1]] = w
+            half = np.left_shift(np.int64(1), self.sh - 1)
+            i64 = [torch.from_numpy(np.ascontiguousarray(v, np.int64)).to(dev)
+                   for v in (self.split_src, self.split_add, self.split_div, self.b, self.m, self.sh, half)]
+            # (K, N) as the transpose of a row-major (N, K): the column-major operand cuBLAS's int8 GEMM wants
+            t = (torch.from_numpy(wm).to(dev).t(), bool((self.split_div == 1).all()), *i64)
             self._t[dev] = t
+            self._prove(dev)
         return t
 
-    def acc_torch(self, a: torch.Tensor) -> torch.Tensor:
-        """Integer accumulator without bias (float tensor holding exact integers), shape (B, cout, H, W), on
-        ``a``'s device. conv2d on CPU runs oneDNN's direct convolution (no Winograd/FFT); on CUDA the caller
-        holds ``exact_cuda()`` (no cuDNN, no TF32). With every partial sum an integer below 2**24 any summation
-        order is exact. tests/test_mspsm.py checks it against the int64 reference."""
-        dt, w, _, _ = self._torch_params(a.device)
-        return F.conv2d(a.to(dt), w, padding=self.k // 2)
+    def _prove(self, dev: torch.device) -> None:
+        """Run this layer on ``dev`` once on inputs at their bounds (borders, both signs, zeros) and compare with
+        the int64 reference: a device whose int8 kernels or integer ops differ is refused before it codes."""
+        g = np.random.default_rng(0)
+        hi = self.in_max[None, :, None, None]
+        x = g.integers(-hi, hi + 1, size=(2, len(self.in_max), 7, 5))
+        x[0, :, :2] = hi[0]
+        x[1, :, :2] = -hi[0]
+        want = self.forward_numpy(x)
+        got = self.forward_int(torch.from_numpy(x).to(dev, torch.int32)).cpu().numpy()
+        if not np.array_equal(got, want):
+            del self._t[dev]
+            raise DeviceError(f"the integer convolution on {dev} differs from the int64 reference "
+                              f"(torch {torch.__version__}): this device cannot code exactly; use device='cpu'")
 
-    def forward_torch(self, a: torch.Tensor) -> torch.Tensor:
-        _, _, r, c = self._torch_params(a.device)
-        # acc * r and + c are each exact in float64 (see _torch_params); two in-place passes run about twice as
-        # fast as one mixed float32/float64 addcmul
-        q = self.acc_torch(a).to(torch.float64).mul_(r).add_(c).floor_()
-        if self.mode == "relu":
-            return q.clamp_(0, ACT_MAX)
-        return q.clamp_(-self.out_clamp, self.out_clamp)
+    def forward_int(self, x: torch.Tensor, res: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer on integer input ``x`` (N, cin, H, W), any integer-valued dtype, on any device: int32
+        output (N, cout, H, W) (a channels-last view); with ``res`` the block's residual sum clip(res + out,
+        0, 127). Output positions go through the int8 matrix product in chunks of at most INT_POSITIONS."""
+        wt, whole, src, add, div, b, m, sh, half = self._int_params(x.device)
+        x = x.to(torch.int32)
+        parts = x[:, src] if whole else torch.div(x[:, src] + add[:, None, None], div[:, None, None],
+                                                   rounding_mode="floor")
+        n, c, h, w = parts.shape
+        k, p, cout = self.k, self.k // 2, self.w.shape[0]
+        xp = F.pad(parts.to(torch.int8), (p, p, p, p))
+        lo, hi = (0, ACT_MAX) if self.mode == "relu" else (-self.out_clamp, self.out_clamp)
+        out = torch.empty(n, h, w, cout, dtype=torch.int32, device=x.device)
+        for i0, i1, y0, y1 in _chunks(n, h, w):
+            rows = (i1 - i0) * (y1 - y0) * w
+            cols = torch.zeros(max(rows, ALIGN + 1), wt.shape[0], dtype=torch.int8, device=x.device)
+            taps = [xp[i0:i1, :, y0 + dy:y1 + dy, dx:dx + w] for dy in range(k) for dx in range(k)]
+            cols[:rows, :c * k * k].view(i1 - i0, y1 - y0, w, c, k * k).copy_(
+                torch.stack(taps, dim=2).permute(0, 3, 4, 1, 2))
+            acc = torch._int_mm(cols, wt)[:rows, :cout].long()
+            q = ((acc + b) * m + half).bitwise_right_shift_(sh).clamp_(lo, hi)
+            out[i0:i1, y0:y1] = q.view(i1 - i0, y1 - y0, w, cout)
+        out = out.permute(0, 3, 1, 2)
+        return out if res is None else (out + res).clamp_(0, ACT_MAX)
 
     # ---------------- CPU path ----------------
     def _need_cpu_ok(self) -> None:
         if not self.cpu_ok:
-            raise ValueError("this layer's inputs (bounds above 254) or sums (2**24 and more) need the float path")
+            raise ValueError("this layer's inputs (bounds above 254) or sums (2**24 and more) need the int path")
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """A float input (N, cin, H, W) holding integers within ``in_max`` as this layer's uint8 input, zero
@@ -328,14 +348,11 @@ class IntConv:
         (uint8 for 'relu' layers; with ``res``, the block's residual sum clip(res + out, 0, 127)). Channels-last
         stays: torch's copy to the default layout costs more than the layer."""
         self._need_cpu_ok()
+        if not qconv_ok():
+            raise ValueError("this torch has no exact oneDNN int8 convolution here: use forward_int")
         if self._cpu is None:
-            wt = torch.from_numpy(np.ascontiguousarray(self.w[:, self.src]))
-            self._cpu = (_prepack(wt) if qconv_ok() else None, wt.float())
-        packed, wf = self._cpu
-        if packed is not None:
-            acc = _qconv(a, packed, zp, self.k // 2)
-        else:
-            acc = F.conv2d(a.float() - zp, wf, padding=self.k // 2)
+            self._cpu = _prepack(torch.from_numpy(np.ascontiguousarray(self.w[:, self.src])))
+        acc = _qconv(a, self._cpu, zp, self.k // 2)
         acc = acc.contiguous(memory_format=torch.channels_last)  # a no-op for oneDNN's output
         n, c, h, w = acc.shape
         out = torch.empty((n, c, h, w), dtype=dtype, memory_format=torch.channels_last)
@@ -379,22 +396,41 @@ class IntConv:
 def run_trunk(layers: dict, blocks: int, inp: torch.Tensor, heads: tuple, dtype=torch.float32) -> tuple:
     """The integer network shape both learned codecs use: ``conv_in``, ``blocks`` residual blocks (``b{i}.c1``
     relu, ``b{i}.c2`` signed, added to the block input and clipped to 0..127), then the 1x1 ``heads``; returns the
-    heads' outputs as ``dtype`` (integers). On the CPU the uint8 path (``forward_cpu``), elsewhere the float
-    path (``forward_torch``); the integers are the same."""
-    if inp.device.type != "cpu" or not all(layer.cpu_ok for layer in layers.values()):
-        return trunk_float(layers, blocks, inp, heads, dtype)
+    heads' outputs as ``dtype`` (integers). On a CPU with an exact oneDNN int8 convolution the uint8 path
+    (``forward_cpu``), elsewhere the int path (``trunk_int``); the integers are the same."""
+    if inp.device.type != "cpu" or not qconv_ok() or not all(layer.cpu_ok for layer in layers.values()):
+        return trunk_int(layers, blocks, inp, heads, dtype)
     a = layers["conv_in"].forward_cpu(layers["conv_in"].pack(inp), zp=128)
     for i in range(blocks):
         a = layers[f"b{i}.c2"].forward_cpu(layers[f"b{i}.c1"].forward_cpu(a), res=a)
     return tuple(layers[h].forward_cpu(a, dtype=dtype) for h in heads)
 
 
-def trunk_float(layers: dict, blocks: int, inp: torch.Tensor, heads: tuple, dtype=torch.float32) -> tuple:
-    """``run_trunk``'s float path (any device)."""
-    a = layers["conv_in"].forward_torch(inp)
+def trunk_int(layers: dict, blocks: int, inp: torch.Tensor, heads: tuple, dtype=torch.float32) -> tuple:
+    """``run_trunk``'s int path (any device)."""
+    a = layers["conv_in"].forward_int(inp)
     for i in range(blocks):
-        a = (a + layers[f"b{i}.c2"].forward_torch(layers[f"b{i}.c1"].forward_torch(a))).clamp_(0, ACT_MAX)
-    return tuple(layers[h].forward_torch(a).to(dtype) for h in heads)
+        a = layers[f"b{i}.c2"].forward_int(layers[f"b{i}.c1"].forward_int(a), res=a)
+    return tuple(layers[h].forward_int(a).to(dtype) for h in heads)
+
+
+def _up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def _chunks(n: int, h: int, w: int):
+    """(image start, image end, row start, row end) covering n images of h x w, each chunk at most
+    INT_POSITIONS output positions (at least one row)."""
+    per_img = h * w
+    if per_img <= INT_POSITIONS:
+        step = INT_POSITIONS // per_img
+        for i in range(0, n, step):
+            yield i, min(n, i + step), 0, h
+        return
+    rows = max(1, INT_POSITIONS // w)
+    for i in range(n):
+        for y in range(0, h, rows):
+            yield i, i + 1, y, min(h, y + rows)
 
 
 def export_conv(layer: QConv2d, in_max) -> IntConv:
