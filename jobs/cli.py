@@ -6,7 +6,7 @@ import typer
 
 from . import bench, cluster_jobs, codec_cmds, submit
 from . import archive, bench_pipeline, demo
-from . import audit, restore, verify
+from . import audit, restore, selfcheck, verify
 
 app = typer.Typer(
     add_completion=False,
@@ -24,6 +24,7 @@ audit.register(app)
 bench.register(app)
 cluster_jobs.register(app)
 restore.register(app)
+selfcheck.register(app)
 submit.register(app)
 verify.register(app)
 # --- end of job registrations ---

@@ -488,8 +488,8 @@ def test_gpu_msr_matches_cpu_bit_for_bit_whatever_precision_the_process_chose():
     asked for TF32 and cuDNN autotuning through torch's newer precision API (which the old legacy-flag guard could
     not even read) gets the CPU's bitstream and pixels exactly."""
     import numpy as np
-    import torch
     from images import photo_array
+    from precision import reduced_precision
 
     from pixark.codec.msr import coder, model as M, weights as W
 
@@ -497,20 +497,10 @@ def test_gpu_msr_matches_cpu_bit_for_bit_whatever_precision_the_process_chose():
         pytest.skip(f"msr profile {M.DEFAULT_PROFILE!r} has no shipped weights in this build")
     net, _ = W.load(M.DEFAULT_PROFILE)
     pixels = photo_array(64)
-    b = torch.backends
-    knobs = [(b, "fp32_precision", "tf32"), (b.cuda.matmul, "fp32_precision", "tf32"),
-             (b.cudnn, "benchmark", True)]
-    before = [(o, k, getattr(o, k)) for o, k, _ in knobs if hasattr(o, k)]
-    try:
-        for o, k, v in knobs:
-            if hasattr(o, k):
-                setattr(o, k, v)
+    with reduced_precision():
         gpu_net = W.on_device(net, "cuda")
         stream_gpu = coder.encode(pixels, gpu_net, 90, 5, 2, device="cuda")
         back_gpu = coder.decode(stream_gpu, gpu_net, device="cuda")
-    finally:
-        for o, k, v in before:
-            setattr(o, k, v)
     stream_cpu = coder.encode(pixels, net, 90, 5, 2)
     assert stream_gpu == stream_cpu
     assert np.array_equal(back_gpu, pixels) and np.array_equal(coder.decode(stream_cpu, net), pixels)

@@ -574,11 +574,11 @@ def test_balanced_tile_never_exceeds_the_maximum(h, w, most, want):
                     "is False): the GPU path is tested only where CUDA exists")
 def test_gpu_streams_equal_cpu_streams(inet):  # pragma: no cover - runs on GPU machines
     """Through the coder's ``device`` argument: a CPU stream decodes bit-exact on CUDA, and CUDA encoding gives the
-    same bytes with the fast path equal to the int64 reference at every stage, even when the process had TF32 and
-    cuDNN autotuning on (the coder switches them off around the network). K = 1 with two tile shapes, and K > 1."""
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
-    try:
+    same bytes with the fast path equal to the int64 reference at every stage, even in a process that asked for
+    TF32 and cuDNN autotuning (the int path has no float arithmetic for them to change). K = 1, and K > 1."""
+    from precision import reduced_precision
+
+    with reduced_precision():
         px = _photo(40, 40, 10)
         payload = coder.encode(inet, px, tile=24)
         assert np.array_equal(coder.decode(inet, payload, device="cuda"), px)
@@ -588,11 +588,6 @@ def test_gpu_streams_equal_cpu_streams(inet):  # pragma: no cover - runs on GPU 
         payload = coder.encode(mix, small)
         assert np.array_equal(coder.decode(mix, payload, device="cuda"), small)
         assert coder.encode(mix, small, device="cuda", check_reference=True) == payload
-        # the coder put back the process's own settings after each network call
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
-    finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = before
 
 
 def make_golden() -> None:

@@ -18,6 +18,9 @@ from pixark.codec.msr import model as RM
 
 from pixark.codec.errors import DeviceError
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine: the int path runs on the CPU here"))]
+
 
 @pytest.fixture(params=["onednn-int8", "int-path"])
 def conv_mode(request, monkeypatch):
@@ -98,13 +101,14 @@ def test_pack_refuses_values_outside_the_bounds():
         wide.pack(torch.zeros(1, 2, 3, 3))
 
 
-def test_int_path_splits_wide_inputs_into_int8_parts():
+@pytest.mark.parametrize("dev", DEVICES)
+def test_int_path_splits_wide_inputs_into_int8_parts(dev):
     """Inputs bounded by up to 1000 go through the int8 product as ceil(bound / 127) parts that add up to them."""
     bounds = [1, 127, 128, 254, 255, 1000]
     layer = _layer(len(bounds), 8, 3, bounds, "signed", 10)
     assert list(np.bincount(layer.split_src)) == [1, 1, 2, 2, 3, 8]
     x = _extremes(np.random.default_rng(11), bounds, (3, len(bounds), 9, 6))
-    assert np.array_equal(layer.forward_int(torch.from_numpy(x)).numpy(), layer.forward_numpy(x))
+    assert np.array_equal(layer.forward_int(torch.from_numpy(x).to(dev)).cpu().numpy(), layer.forward_numpy(x))
 
 
 @pytest.mark.parametrize("which", ["mspsm", "msr"])
@@ -124,12 +128,15 @@ def test_whole_networks_cpu_path_equals_int_path_and_reference(which, conv_mode)
     ref = ref if isinstance(ref, tuple) else (ref,)
     cpu = quant.run_trunk(net.layers, p.blocks, xt, heads)
     it = quant.trunk_int(net.layers, p.blocks, xt, heads)
-    for r, c, i in zip(ref, cpu, it):
-        assert np.array_equal(c.numpy(), r) and np.array_equal(i.numpy(), r)
+    gpu = quant.run_on("cuda", lambda x: quant.run_trunk(net.layers, p.blocks, x, heads), xt) \
+        if torch.cuda.is_available() else it
+    for r, c, i, g in zip(ref, cpu, it, gpu):
+        assert np.array_equal(c.numpy(), r) and np.array_equal(i.numpy(), r) and np.array_equal(g.numpy(), r)
 
 
+@pytest.mark.parametrize("dev", DEVICES)
 @pytest.mark.parametrize("positions", [7, 40, 1000])
-def test_int_path_in_chunks_equals_the_reference(monkeypatch, positions):
+def test_int_path_in_chunks_equals_the_reference(monkeypatch, positions, dev):
     """Products over at most ``positions`` output positions (parts of a row band, whole rows, several images)
     give the same integers as one product."""
     monkeypatch.setattr(quant, "INT_POSITIONS", positions)
@@ -137,7 +144,7 @@ def test_int_path_in_chunks_equals_the_reference(monkeypatch, positions):
         [(1, 1)] if positions < 10 else [(1, 1), (1, 4)] if positions == 40 else [(3, 13)])
     layer = _layer(6, 8, 3, [200] * 6, "relu", 12)
     x = _extremes(np.random.default_rng(13), [200] * 6, (3, 6, 13, 10))
-    assert np.array_equal(layer.forward_int(torch.from_numpy(x)).numpy(), layer.forward_numpy(x))
+    assert np.array_equal(layer.forward_int(torch.from_numpy(x).to(dev)).cpu().numpy(), layer.forward_numpy(x))
 
 
 def test_a_device_whose_products_differ_is_refused_before_it_codes(monkeypatch):
