@@ -17,12 +17,12 @@ export PYTHONPATH=/tmp/pkg:/tmp/site
 nvidia-smi -L; python3 -c "import torch, numba, numpy; print('torch', torch.__version__, 'numba', numba.__version__,
 'numpy', numpy.__version__, torch.cuda.get_device_name())"; nproc
 log netbench
-timeout 90 python3 infra/gpu/netbench.py cuda --json > "$OUT/netbench.json"; cat "$OUT/netbench.json"
+timeout 60 python3 infra/gpu/netbench.py cuda --json > "$OUT/netbench.json"; cat "$OUT/netbench.json"
 log pytest
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_quant.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_quant.py \
   tests/test_mspsm.py::test_gpu_streams_equal_cpu_streams tests/test_msr.py::test_gpu_decode_of_cpu_stream -ra
 log selfcheck
-timeout 300 python3 -m pixark.jobs.selfcheck .devdata/dev --device cuda --limit 80 --per-profile 6 --side 2048 \
+timeout 240 python3 -m pixark.jobs.selfcheck .devdata/dev --device cuda --limit 80 --per-profile 6 --side 2048 \
   --cpu-workers 14 --device-workers 8 --json > "$OUT/selfcheck.json"
 echo "selfcheck exit $?"; python3 -c "
 import json; d = json.load(open('$OUT/selfcheck.json')); print(d['verdict'], d['device_name'], d['megapixels'],
@@ -30,7 +30,7 @@ import json; d = json.load(open('$OUT/selfcheck.json')); print(d['verdict'], d['
 for r in d['profiles']: print(r)"
 for n in 1 16; do
   log "sweep: $n device processes"
-  timeout 150 python3 -m pixark.jobs.selfcheck .devdata/dev/cid22 --device cuda --spec mspsm --limit 24 --side 0 \
+  timeout 100 python3 -m pixark.jobs.selfcheck .devdata/dev/cid22 --device cuda --spec mspsm --limit 24 --side 0 \
     --cpu-workers 14 --device-workers $n --json > "$OUT/sweep-$n.json"
   python3 -c "import json; d = json.load(open('$OUT/sweep-$n.json')); print(d['verdict'], d['device_workers'],
 'processes:', d['device_aggregate_mps'], 'MP/s encode+decode;', d['profiles'][0])"
