@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zipfile
 
 import numpy as np
 
-from .errors import UnsupportedStream
+from .errors import CodecError, UnsupportedStream
 
 RETIRED = "retired"
 
@@ -35,6 +36,58 @@ def model_id(path: str) -> str:
         with open(path, "rb") as f:
             known = _IDS[path] = (ident, hashlib.sha256(f.read()).hexdigest())
     return known[1]
+
+
+class BadModelFile(CodecError, ValueError):
+    """A weights file or checkpoint that is not what it claims: not an .npz of plain arrays, arrays of the wrong
+    names, types or shapes, or over the size limits."""
+
+
+DTYPES = "biuf"  # booleans, integers, floats; and unicode text for short strings (profiles, modes)
+MAX_TEXT = 4096
+
+
+def read_npz(data: bytes, what: str, max_bytes: int = 1 << 31) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file's bytes, read as data: every member must be a .npy of plain numbers or short
+    text (no pickled objects), whose header agrees with its size, and all together at most ``max_bytes``
+    unpacked; each array's size is checked before it is allocated. BadModelFile (naming ``what``) otherwise."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise BadModelFile(f"{what}: not an .npz file ({e})") from None
+    if sum(i.file_size for i in infos) > max_bytes:
+        raise BadModelFile(f"{what}: more than {max_bytes} bytes of arrays")
+    out = {}
+    for info in infos:
+        name = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if not name or name in out:
+            raise BadModelFile(f"{what}: member {info.filename!r} is not an array")
+        try:
+            with zf.open(info) as f:
+                raw = f.read()  # at most the size checked above: the zip reader stops there
+            out[name] = _read_npy(raw)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+            raise BadModelFile(f"{what}: array {name!r} unreadable ({e})") from None
+    return out
+
+
+def _read_npy(raw: bytes) -> np.ndarray:
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f".npy version {version}")
+    shape, fortran, dtype = read(f)
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in DTYPES + "U":
+        raise ValueError(f"dtype {dtype} is not plain numbers")
+    if dtype.kind == "U" and (shape != () or dtype.itemsize > 4 * MAX_TEXT):
+        raise ValueError("text longer than a short string")
+    n = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if n != len(raw) - f.tell():
+        raise ValueError(f"header says {n} bytes of data, the member holds {len(raw) - f.tell()}")
+    a = np.frombuffer(raw, dtype, offset=f.tell()).reshape(shape, order="F" if fortran else "C")
+    return np.array(a, order="C")  # a writable copy
 
 
 def save_npz(path: str, arrays: dict) -> str:

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .train import list_images, load_rgb, train
+from pixark.codec.training import checkpoint, list_images, load_rgb, train
 
 BASE = "cpu-small"
 GROUPING = [f"{BASE}:scales=3,grouping={g}" for g in ("random", "a", "b", "dynamic")]
@@ -38,7 +38,7 @@ def evaluate(spec: str, ckpt: str, dev: str) -> dict:
 
     p = M.resolve(spec)
     net = M.Net(p)
-    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    checkpoint.fit(net, checkpoint.load(ckpt)[1], ckpt)
     net.eval()
     loss = M.Trainer(p, net)
     out = {}
@@ -81,10 +81,10 @@ def main(argv=None) -> int:
         if spec in results and results[spec]["steps"] >= a.steps:
             continue
         d = run_dir(a.out, spec)
-        s = train(codec="mspsm", profile=spec, data=a.data, dev=None, out=d, steps=a.steps, resume=True,
-                  crop=a.crop, threads=a.threads, ckpt_minutes=3.0)
+        s = train(codec="mspsm", profile=spec, data=a.data, dev=None, out=d, steps=a.steps,
+                  resume=os.path.exists(checkpoint.path(d)), crop=a.crop, threads=a.threads, ckpt_minutes=3.0)
         results[spec] = {"steps": s["steps"], "minutes": s["minutes"],
-                         "dev": evaluate(spec, os.path.join(d, "checkpoint.pt"), a.dev)}
+                         "dev": evaluate(spec, checkpoint.path(d), a.dev)}
         with open(res_path + ".tmp", "w") as f:
             json.dump(results, f, indent=1)
         os.replace(res_path + ".tmp", res_path)

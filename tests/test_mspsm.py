@@ -29,7 +29,7 @@ torch.set_num_threads(1)
 
 def _photo(h=64, w=64, k=0) -> np.ndarray:
     """A crop of a real dev photo; skimage's astronaut as the fallback when ../shared/data is absent."""
-    from pixark.jobs.train import list_images, load_rgb
+    from pixark.codec.training import list_images, load_rgb
 
     paths = list_images(str(SHARED / "dev" / "gb82")) + list_images(str(SHARED / "dev" / "cid22"))
     if paths:
@@ -287,7 +287,7 @@ def test_train_warm_start_resume_and_export(tmp_path):
     """pixark train: a few steps of cpu-small; cpu-fb warm-started from that checkpoint (--init) records where it
     came from, resumes from its own checkpoint, and its export names the warm start on the model card."""
     from PIL import Image
-    from pixark.jobs.train import train, export_checkpoint
+    from pixark.codec.training import TrainingError, checkpoint, export_checkpoint, train
 
     data = tmp_path / "data"
     data.mkdir()
@@ -295,30 +295,29 @@ def test_train_warm_start_resume_and_export(tmp_path):
         Image.fromarray(_photo(48, 48, k)).save(data / f"img {k}.png")
     quiet = {"data": str(data), "dev": None, "batch": 2, "crop": 32, "threads": 1, "log": lambda m: None}
     train(codec="mspsm", profile="cpu-small", out=str(tmp_path / "small"), steps=2, **quiet)
-    ck = str(tmp_path / "small" / "checkpoint.pt")
+    ck = str(tmp_path / "small")  # a run directory names its checkpoint
     s = train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "fb"), steps=2, init=ck, lr=3e-4, **quiet)
     assert s["steps"] == 2
-    state = torch.load(tmp_path / "fb" / "checkpoint.pt", weights_only=False)["state"]
+    state = checkpoint.load(checkpoint.path(tmp_path / "fb"))[0]["state"]
     assert state["init"].startswith("cpu-small step 2")
     s = train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "fb"), steps=3, init=ck, resume=True, **quiet)
     assert s["steps"] == 3  # resumed (its own checkpoint wins over --init)
-    ck3 = torch.load(tmp_path / "fb" / "checkpoint.pt", weights_only=False)
-    assert ck3["lr"] == 3e-4  # the run's learning rate, not the profile default
+    assert checkpoint.load(checkpoint.path(tmp_path / "fb"))[0]["lr"] == 3e-4  # the run's learning rate, not the profile default
     r = export_checkpoint("mspsm", "cpu-fb", str(tmp_path / "fb"), str(tmp_path / "w.npz"), None)
     assert r["steps"] == 3 and "warm start from cpu-small step 2" in (tmp_path / "w.md").read_text()
     net, _ = E.load_intnet(str(tmp_path / "w.npz"), "cpu-fb")
     assert net.p.feedback
-    with pytest.raises(SystemExit, match="no checkpoint"):  # nothing to resume and nothing to start from
+    with pytest.raises(TrainingError, match="no checkpoint"):  # nothing to resume and nothing to start from
         train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "none"), steps=1, resume=True, **quiet)
-    with pytest.raises(SystemExit, match="cannot warm-start"):
+    with pytest.raises(TrainingError, match="cannot warm-start"):
         train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=ck, **quiet)
     # --init from a weights file: training goes on (here widened) from the exported integers
     s = train(codec="mspsm", profile="cpu-fb:channels=40", out=str(tmp_path / "fbw"), steps=1,
               init=str(tmp_path / "w.npz"), **quiet)
-    state = torch.load(tmp_path / "fbw" / "checkpoint.pt", weights_only=False)["state"]
+    state = checkpoint.load(checkpoint.path(tmp_path / "fbw"))[0]["state"]
     model_id = E.load_intnet(str(tmp_path / "w.npz"))[1]
     assert s["steps"] == 1 and state["init"].startswith(f"cpu-fb weights {model_id[:12]}")
-    with pytest.raises(SystemExit, match="is for mspsm/cpu-fb:channels=40, not cpu-fb"):
+    with pytest.raises(TrainingError, match="is for mspsm/cpu-fb:channels=40, not cpu-fb"):
         export_checkpoint("mspsm", "cpu-fb", str(tmp_path / "fbw"), str(tmp_path / "w2.npz"), None)
     # a training variant that builds the same model as a named profile exports under that name
     train(codec="mspsm", profile="cpu-small:blocks=1", out=str(tmp_path / "same"), steps=1, **quiet)
@@ -326,9 +325,9 @@ def test_train_warm_start_resume_and_export(tmp_path):
     assert E.load_intnet(str(tmp_path / "w3.npz"), "cpu-small")[0].p.name == "cpu-small"
     assert "trained as `cpu-small:blocks=1`" in (tmp_path / "w3.md").read_text()
     msr_weights = Path(E.WEIGHTS_DIR) / "msr-cpu.npz"
-    with pytest.raises(SystemExit, match="not an mspsm weights file"):
+    with pytest.raises(TrainingError, match="not an mspsm weights file"):
         train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "x"), steps=1, init=str(msr_weights), **quiet)
-    with pytest.raises(SystemExit, match="not an msr weights file"):
+    with pytest.raises(TrainingError, match="not an msr weights file"):
         train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=str(tmp_path / "w.npz"), **quiet)
 
 
@@ -360,7 +359,7 @@ def test_bf16_trunk_training_tracks_the_float32_loss(tmp_path):
     """--bf16 runs the trunk's convolutions in bfloat16: the loss of a photo batch stays within 0.5 % of the
     float32 loss, the step trains, dev estimates stay float32, and a resumed run keeps the setting."""
     from PIL import Image
-    from pixark.jobs.train import train
+    from pixark.codec.training import checkpoint, train
 
     torch.manual_seed(3)
     net = M.Net(M.PROFILES["cpu-fb2"])
@@ -380,8 +379,8 @@ def test_bf16_trunk_training_tracks_the_float32_loss(tmp_path):
     quiet = {"data": str(data), "dev": None, "batch": 2, "crop": 32, "threads": 1, "log": lambda m: None}
     train(codec="mspsm", profile="cpu-small", out=str(tmp_path / "r"), steps=1, bf16=True, **quiet)
     train(codec="mspsm", profile="cpu-small", out=str(tmp_path / "r"), steps=2, resume=True, **quiet)
-    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
-    assert ck["bf16"] is True and ck["state"]["step"] == 2
+    meta = checkpoint.load(checkpoint.path(tmp_path / "r"))[0]
+    assert meta["bf16"] is True and meta["state"]["step"] == 2
 
 
 def _half_grey(px: np.ndarray) -> np.ndarray:

@@ -303,7 +303,7 @@ def test_shipped_weights_give_back_a_training_network():
 
 
 def test_training_goes_on_from_shipped_weights(tmp_path):
-    from pixark.jobs.train import train
+    from pixark.codec.training import TrainingError, checkpoint, train
 
     data = DEV / "gb82"
     if not data.is_dir():
@@ -312,11 +312,11 @@ def test_training_goes_on_from_shipped_weights(tmp_path):
     shipped = W.path(M.DEFAULT_PROFILE)
     s = train(codec="msr", profile=M.DEFAULT_PROFILE, out=str(tmp_path / "run"), steps=1, init=shipped, lr=1e-9,
               **quiet)
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert s["steps"] == 1 and state["state"]["init"].startswith(f"cpu weights {W.load_any(shipped)[1][:12]}")
-    trained = M.IntNet.from_net(_net_from(state["model"])).to_arrays()  # lr ~0: still the shipped integers
+    meta, model_state, _ = checkpoint.load(checkpoint.path(tmp_path / "run"))
+    assert s["steps"] == 1 and meta["state"]["init"].startswith(f"cpu weights {W.load_any(shipped)[1][:12]}")
+    trained = M.IntNet.from_net(_net_from(model_state)).to_arrays()  # lr ~0: still the shipped integers
     assert all(np.array_equal(v, trained[k]) for k, v in W.load_any(shipped)[0].to_arrays().items())
-    with pytest.raises(SystemExit, match="same profile"):
+    with pytest.raises(TrainingError, match="same profile"):
         train(codec="msr", profile="small", out=str(tmp_path / "small"), steps=1, init=shipped, **quiet)
 
 
@@ -327,14 +327,14 @@ def _net_from(state: dict) -> "M.Net":
 
 
 def test_training_hooks_run_a_few_steps(tmp_path):
-    from pixark.jobs.train import train
+    from pixark.codec.training import checkpoint, train
 
     data = DEV / "gb82"
     if not data.is_dir():
         pytest.skip(f"dev images not found under {DEV}")
     s = train(codec="msr", profile="small", data=str(data), dev=None, out=str(tmp_path / "run"), steps=2, batch=2,
               crop=64, threads=1, log=lambda m: None)
-    assert s["steps"] == 2 and os.path.exists(tmp_path / "run" / "checkpoint.pt")
+    assert s["steps"] == 2 and checkpoint.load(checkpoint.path(tmp_path / "run"))[0]["state"]["step"] == 2
 
 
 # ------------------------------------------------------------------------------------------------ tiles

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .. import modelstore
+from ..training.data import list_images, load_rgb
 from . import model as M
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
@@ -50,8 +51,6 @@ def measure(net: M.IntNet, paths: list[str], tile: int | None = None, verify: bo
     """Real coded size (payload bytes) and speed on images, tiled as the codec tiles them (default: the codec's
     tile); every round trip checked when verify."""
     from . import coder
-    from pixark.jobs.train import load_rgb
-
     tile = tile or coder.DEFAULT_TILE
     bits = 0
     subpx = 0
@@ -83,8 +82,6 @@ def export_weights(profile: str, net, weights_file: str, card_path: str, dev_dir
                    limit: int | None = None, log=print) -> dict:
     """Export a trained torch Net to the integer weights file, measure every dev image with the real coder
     (round trip checked) and write the model card."""
-    from pixark.jobs.train import list_images
-
     inet = M.IntNet.from_net(net)
     model_id = save_intnet(inet, weights_file)
     inet, _ = load_intnet(weights_file, profile)

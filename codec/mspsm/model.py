@@ -434,9 +434,9 @@ def dynamic_select(sidx: torch.Tensor, logits: torch.Tensor, remaining: torch.Te
         s = sidx[:, :, :, 0]
     key = s.sum(dim=2).to(torch.float64)  # (B,3,h,w) 0..189
     n = 3 * h * w
-    pos = torch.arange(n, dtype=torch.float64).reshape(1, 3, h, w)
+    pos = torch.arange(n, dtype=torch.float64, device=sidx.device).reshape(1, 3, h, w)
     score = torch.where(remaining, key * (1 << 22) + (n - pos), torch.full_like(key, -1.0)).reshape(b, -1)
-    out = torch.zeros(b, n, dtype=torch.bool)
+    out = torch.zeros(b, n, dtype=torch.bool, device=sidx.device)
     for i in range(b):
         r = int(remaining[i].sum())
         cnt = -(-r // n_groups_left)
@@ -466,19 +466,21 @@ class Trainer:
         pyr = [x]
         for _ in range(p.scales):
             pyr.append(pad_even(pyr[-1])[:, :, 1::2, 1::2])
-        total = torch.zeros((), dtype=torch.float32)
+        dev = x.device
+        total = torch.zeros((), dtype=torch.float32, device=dev)
         total = total + 8.0 * pyr[-1].numel()  # uniform coarsest scale
         z = err = None
         for i in reversed(range(p.scales)):
             h, w = sizes[i + 1]
             X = pad_even(pyr[i])
-            known = torch.zeros(bsz, 1, 2 * h, 2 * w)
+            known = torch.zeros(bsz, 1, 2 * h, 2 * w, device=dev)
             known[:, :, 1::2, 1::2] = 1
-            z = torch.zeros(bsz, p.context, h, w) if z is None else \
+            z = torch.zeros(bsz, p.context, h, w, device=dev) if z is None else \
                 z.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
-            gmap = group_map(p, i, h, w)
+            gmap_cpu = group_map(p, i, h, w)
+            gmap = None if gmap_cpu is None else gmap_cpu.to(dev)
             xt = unknown_phases(X)  # (B,3ph,3col,h,w)
-            remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool)
+            remaining = torch.ones(bsz, 3, h, w, dtype=torch.bool, device=dev)
             err = start_errors(p, X, err)
             for j in range(p.groups):
                 b16 = base16(X, known)
@@ -489,18 +491,25 @@ class Trainer:
                 else:
                     sel = (gmap == j)[None].expand(bsz, 3, h, w)
                 # only the phases this group codes (pattern a: one): the same loss and gradients, less work
-                ph = group_phases(sel)
+                ph = group_phases(sel) if gmap is None else \
+                    [k for k in range(3) if bool((gmap_cpu[k] == j).any())]  # no device sync
                 bits, e16 = self.group_bits(*(t[:, ph] for t in (unknown_phases(b16), xt, logits, off, sidx, coup)))
                 total = total + (bits * sel[:, ph]).sum()
                 remaining = remaining & ~sel
                 if p.feedback:
                     feedback_errors(err, sel, e16.detach(), ph)
                 # mark the group known
-                selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool)
+                selk = torch.zeros(bsz, 1, 2 * h, 2 * w, dtype=torch.bool, device=dev)
                 for ph, (py, px) in enumerate(PHASES[:3]):
                     selk[:, 0, py::2, px::2] = sel[:, ph]
                 known = torch.where(selk, torch.ones_like(known), known)
         return total / (bsz * H * W * 3)
+
+    def _bits(self, device) -> torch.Tensor:
+        """The code-length table on ``device`` (copied there once)."""
+        if self.bits_tab.device != device:
+            self.bits_tab = self.bits_tab.to(device)
+        return self.bits_tab
 
     def group_bits(self, base, xt, logits, off, sidx, coup):
         k = self.p.mixtures
@@ -521,7 +530,7 @@ class Trainer:
             pc = torch.sigmoid((t + 0.5) / scale) - torch.sigmoid((t - 0.5) / scale)
             lp = torch.log2(pc.clamp_min(0) + 2.0 ** -17)
             if k == 1:
-                tb = self.bits_tab[s.detach().long(), (f.detach() + 8).long(), d.long()]
+                tb = self._bits(d.device)[s.detach().long(), (f.detach() + 8).long(), d.long()]
                 lp = lp + (-tb - lp).detach()
             logp = logp + lp
             e.append(16 * xv - mu)

@@ -1,22 +1,15 @@
-"""Export a trained msr network to integer weights plus a model card whose dev numbers come from the real coder.
-
-    python -m pixark.codec.msr.export --checkpoint /work/runs/msr-cpu/checkpoint.pt \
-        --out codec/weights/msr-cpu.npz --dev ../shared/data/dev [--log /work/runs/msr-cpu/train.log]
-"""
+"""Export a trained msr network to integer weights plus a model card whose dev numbers come from the real coder
+(``pixark train --codec msr --export-only``)."""
 
 from __future__ import annotations
 
-import argparse
-import glob
-import json
 import os
-import sys
 import time
 
 import numpy as np
-import torch
 
 from .. import modelstore
+from ..training.data import list_images, load_rgb
 from . import model as M
 
 
@@ -26,13 +19,11 @@ def save_weights(profile: str, net: M.Net, weights_path: str) -> str:
 
 def measure(inet: M.IntNet, dirs: list[str], q: int = 90, k: int = 5, T: int = 4, limit: int | None = None) -> dict:
     """Real stream sizes (and a decode check) per dev folder."""
-    from pixark.jobs.train import load_rgb
-
     from . import coder
 
     out = {}
     for d in dirs:
-        files = sorted(glob.glob(os.path.join(glob.escape(d), "*.png")))[:limit]
+        files = list_images(d)[:limit]
         bits = sub = 0
         t_enc = t_dec = 0.0
         for f in files:
@@ -43,7 +34,7 @@ def measure(inet: M.IntNet, dirs: list[str], q: int = 90, k: int = 5, T: int = 4
             back = coder.decode(payload, inet)
             t2 = time.perf_counter()
             if not np.array_equal(back, x):
-                raise SystemExit(f"round trip failed on {f}")
+                raise AssertionError(f"round trip failed on {f}")
             bits += 8 * len(payload)
             sub += x.size
             t_enc += t1 - t0
@@ -85,32 +76,3 @@ def export_weights(profile, net, weights_path, card_path, dev_dirs, info, q=90, 
     write_card(card_path, profile, model_id, info, dev, q, k, T)
     return {"model_id": model_id, "dev": dev}
 
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--dev", default="../shared/data/dev")
-    ap.add_argument("--limit", type=int, help="images per dev folder (default all)")
-    ap.add_argument("--threads", type=int, default=1)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False)
-    profile = ck["profile"]
-    net = M.Net(M.PROFILES[profile])
-    net.load_state_dict(ck["model"])
-    st = ck["state"]
-    info = {"data": "../shared/data/train", "crop": 128, "steps": st["step"], "batch": M.PROFILES[profile].batch,
-            "lr": M.PROFILES[profile].lr, "minutes": st["elapsed"] / 60, "dev_bpsp_est": None}
-    hist = st.get("history") or []
-    if hist:
-        info["final_train_loss"] = hist[-1][1]
-    dirs = [os.path.join(a.dev, s) for s in sorted(os.listdir(a.dev))] if os.path.isdir(a.dev) else []
-    card = os.path.splitext(a.out)[0] + ".md"
-    res = export_weights(profile, net, a.out, card, dirs, info, limit=a.limit)
-    print(json.dumps(res), file=sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

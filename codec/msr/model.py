@@ -111,7 +111,7 @@ class Net(nn.Module):
         try:
             self.load_state_dict(state)
         except RuntimeError as e:
-            raise SystemExit(f"msr warm start needs weights of the same profile ({self.p.name}): {e}") from None
+            raise ValueError(f"msr warm start needs weights of the same profile ({self.p.name}): {e}") from None
         return []
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
@@ -255,7 +255,7 @@ def make_inputs(xhat: torch.Tensor, rk: torch.Tensor, known: torch.Tensor, q) ->
     r = pad_even(torch.clamp(rk * R_IN_SCALE, -127, 127), "zero")
     m = pad_even(known * 64.0, "zero")
     nb = pad_even(neighbour_mean(rk, known), "zero")
-    qt = torch.as_tensor(q, dtype=xh.dtype).reshape(-1) - 90
+    qt = torch.as_tensor(q, dtype=xh.dtype, device=xh.device).reshape(-1) - 90
     qt = qt.expand(b) if qt.numel() == 1 else qt
     hh, ww = xh.shape[-2] // 2, xh.shape[-1] // 2
     return torch.cat([s2d(xh), s2d(r), s2d(m), s2d(nb), qt[:, None, None, None].expand(b, 1, hh, ww)], dim=1)
@@ -296,10 +296,10 @@ def select(sidx: torch.Tensor, remaining: torch.Tensor, steps_left: int) -> torc
     code now: ceil(remaining / steps_left) smallest keys per image. Integer keys, unique, so both sides agree."""
     b, _, h, w = sidx.shape
     n = h * w
-    key = sidx.detach().to(torch.int64).sum(dim=1) * n + rank_map(h, w)[None]
+    key = sidx.detach().to(torch.int64).sum(dim=1) * n + rank_map(h, w).to(sidx.device)[None]
     big = torch.iinfo(torch.int64).max
     key = torch.where(remaining, key, torch.full_like(key, big)).reshape(b, n)
-    out = torch.zeros(b, n, dtype=torch.bool)
+    out = torch.zeros(b, n, dtype=torch.bool, device=sidx.device)
     for i in range(b):
         cnt = int(remaining[i].sum())
         cnt = -(-cnt // steps_left)
@@ -344,15 +344,16 @@ class Trainer:
     def __init__(self, p: Profile, net: Net, seed: int = 0):
         self.p, self.net = p, net
         self.rng = np.random.default_rng(seed + 991)
+        self.tabs: dict = {}
         t = tables(5)
         self.log_smin = math.log(t["s_min"])
         self.dlog = (math.log(t["s_max"]) - math.log(t["s_min"])) / (N_SCALE_IDX - 1)
 
     def base(self, x: torch.Tensor, qs: list[int]) -> torch.Tensor:
         """X̂ of each crop, coded as the codec codes an image (a 128x128 crop takes ~2 ms: no cache needed)."""
-        xs = x.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+        xs = x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
         xh = np.stack([webp_roundtrip(xs[i], qs[i]) for i in range(len(qs))])
-        return torch.from_numpy(xh).permute(0, 3, 1, 2).float()
+        return torch.from_numpy(xh).permute(0, 3, 1, 2).float().to(x.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.net.training:
@@ -365,7 +366,7 @@ class Trainer:
         xhat = self.base(x, qs)
         r, msb, _ = split_residual(x, xhat, k)
         known = (msb != 0).float()
-        q = torch.tensor(qs, dtype=torch.float32)
+        q = torch.tensor(qs, dtype=torch.float32, device=x.device)
         h, w = x.shape[-2:]
         with torch.no_grad():
             for i in range(it):
@@ -378,11 +379,18 @@ class Trainer:
         todo = 1.0 - known
         return (bits * todo).sum() / todo.sum().clamp_min(1.0)
 
+    def _bits(self, k: int, device) -> torch.Tensor:
+        """Table k's code lengths on ``device`` (copied there once)."""
+        key = (k, str(device))
+        if key not in self.tabs:
+            self.tabs[key] = tables(k)["bits"].to(device)
+        return self.tabs[key]
+
     def bits(self, r, off, sidx, coup, k):
         """Code length (bits) of every subpixel's LSB under the table, (B,3,H,W); straight-through to a smooth
         logistic surrogate for the gradient. Meaningless where the MSB is not 0 (callers mask those)."""
         half = 1 << (k - 1)
-        tab = tables(k)["bits"]
+        tab = self._bits(k, r.device)
         e = []
         out = []
         rc_all = r.clamp(-half, half - 1)
@@ -411,7 +419,7 @@ class Trainer:
         from .webpbase import WEBP_METHOD
 
         b, _, h, w = x.shape
-        xs = x.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+        xs = x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
         total = 0.0
         xh = []
         for i in range(b):
@@ -419,7 +427,7 @@ class Trainer:
                                            method=WEBP_METHOD, numthreads=1)
             total += 8 * len(data)
             xh.append(imagecodecs.webp_decode(data))
-        xhat = torch.from_numpy(np.stack(xh)).permute(0, 3, 1, 2).float()
+        xhat = torch.from_numpy(np.stack(xh)).permute(0, 3, 1, 2).float().to(x.device)
         r, msb, _ = split_residual(x, xhat, k)
         known = (msb != 0).float()
         n_esc = float(known.sum())

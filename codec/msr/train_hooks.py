@@ -1,27 +1,22 @@
-"""How jobs/train.py trains msr: the five hooks of its generic loop (see pixark.jobs.train)."""
+"""How the training loop (pixark.codec.training) trains msr."""
 
 from __future__ import annotations
 
+from ..training.hooks import Trainable, TrainProfile
 
-def hooks():
+
+def hooks() -> Trainable:
     from . import model as M
 
-    def make_model(profile):
-        return M.Net(M.PROFILES[profile])
+    def profile(name):
+        if name not in M.PROFILES:
+            raise ValueError(f"msr has no profile {name!r}; choose from {sorted(M.PROFILES)}")
+        return M.PROFILES[name]
 
-    def make_loss(profile, net):
-        return M.Trainer(M.PROFILES[profile], net)
-
-    def export(profile, net, weights_path, card_path, dev_dirs, info):
+    def export(profile_name, net, weights_path, card_path, dev_dirs, info, limit=None, log=None):
         from .export import export_weights
 
-        return export_weights(profile, net, weights_path, card_path, dev_dirs, info)
-
-    def profile_cfg(profile):
-        if profile not in M.PROFILES:
-            raise SystemExit(f"msr has no profile {profile!r}; choose from {sorted(M.PROFILES)}")
-        p = M.PROFILES[profile]
-        return {"batch": p.batch, "lr": p.lr, "model": profile}
+        return export_weights(profile_name, net, weights_path, card_path, dev_dirs, info, limit=limit)
 
     def from_weights(path):
         from .weights import load_any
@@ -29,4 +24,8 @@ def hooks():
         inet, model_id = load_any(path)
         return f"{inet.p.name} weights {model_id[:12]}", inet.to_net().state_dict()
 
-    return make_model, make_loss, export, profile_cfg, from_weights
+    return Trainable(make_model=lambda name: M.Net(profile(name)),
+                     make_loss=lambda name, net: M.Trainer(profile(name), net),
+                     export=export,
+                     profile_cfg=lambda name: TrainProfile(profile(name).batch, profile(name).lr, name),
+                     from_weights=from_weights)
