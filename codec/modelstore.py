@@ -1,4 +1,5 @@
-"""Weights files of the learned codecs, and every earlier version of them.
+"""Weights files of the learned codecs, and every earlier version of them; ``Store`` reads and writes one
+codec's files, as data (``read_npz``: no pickle, no eval, sizes checked; every array checked against its profile).
 
 A weights file's model id is the sha256 of its bytes; a stream records the id of the model that coded it. The
 file at a profile's path (codec/weights/<codec>-<profile>.npz) is what encoders use. Writing new weights over it
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -19,6 +21,9 @@ import numpy as np
 from .errors import CodecError, UnsupportedStream
 
 RETIRED = "retired"
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+FORMAT = 1  # of the arrays in a weights file (``format``; files without one are format 1)
+MAX_WEIGHTS = 1 << 28  # bytes of arrays in one weights file
 
 
 _IDS: dict = {}  # path -> (file identity, id): encoders ask for the current id on every call
@@ -152,3 +157,78 @@ def locate(path: str, mid: str, what: str) -> str:
                                 f"have (it has {', '.join(have) or 'none'}); decode it with the pixark release "
                                 f"that made it")
     return found
+
+
+class Store:
+    """One learned codec's weights: ``codec/weights/<codec>-<profile>.npz`` and their retired versions. ``net``
+    is the codec's integer network type (``nn.intnet.IntTrunk``), ``profiles`` its named profiles, ``limits``
+    the ranges of the profile's numeric fields, ``check`` a further check of a profile (ValueError)."""
+
+    def __init__(self, codec: str, net, profiles: dict, limits: dict, check=None):
+        self.codec, self.net, self.profiles, self.limits, self.check = codec, net, profiles, limits, check
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+
+    def path(self, profile: str) -> str:
+        return os.path.join(WEIGHTS_DIR, f"{self.codec}-{profile}.npz")
+
+    def exists(self, profile: str) -> bool:
+        return os.path.isfile(self.path(profile))
+
+    def shipped(self) -> list[str]:
+        return [n for n in self.profiles if self.exists(n)]
+
+    def load(self, profile: str, mid: str | None = None):
+        """(integer network, model id) of a profile's shipped weights: the current version, or with ``mid`` the
+        version with that model id (current or retired: a stream decodes with the model that coded it).
+        UnsupportedStream when this build does not have them."""
+        if profile not in self.profiles:
+            raise UnsupportedStream(f"{self.codec} has no profile {profile!r}; this build has "
+                                    f"{', '.join(self.profiles)}")
+        path = self.path(profile)
+        if mid is None:
+            if not os.path.isfile(path):
+                raise UnsupportedStream(
+                    f"{self.codec} profile {profile!r} has no weights in this build ({path}); train them with "
+                    f"`pixark train --codec {self.codec} --profile {profile}` or use a profile with weights: "
+                    f"{', '.join(self.shipped()) or 'none'}")
+            mid = model_id(path)
+        with self._lock:
+            if (profile, mid) not in self._cache:
+                found = locate(path, mid, f"{self.codec} profile {profile!r}")
+                self._cache[profile, mid] = self.read(found, profile)
+            return self._cache[profile, mid]
+
+    def read(self, path: str, profile: str | None = None):
+        """(integer network, model id) of a weights file of this codec (of ``profile`` when given), read as data:
+        the profile it records parsed as a literal and checked field by field, every layer's arrays checked
+        against the shapes that profile gives. BadModelFile saying what is wrong otherwise."""
+        what = f"{path}: not an {self.codec} weights file"
+        try:
+            if os.path.getsize(path) > MAX_WEIGHTS:
+                raise BadModelFile(f"{what} (larger than {MAX_WEIGHTS} bytes)")
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise BadModelFile(f"{what} ({e})") from None
+        arrs = read_npz(data, what, MAX_WEIGHTS)
+        try:
+            fmt = arrs.get("format", np.array(FORMAT))
+            if fmt.shape != () or fmt.dtype.kind != "i" or int(fmt) != FORMAT:
+                raise ValueError(f"weights format {fmt} unknown to this build")
+            text = arrs.get("profile")
+            if text is None or text.dtype.kind != "U" or text.shape != ():
+                raise ValueError("it records no profile")
+            p = self.net.profile_from(str(text), self.limits)
+            if self.check:
+                self.check(p)
+            net = self.net.from_arrays(p, arrs)
+        except ValueError as e:
+            raise BadModelFile(f"{what} ({e})") from None
+        if profile is not None and p.name != profile:
+            raise BadModelFile(f"{path} holds {self.codec} profile {p.name!r}, not {profile!r}")
+        return net, hashlib.sha256(data).hexdigest()
+
+    def save(self, net, path: str) -> str:
+        """``write`` an integer network's arrays (with the format) to ``path``; returns the model id."""
+        return save_npz(path, {**net.to_arrays(), "format": np.array(FORMAT, np.int64)})

@@ -491,14 +491,14 @@ def test_gpu_msr_matches_cpu_bit_for_bit_whatever_precision_the_process_chose():
     from images import photo_array
     from precision import reduced_precision
 
-    from pixark.codec.msr import coder, model as M, weights as W
+    from pixark.codec.msr import coder, model as M
 
-    if not W.exists(M.DEFAULT_PROFILE):
+    if not M.STORE.exists(M.DEFAULT_PROFILE):
         pytest.skip(f"msr profile {M.DEFAULT_PROFILE!r} has no shipped weights in this build")
-    net, _ = W.load(M.DEFAULT_PROFILE)
+    net, _ = M.STORE.load(M.DEFAULT_PROFILE)
     pixels = photo_array(64)
     with reduced_precision():
-        gpu_net = W.on_device(net, "cuda")
+        gpu_net = net.on_device("cuda")
         stream_gpu = coder.encode(pixels, gpu_net, 90, 5, 2, device="cuda")
         back_gpu = coder.decode(stream_gpu, gpu_net, device="cuda")
     stream_cpu = coder.encode(pixels, net, 90, 5, 2)

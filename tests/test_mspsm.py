@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from pixark.codec import tiling
-from pixark.codec.mspsm import model as M, coder, export as E
+from pixark.codec.mspsm import model as M, coder
+from pixark.codec.nn.quant import IN_STEP
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -66,10 +67,10 @@ def test_fast_path_equals_integer_reference_on_photos(inet):
 def test_float32_exactness_bound_and_trained_weights_reference():
     """Every layer of the shipped default model is proven to stay below 2**24 (float32 exact) or runs in float64;
     and the fast path equals the numpy int64 reference on a photo with the shipped weights."""
-    path = E.weights_path(M.DEFAULT_PROFILE)
+    path = M.STORE.path(M.DEFAULT_PROFILE)
     if not os.path.exists(path):
         pytest.skip(f"no shipped weights at {path}")
-    net, _ = E.load_intnet(path)
+    net, _ = M.STORE.read(path)
     for name, layer in net.layers.items():
         bound = (np.abs(layer.w.astype(np.int64)) * layer.in_max[None, :, None, None]).sum(axis=(1, 2, 3)).max()
         assert layer.f32_ok == (bound + np.abs(layer.b).max() < 2 ** 24), name
@@ -146,16 +147,16 @@ def test_damaged_payload_head_fails_before_sizing_anything(inet, field, value):
 
 def test_encode_and_decode_in_another_process(tmp_path, inet):
     wpath = tmp_path / "w.npz"
-    E.save_intnet(inet, str(wpath))
-    net, _ = E.load_intnet(str(wpath))
+    M.STORE.save(inet, str(wpath))
+    net, _ = M.STORE.read(str(wpath))
     px = _photo(40, 56, 6)
     payload = coder.encode(net, px, tile=32, tile_batch=2)
     (tmp_path / "p.bin").write_bytes(payload)
     script = (
         "import sys, hashlib, torch\n"
         "torch.set_num_threads(2)\n"
-        "from pixark.codec.mspsm import coder, export as E\n"
-        f"net, _ = E.load_intnet({str(wpath)!r})\n"
+        "from pixark.codec.mspsm import coder, model as M\n"
+        f"net, _ = M.STORE.read({str(wpath)!r})\n"
         f"px = coder.decode(net, open({str(tmp_path / 'p.bin')!r}, 'rb').read(), tile_batch=1)\n"
         "print(hashlib.sha256(px.tobytes()).hexdigest())\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
@@ -169,7 +170,7 @@ def test_golden_bitstreams_keep_decoding():
     arithmetic or the payload layout makes them decode differently (or not at all) and fails here."""
     if not GOLDEN_WEIGHTS.exists():
         pytest.skip("golden files not generated (python tests/test_mspsm.py --make-golden)")
-    net, _ = E.load_intnet(str(GOLDEN_WEIGHTS))
+    net, _ = M.STORE.read(str(GOLDEN_WEIGHTS))
     files = sorted(GOLDEN.glob("mspsm-golden-v*.bin"))
     versions = {f.read_bytes()[4] for f in files}
     assert versions == set(coder.PAYLOAD_VERSIONS)  # every payload version this build reads has goldens
@@ -279,7 +280,7 @@ def test_warm_start_begins_where_the_source_was(source, target):
         b = float(M.Trainer(dst.p, dst)(x))
     assert abs(a - b) < (0.01 if new_block else 1e-5) * a
     if "channels" in target:  # the new channels are live: training can use them
-        h = dst.conv_in(torch.rand(1, M.n_inputs(dst.p), 8, 8) * 64 * M.IN_STEP)
+        h = dst.conv_in(torch.rand(1, M.n_inputs(dst.p), 8, 8) * 64 * IN_STEP)
         assert h[:, src.p.channels:].abs().sum() > 0
 
 
@@ -287,6 +288,7 @@ def test_train_warm_start_resume_and_export(tmp_path):
     """pixark train: a few steps of cpu-small; cpu-fb warm-started from that checkpoint (--init) records where it
     came from, resumes from its own checkpoint, and its export names the warm start on the model card."""
     from PIL import Image
+    from pixark.codec.msr import model as RM
     from pixark.codec.training import TrainingError, checkpoint, export_checkpoint, train
 
     data = tmp_path / "data"
@@ -305,7 +307,7 @@ def test_train_warm_start_resume_and_export(tmp_path):
     assert checkpoint.load(checkpoint.path(tmp_path / "fb"))[0]["lr"] == 3e-4  # the run's learning rate, not the profile default
     r = export_checkpoint("mspsm", "cpu-fb", str(tmp_path / "fb"), str(tmp_path / "w.npz"), None)
     assert r["steps"] == 3 and "warm start from cpu-small step 2" in (tmp_path / "w.md").read_text()
-    net, _ = E.load_intnet(str(tmp_path / "w.npz"), "cpu-fb")
+    net, _ = M.STORE.read(str(tmp_path / "w.npz"), "cpu-fb")
     assert net.p.feedback
     with pytest.raises(TrainingError, match="no checkpoint"):  # nothing to resume and nothing to start from
         train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "none"), steps=1, resume=True, **quiet)
@@ -315,27 +317,27 @@ def test_train_warm_start_resume_and_export(tmp_path):
     s = train(codec="mspsm", profile="cpu-fb:channels=40", out=str(tmp_path / "fbw"), steps=1,
               init=str(tmp_path / "w.npz"), **quiet)
     state = checkpoint.load(checkpoint.path(tmp_path / "fbw"))[0]["state"]
-    model_id = E.load_intnet(str(tmp_path / "w.npz"))[1]
+    model_id = M.STORE.read(str(tmp_path / "w.npz"))[1]
     assert s["steps"] == 1 and state["init"].startswith(f"cpu-fb weights {model_id[:12]}")
     with pytest.raises(TrainingError, match="is for mspsm/cpu-fb:channels=40, not cpu-fb"):
         export_checkpoint("mspsm", "cpu-fb", str(tmp_path / "fbw"), str(tmp_path / "w2.npz"), None)
     # a training variant that builds the same model as a named profile exports under that name
     train(codec="mspsm", profile="cpu-small:blocks=1", out=str(tmp_path / "same"), steps=1, **quiet)
     export_checkpoint("mspsm", "cpu-small", str(tmp_path / "same"), str(tmp_path / "w3.npz"), None)
-    assert E.load_intnet(str(tmp_path / "w3.npz"), "cpu-small")[0].p.name == "cpu-small"
+    assert M.STORE.read(str(tmp_path / "w3.npz"), "cpu-small")[0].p.name == "cpu-small"
     assert "trained as `cpu-small:blocks=1`" in (tmp_path / "w3.md").read_text()
-    msr_weights = Path(E.WEIGHTS_DIR) / "msr-cpu.npz"
+    msr_weights = RM.STORE.path("cpu")
     with pytest.raises(TrainingError, match="not an mspsm weights file"):
         train(codec="mspsm", profile="cpu-fb", out=str(tmp_path / "x"), steps=1, init=str(msr_weights), **quiet)
     with pytest.raises(TrainingError, match="not an msr weights file"):
         train(codec="msr", profile="small", out=str(tmp_path / "msr"), steps=1, init=str(tmp_path / "w.npz"), **quiet)
 
 
-@pytest.mark.parametrize("profile", [p for p in sorted(M.PROFILES) if os.path.exists(E.weights_path(p))])
+@pytest.mark.parametrize("profile", [p for p in sorted(M.PROFILES) if os.path.exists(M.STORE.path(p))])
 def test_shipped_weights_give_back_a_training_network(profile):
     """IntNet.to_net (pixark train --init <weights.npz>, for when a checkpoint is gone) builds a float network that
     exports to exactly the shipped integers."""
-    inet, _ = E.load_intnet(E.weights_path(profile), profile)
+    inet, _ = M.STORE.read(M.STORE.path(profile), profile)
     a, b = inet.to_arrays(), M.IntNet.from_net(inet.to_net()).to_arrays()
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -433,9 +435,9 @@ def test_stage_inputs_match_the_trainer_and_a_direct_reading_of_the_copy_rule():
 def test_copy_model_codes_grey_pixels_cheaply():
     """Payload version 3 against version 2 with the shipped weights: far fewer bits where an image is grey, the
     same bits within 1 % on a colour photo, every stream round-trips."""
-    if not os.path.exists(E.weights_path(M.DEFAULT_PROFILE)):
+    if not os.path.exists(M.STORE.path(M.DEFAULT_PROFILE)):
         pytest.skip("no shipped weights for the default profile")
-    net, _ = E.load_intnet(E.weights_path(M.DEFAULT_PROFILE))
+    net, _ = M.STORE.read(M.STORE.path(M.DEFAULT_PROFILE))
     colour = _photo(96, 96, 4)
     grey = _half_grey(colour)
     sizes = {}
@@ -480,9 +482,9 @@ def test_transmitted_shifts_code_a_photo_shorter_and_a_tiny_image_as_before():
     version 3."""
     from pixark.codec.entropy import Decoder
 
-    if not os.path.exists(E.weights_path(M.DEFAULT_PROFILE)):
+    if not os.path.exists(M.STORE.path(M.DEFAULT_PROFILE)):
         pytest.skip("no shipped weights for the default profile")
-    net, _ = E.load_intnet(E.weights_path(M.DEFAULT_PROFILE))
+    net, _ = M.STORE.read(M.STORE.path(M.DEFAULT_PROFILE))
     keys = net.p.scales * net.p.groups
     for px, transmitted in ((_photo(384, 384, 2), True), (_photo(12, 10, 3), False)):
         v3, v4 = coder.encode(net, px, version=3), coder.encode(net, px, version=4)
@@ -512,20 +514,19 @@ def test_shipped_weights_keep_their_streams(profile):
     one: a change to the network input, feedback, coder or weights that alters those streams fails here."""
     import pixark.codec as pc
     from pixark.codec import container, modelstore
-    from pixark.codec.mspsm import load_profile, shipped
 
     paths = _shipped_goldens(profile)
-    if profile not in shipped():
+    if profile not in M.STORE.shipped():
         assert not paths, f"{paths[0].name} exists but {profile} ships no weights"
         return
     ids = set()
     for path in paths:
         header, _, payload = container.unpack(path.read_bytes())
         px = pc.decode(path.read_bytes()).pixels
-        net, model_id = load_profile(profile, header.model_id)
+        net, model_id = M.STORE.load(profile, header.model_id)
         assert coder.encode(net, px, tile=header.params["tile"], version=payload[4]) == payload, path.name
         ids.add(model_id)
-    assert modelstore.model_id(E.weights_path(profile)) in ids, \
+    assert modelstore.model_id(M.STORE.path(profile)) in ids, \
         f"no golden stream for the current {profile} weights (python tests/test_mspsm.py --make-golden)"
 
 
@@ -539,8 +540,8 @@ def test_codec_registry_and_missing_weights():
     assert set(d["profiles"]) == set(M.PROFILES)
     missing = [n for n in M.PROFILES if not d["profiles"][n]["weights"]]
     if missing:
-        with pytest.raises(UnsupportedStream, match="no shipped weights"):
-            mspsm.load_profile(missing[0])
+        with pytest.raises(UnsupportedStream, match="has no weights in this build"):
+            M.STORE.load(missing[0])
     from pixark.codec.image import DecodedImage
 
     assert c.supports(DecodedImage.from_array(np.zeros((4, 4), np.uint8)))  # grayscale: refused with a reason
@@ -549,7 +550,7 @@ def test_codec_registry_and_missing_weights():
 def test_codec_round_trip_with_shipped_weights():
     import pixark.codec as pc
 
-    if not os.path.exists(E.weights_path(M.DEFAULT_PROFILE)):
+    if not os.path.exists(M.STORE.path(M.DEFAULT_PROFILE)):
         pytest.skip("no shipped weights for the default profile")
     px = _photo(48, 64, 9)
     data = pc.encode(px, codec="mspsm")
@@ -593,8 +594,8 @@ def make_golden() -> None:
     """Write goldens for the payload version this build writes (older versions' files and the weights stay)."""
     GOLDEN.mkdir(exist_ok=True)
     if not GOLDEN_WEIGHTS.exists():
-        E.save_intnet(_seeded_net("cpu-small", seed=5), str(GOLDEN_WEIGHTS))
-    net, _ = E.load_intnet(str(GOLDEN_WEIGHTS))
+        M.STORE.save(_seeded_net("cpu-small", seed=5), str(GOLDEN_WEIGHTS))
+    net, _ = M.STORE.read(str(GOLDEN_WEIGHTS))
     for name, px, tile in [("photo", _photo(40, 48, 11), 512), ("tiled", _photo(35, 30, 12), 16),
                            ("tiny", np.arange(9, dtype=np.uint8).reshape(1, 3, 3) * 28, 512),
                            ("grey", _half_grey(_photo(40, 40, 13)), 512)]:

@@ -19,11 +19,11 @@ from pixark.codec import tiling
 from pixark.codec.errors import CorruptStream, UnsupportedImage
 
 msr = pytest.importorskip("pixark.codec.msr")
-from pixark.codec.msr import coder, model as M, weights as W  # noqa: E402
+from pixark.codec.msr import coder, model as M  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
-pytestmark = pytest.mark.skipif(not W.exists(M.DEFAULT_PROFILE),
+pytestmark = pytest.mark.skipif(not M.STORE.exists(M.DEFAULT_PROFILE),
                                 reason="msr weights are not installed (codec/weights/msr-cpu.npz)")
 
 
@@ -41,7 +41,7 @@ def dev_photo(i: int = 0, h: int = 96, w: int = 128) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def net():
-    return W.load(M.DEFAULT_PROFILE)[0]
+    return M.STORE.load(M.DEFAULT_PROFILE)[0]
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_decode_in_another_process_with_other_settings(tmp_path):
     (tmp_path / "s.pxk").write_bytes(data)
     script = (
         "import sys, torch, pixark.codec as pc\n"
-        "from pixark.codec.msr import coder, weights\n"
+        "from pixark.codec.msr import coder\n"
         "torch.set_num_threads(2)\n"
         "coder.DEFAULT_BAND, coder.DEFAULT_BATCH = 2, 3\n"
         "img = pc.decode(open(sys.argv[1], 'rb').read())\n"
@@ -177,7 +177,7 @@ def _golden_stream(name):
 
     exp = _golden()[name]
     header, _, payload = unpack((GOLDEN / name).read_bytes())
-    net, model_id = W.load_file(str(GOLDEN_WEIGHTS), header.params["profile"])
+    net, model_id = M.STORE.read(str(GOLDEN_WEIGHTS), header.params["profile"])
     assert header.model_id == model_id == exp["model_id"]  # made with exactly these weights
     return exp, header, payload, net
 
@@ -297,7 +297,7 @@ def test_describe_lists_profiles():
 
 def test_shipped_weights_give_back_a_training_network():
     """IntNet.to_net builds a float network that exports to exactly the shipped integers (``--init`` from them)."""
-    inet, _ = W.load_any(W.path(M.DEFAULT_PROFILE))
+    inet, _ = M.STORE.read(M.STORE.path(M.DEFAULT_PROFILE))
     a, b = inet.to_arrays(), M.IntNet.from_net(inet.to_net()).to_arrays()
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -309,13 +309,13 @@ def test_training_goes_on_from_shipped_weights(tmp_path):
     if not data.is_dir():
         pytest.skip(f"dev images not found under {DEV}")
     quiet = {"data": str(data), "dev": None, "batch": 2, "crop": 32, "threads": 1, "log": lambda m: None}
-    shipped = W.path(M.DEFAULT_PROFILE)
+    shipped = M.STORE.path(M.DEFAULT_PROFILE)
     s = train(codec="msr", profile=M.DEFAULT_PROFILE, out=str(tmp_path / "run"), steps=1, init=shipped, lr=1e-9,
               **quiet)
     meta, model_state, _ = checkpoint.load(checkpoint.path(tmp_path / "run"))
-    assert s["steps"] == 1 and meta["state"]["init"].startswith(f"cpu weights {W.load_any(shipped)[1][:12]}")
+    assert s["steps"] == 1 and meta["state"]["init"].startswith(f"cpu weights {M.STORE.read(shipped)[1][:12]}")
     trained = M.IntNet.from_net(_net_from(model_state)).to_arrays()  # lr ~0: still the shipped integers
-    assert all(np.array_equal(v, trained[k]) for k, v in W.load_any(shipped)[0].to_arrays().items())
+    assert all(np.array_equal(v, trained[k]) for k, v in M.STORE.read(shipped)[0].to_arrays().items())
     with pytest.raises(TrainingError, match="same profile"):
         train(codec="msr", profile="small", out=str(tmp_path / "small"), steps=1, init=shipped, **quiet)
 
@@ -413,7 +413,7 @@ def make_golden() -> None:
             continue
         exp.setdefault("payload_version", 1)
         header, blobs, payload = unpack((GOLDEN / name).read_bytes())
-        net, _ = W.load_file(str(GOLDEN_WEIGHTS), header.params["profile"])
+        net, _ = M.STORE.read(str(GOLDEN_WEIGHTS), header.params["profile"])
         p = header.params
         data = pack(header, blobs, coder.encode(coder.decode(payload, net), net, p["q"], p["k"], p["T"]))
         new = f"msr-v{coder.PAYLOAD_VERSION}-" + name.removeprefix("msr-")

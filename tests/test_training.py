@@ -17,7 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pixark.codec.mspsm import export as E
 from pixark.codec.mspsm import model as M
 from pixark.codec.training import TrainingError, checkpoint, export_checkpoint, list_images, load_rgb, train
 from pixark.codec.training.data import CropSampler, Loader, dihedral
@@ -116,7 +115,7 @@ def test_checkpoint_is_plain_data_and_export_gives_the_same_integers(data, tmp_p
     assert meta["codec"] == "mspsm" and meta["state"]["step"] == 2 and meta["device"] == "cpu"
     assert set(opt["state"]) == set(range(len(list(M.Net(M.PROFILES["cpu-small"]).parameters()))))
     export_checkpoint("mspsm", "cpu-small", str(run), str(tmp_path / "later.npz"), None)
-    a, b = E.load_intnet(str(tmp_path / "end.npz"))[0].to_arrays(), E.load_intnet(str(tmp_path / "later.npz"))[0]
+    a, b = M.STORE.read(str(tmp_path / "end.npz"))[0].to_arrays(), M.STORE.read(str(tmp_path / "later.npz"))[0]
     assert all(np.array_equal(v, b.to_arrays()[k]) for k, v in a.items())
     net = M.Net(M.PROFILES["cpu-small"])
     checkpoint.fit(net, state, "x")
@@ -198,7 +197,7 @@ def test_cuda_run_resumes_on_cpu_and_back_with_the_same_export(data, tmp_path):
               export_to=str(tmp_path / "end.npz"), **kw)
     assert s["steps"] == 4
     export_checkpoint("mspsm", "cpu-fb2", str(run), str(tmp_path / "later.npz"), None)
-    assert E.load_intnet(str(tmp_path / "end.npz"))[1] == E.load_intnet(str(tmp_path / "later.npz"))[1]
+    assert M.STORE.read(str(tmp_path / "end.npz"))[1] == M.STORE.read(str(tmp_path / "later.npz"))[1]
 
 
 def test_cli_trains_and_reports_errors(data, tmp_path):

@@ -10,47 +10,18 @@ and measurements: docs/MSPSM.md. Importing registers the codec.
 
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
 
-from .. import modelstore
 from ..container import Header
 from ..errors import CorruptStream, UnsupportedStream
 from ..image import DecodedImage
 from ..registry import Codec, Encoded, check_device, register
 from . import model as M
-from . import export as E
 from .coder import DEFAULT_TILE
 
-_NETS: dict = {}
-_LOCK = threading.Lock()
-
-
 def load_profile(profile: str, model_id: str | None = None):
-    """(IntNet, model_id) for a profile with shipped weights: the current version, or with ``model_id`` the
-    version with that id (current or retired: a stream decodes with the model that coded it). A clear error
-    otherwise."""
-    if profile not in M.PROFILES:
-        raise ValueError(f"mspsm: unknown profile {profile!r}; profiles: {', '.join(M.PROFILES)}")
-    path = E.weights_path(profile)
-    if model_id is None:
-        if not os.path.exists(path):
-            raise UnsupportedStream(
-                f"mspsm profile {profile!r} has no shipped weights ({path} missing); train it with "
-                f"`pixark train --codec mspsm --profile {profile}` or use a profile with weights: "
-                f"{', '.join(shipped()) or 'none'}")
-        model_id = modelstore.model_id(path)
-    with _LOCK:
-        if (profile, model_id) not in _NETS:
-            found = modelstore.locate(path, model_id, f"mspsm profile {profile!r}")
-            _NETS[profile, model_id] = E.load_intnet(found, profile)
-        return _NETS[profile, model_id]
-
-
-def shipped() -> list[str]:
-    return [n for n in M.PROFILES if os.path.exists(E.weights_path(n))]
+    """(IntNet, model_id) of a profile's shipped weights (``model.STORE.load``)."""
+    return M.STORE.load(profile, model_id)
 
 
 class MspsmCodec(Codec):
@@ -71,18 +42,20 @@ class MspsmCodec(Codec):
         return None
 
     def available(self) -> bool:
-        return os.path.exists(E.weights_path(M.DEFAULT_PROFILE))
+        return M.STORE.exists(M.DEFAULT_PROFILE)
 
     def describe(self) -> dict:
         d = super().describe()
         d["profiles"] = {n: {"params": M.count_params(p), "macs_per_pixel": round(M.macs_per_pixel(p)),
-                             "weights": os.path.exists(E.weights_path(n)),
+                             "weights": M.STORE.exists(n),
                              "coder": "table bank (fast)" if p.mixtures == 1 else "per-symbol mixture tables (slow)",
                              "note": p.note} for n, p in M.PROFILES.items()}
         return d
 
     def _check(self, params: dict) -> dict:
         p = self.params(params)
+        if p["profile"] not in M.PROFILES:
+            raise ValueError(f"mspsm: unknown profile {p['profile']!r}; profiles: {', '.join(M.PROFILES)}")
         try:
             p["tile"], p["tile_batch"] = int(p["tile"]), int(p["tile_batch"])
         except (TypeError, ValueError):

@@ -1,51 +1,19 @@
-"""Integer model files: export from a trained network, load by profile, measure on dev with the real coder.
+"""Export a trained network to its integer weights file and model card, measuring dev with the real coder.
 
-Weights file codec/weights/mspsm-<profile>.npz holds the integer layers (int8 weights, integer biases,
-multipliers and shifts) and the profile; the model id is the sha256 of the file's bytes. Earlier versions are kept
-under codec/weights/retired/ (``codec/modelstore.py``).
+Weights file codec/weights/mspsm-<profile>.npz (``model.STORE``, codec/modelstore.py) holds the integer layers
+(int8 weights, integer biases, multipliers and shifts) and the profile; the model id is the sha256 of the file's
+bytes. Earlier versions are kept under codec/weights/retired/.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import time
 
 import numpy as np
 
-from .. import modelstore
 from ..training.data import list_images, load_rgb
 from . import model as M
-
-WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
-FORMAT = 1
-
-
-def weights_path(profile: str) -> str:
-    return os.path.join(WEIGHTS_DIR, f"mspsm-{profile}.npz")
-
-
-def save_intnet(net: M.IntNet, path: str) -> str:
-    arrs = net.to_arrays()
-    arrs["format"] = np.array(FORMAT, np.int64)
-    return modelstore.save_npz(path, arrs)  # an earlier version there is kept (retired), not lost
-
-
-def load_intnet(path: str, profile: str | None = None) -> tuple[M.IntNet, str]:
-    with open(path, "rb") as f:
-        data = f.read()
-    z = np.load(io.BytesIO(data), allow_pickle=False)
-    if "format" not in z.files or "profile" not in z.files:
-        raise ValueError(f"{path}: not an mspsm weights file")
-    if int(z["format"]) != FORMAT:
-        raise ValueError(f"{path}: weights format {int(z['format'])} unknown to this build")
-    prof = eval(str(z["profile"]), {"__builtins__": {}}, {})  # a dict literal written by repr(asdict(profile))
-    p = M.Profile(**prof)
-    if profile is not None and p.name != profile:
-        raise ValueError(f"{path} holds profile {p.name!r}, not {profile!r}")
-    return M.IntNet.from_arrays(p, z), hashlib.sha256(data).hexdigest()
-
 
 def measure(net: M.IntNet, paths: list[str], tile: int | None = None, verify: bool = True, log=None) -> dict:
     """Real coded size (payload bytes) and speed on images, tiled as the codec tiles them (default: the codec's
@@ -82,9 +50,8 @@ def export_weights(profile: str, net, weights_file: str, card_path: str, dev_dir
                    limit: int | None = None, log=print) -> dict:
     """Export a trained torch Net to the integer weights file, measure every dev image with the real coder
     (round trip checked) and write the model card."""
-    inet = M.IntNet.from_net(net)
-    model_id = save_intnet(inet, weights_file)
-    inet, _ = load_intnet(weights_file, profile)
+    model_id = M.STORE.save(M.IntNet.from_net(net), weights_file)  # an earlier version there is retired
+    inet, _ = M.STORE.read(weights_file, profile)
     res = {"model_id": model_id, "params": M.count_params(inet.p), "macs_per_pixel": M.macs_per_pixel(inet.p)}
     for d in dev_dirs:
         paths = list_images(d)[:limit] if limit else list_images(d)

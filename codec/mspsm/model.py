@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import modelstore
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import (QConv2d, IntConv, export_conv, import_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP,
-                        IN_STEP)
+from ..nn import intnet
+from ..nn.intnet import IntTrunk, TrunkNet
+from ..nn.quant import QConv2d, floor_ste, ACT_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tables", "logistic256.npz")
 
@@ -145,19 +146,14 @@ def head_gain(p: Profile) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # network
 # ----------------------------------------------------------------------------------------------------------
-class Net(nn.Module):
+class Net(TrunkNet):
     """Fake-quantized progressive prediction network (training form)."""
 
+    HEADS = ("head_p", "head_z")
+
     def __init__(self, p: Profile):
-        super().__init__()
-        self.p = p
-        self.bf16 = False  # training option (pixark train --bf16, nn.quant.bf16_trunk)
+        super().__init__(p, n_inputs(p))
         c = p.channels
-        self.conv_in = QConv2d(n_inputs(p), c, 3, IN_STEP, ACT_STEP, "relu")
-        self.blocks = nn.ModuleList()
-        for _ in range(p.blocks):
-            self.blocks.append(nn.ModuleList([QConv2d(c, c, 3, ACT_STEP, ACT_STEP, "relu"),
-                                              QConv2d(c, c, 3, ACT_STEP, ACT_STEP, "signed")]))
         self.head_p = QConv2d(c, n_params_out(p), 1, ACT_STEP, 1.0, "signed", gain=head_gain(p))
         self.head_z = QConv2d(c, p.context, 1, ACT_STEP, ACT_STEP, "relu")
         with torch.no_grad():
@@ -198,68 +194,31 @@ class Net(nn.Module):
         return sorted(set(params) - copied - set(partial)) + [f"{n} (widened)" for n in partial]
 
     def forward(self, inp: torch.Tensor):
-        with bf16_trunk(inp, self.bf16):
-            a = self.conv_in(inp * IN_STEP)
-            for c1, c2 in self.blocks:
-                r = c2(c1(a))
-                a = (a + r).clamp(0, 127 * ACT_STEP)
-        a = a.float()  # the heads stay float32 (bf16_trunk)
-        prm = self.head_p(a)  # out_step 1: already integer units
-        z = self.head_z(a) / ACT_STEP
-        return prm, z
+        a = self.trunk(inp)
+        return self.head_p(a), self.head_z(a) / ACT_STEP  # head_p's out_step 1: already integer units
 
 
-class IntNet:
-    """Exported integer network. ``fast`` = torch path, else pure numpy int64 reference."""
+class IntNet(IntTrunk):
+    """Exported integer network: ``__call__`` the fast path, ``reference`` the int64 numpy path; each returns
+    (outputs P, next context z)."""
 
-    def __init__(self, p: Profile, layers: dict[str, IntConv]):
-        self.p = p
-        self.layers = layers
+    NET = Net
+    PROFILE = Profile
 
     @staticmethod
-    def _pairs(net: Net) -> list[tuple[str, QConv2d]]:
-        """Each integer layer's name with its training layer."""
-        blocks = [(f"b{i}.c{j + 1}", c) for i, blk in enumerate(net.blocks) for j, c in enumerate(blk)]
-        return [("conv_in", net.conv_in), *blocks, ("head_p", net.head_p), ("head_z", net.head_z)]
-
-    @classmethod
-    def from_net(cls, net: Net) -> "IntNet":
-        return cls(net.p, {n: export_conv(c, input_max(net.p) if n == "conv_in" else 127) for n, c in cls._pairs(net)})
-
-    def to_arrays(self) -> dict:
-        out = {}
-        for k, v in self.layers.items():
-            out.update(v.to_arrays(k))
-        out["profile"] = np.array(repr(asdict(self.p)))
-        return out
-
-    def to_net(self) -> Net:
-        """A training network that fake-quantizes to these integers (``import_conv``)."""
-        net = Net(self.p)
-        for n, c in self._pairs(net):
-            import_conv(c, self.layers[n])
-        return net
-
-    @classmethod
-    def from_arrays(cls, p: Profile, arrs) -> "IntNet":
-        names = ["conv_in"] + [f"b{i}.c{j}" for i in range(p.blocks) for j in (1, 2)] + ["head_p", "head_z"]
-        return cls(p, {n: IntConv.from_arrays(arrs, n) for n in names})
+    def input_max(p: Profile) -> np.ndarray:
+        return input_max(p)
 
     def __call__(self, inp: torch.Tensor):
-        """(outputs P, next context z), float32 holding integers (exact: every later use stays below 2**24)."""
-        return run_trunk(self.layers, self.p.blocks, inp, ("head_p", "head_z"))
+        """Float32 holding integers (exact: every later use stays below 2**24)."""
+        return self.run(inp)
 
     def reference(self, inp: np.ndarray):
-        L = self.layers
-        a = L["conv_in"].forward_numpy(inp)
-        for i in range(self.p.blocks):
-            r = L[f"b{i}.c2"].forward_numpy(L[f"b{i}.c1"].forward_numpy(a))
-            a = np.clip(a + r, 0, 127)
-        return L["head_p"].forward_numpy(a), L["head_z"].forward_numpy(a)
+        return self.run_reference(inp)
 
 
 def count_params(p: Profile) -> int:
-    return sum(t.numel() for t in Net(p).parameters())
+    return intnet.count_params(Net(p))
 
 
 def macs_per_pixel(p: Profile) -> float:
@@ -268,6 +227,19 @@ def macs_per_pixel(p: Profile) -> float:
     per_cell = 9 * n_inputs(p) * c + p.blocks * 2 * 9 * c * c + c * (n_params_out(p) + p.context)
     # per scale: `groups` passes on a grid of 1/4 the pixels; scales shrink by 4
     return per_cell * p.groups / 4 * sum(4.0 ** -i for i in range(p.scales))
+
+
+def _check_profile(p: Profile) -> None:
+    if p.grouping not in ("a", "b", "random", "dynamic"):
+        raise ValueError(f"unknown grouping {p.grouping!r}")
+    if (p.feedback and p.mixtures > 1) or (p.carry and not p.feedback):
+        raise ValueError("feedback is for K = 1 profiles, carry needs feedback")
+
+
+# the shipped weights: codec/weights/mspsm-<profile>.npz (codec/modelstore.py)
+STORE = modelstore.Store("mspsm", IntNet, PROFILES, check=_check_profile, limits={
+    "scales": (1, 8), "channels": (1, 512), "blocks": (0, 16), "context": (1, 256), "mixtures": (1, 16),
+    "batch": (0, 1 << 16), "lr": (0.0, 1.0)})
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ def hooks() -> Trainable:
         return TrainProfile(p.batch, p.lr, replace(p, name="", note="", batch=0, lr=0.0))
 
     def from_weights(path):
-        inet, model_id = E.load_intnet(path)
+        inet, model_id = M.STORE.read(path)
         return f"{inet.p.name} weights {model_id[:12]}", inet.to_net().state_dict()
 
     return Trainable(make_model=lambda profile: M.Net(M.resolve(profile)),

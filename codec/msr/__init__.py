@@ -16,7 +16,6 @@ from ..errors import CorruptStream
 from ..image import DecodedImage
 from ..registry import Codec, Encoded, check_device, register
 from . import model as M
-from . import weights as W
 
 Q_AUTO = (85, 90, 95)
 
@@ -38,11 +37,11 @@ class MsrCodec(Codec):
         return None  # any size: images over coder.TILE a side are coded in tiles
 
     def available(self) -> bool:
-        return W.exists(M.DEFAULT_PROFILE)
+        return M.STORE.exists(M.DEFAULT_PROFILE)
 
     def describe(self) -> dict:
         d = super().describe()
-        d["profiles"] = [{"name": n, "weights": W.exists(n), "params": M.count_params(p),
+        d["profiles"] = [{"name": n, "weights": M.STORE.exists(n), "params": M.count_params(p),
                           "macs_per_pixel_per_iteration": M.macs_per_pixel(p),
                           "summary": f"{p.note}; {M.count_params(p)} params, "
                                      f"{M.macs_per_pixel(p):.0f} MACs/pixel/iteration"}
@@ -73,7 +72,7 @@ class MsrCodec(Codec):
 
         p = self._check(self.params(params))
         device = check_device(device, available=True)
-        net, model_id = W.load(p["profile"])
+        net, model_id = M.STORE.load(p["profile"])
         qs = Q_AUTO if p["q"] == "auto" else (p["q"],)
         best = None
         for q in qs:
@@ -88,7 +87,7 @@ class MsrCodec(Codec):
         device = check_device(device, available=True)
         prm = header.params
         profile = prm.get("profile", M.DEFAULT_PROFILE)
-        net, _ = W.load(profile, header.model_id)
+        net, _ = M.STORE.load(profile, header.model_id)
         f = coder.parse(payload)
         if (f["height"], f["width"]) != (header.height, header.width) or header.channels != 3:
             raise CorruptStream("msr payload size does not match the container header")

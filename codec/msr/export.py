@@ -8,13 +8,12 @@ import time
 
 import numpy as np
 
-from .. import modelstore
 from ..training.data import list_images, load_rgb
 from . import model as M
 
 
-def save_weights(profile: str, net: M.Net, weights_path: str) -> str:
-    return modelstore.save_npz(weights_path, M.IntNet.from_net(net).to_arrays())  # an earlier version is retired
+def save_weights(net: M.Net, weights_path: str) -> str:
+    return M.STORE.save(M.IntNet.from_net(net), weights_path)  # an earlier version there is retired
 
 
 def measure(inet: M.IntNet, dirs: list[str], q: int = 90, k: int = 5, T: int = 4, limit: int | None = None) -> dict:
@@ -70,8 +69,8 @@ def write_card(card_path: str, profile: str, model_id: str, info: dict, dev: dic
 
 
 def export_weights(profile, net, weights_path, card_path, dev_dirs, info, q=90, k=5, T=4, limit=None) -> dict:
-    model_id = save_weights(profile, net, weights_path)
-    inet = M.IntNet.from_arrays(M.PROFILES[profile], dict(np.load(weights_path)))
+    model_id = save_weights(net, weights_path)
+    inet, _ = M.STORE.read(weights_path, profile)
     dev = measure(inet, dev_dirs, q, k, T, limit)
     write_card(card_path, profile, model_id, info, dev, q, k, T)
     return {"model_id": model_id, "dev": dev}

@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import modelstore
 from ..adapt import CostBank
 from ..entropy import bank
-from ..nn.quant import QConv2d, IntConv, export_conv, import_conv, floor_ste, run_trunk, bf16_trunk, ACT_STEP, IN_STEP
+from ..nn import intnet
+from ..nn.intnet import IntTrunk, TrunkNet
+from ..nn.quant import QConv2d, floor_ste, ACT_STEP
 
 TABLES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsb_tables.npz")
 N_SCALE_IDX = 48
@@ -83,20 +85,14 @@ def head_gain() -> torch.Tensor:
     return torch.tensor(per * 4)
 
 
-class Net(nn.Module):
+class Net(TrunkNet):
     """Fake-quantized network (training form)."""
 
+    HEADS = ("head",)
+
     def __init__(self, p: Profile):
-        super().__init__()
-        self.p = p
-        self.bf16 = False  # training option (pixark train --bf16, nn.quant.bf16_trunk)
-        c = p.channels
-        self.conv_in = QConv2d(N_IN, c, 3, IN_STEP, ACT_STEP, "relu")
-        self.blocks = nn.ModuleList()
-        for _ in range(p.blocks):
-            self.blocks.append(nn.ModuleList([QConv2d(c, c, 3, ACT_STEP, ACT_STEP, "relu"),
-                                              QConv2d(c, c, 3, ACT_STEP, ACT_STEP, "signed")]))
-        self.head = QConv2d(c, N_OUT, 1, ACT_STEP, 1.0, "signed", gain=head_gain())
+        super().__init__(p, N_IN)
+        self.head = QConv2d(p.channels, N_OUT, 1, ACT_STEP, 1.0, "signed", gain=head_gain())
         with torch.no_grad():  # start from "mean 0, scale ~1.5 px, no coupling", learn from there
             self.head.weight.mul_(0.05)
             b = torch.zeros(4, 9)
@@ -115,72 +111,40 @@ class Net(nn.Module):
         return []
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        with bf16_trunk(inp, self.bf16):
-            a = self.conv_in(inp * IN_STEP)
-            for c1, c2 in self.blocks:
-                a = (a + c2(c1(a))).clamp(0, 127 * ACT_STEP)
-        return self.head(a.float())  # out_step 1: integer units
+        return self.head(self.trunk(inp))  # out_step 1: integer units
 
 
-class IntNet:
+class IntNet(IntTrunk):
     """Exported integer network: ``__call__`` is the fast torch path, ``reference`` the int64 numpy path."""
 
-    def __init__(self, p: Profile, layers: dict[str, IntConv]):
-        self.p = p
-        self.layers = layers
+    NET = Net
+    PROFILE = Profile
+    OUT_DTYPE = torch.float64
 
     @staticmethod
-    def names(p: Profile) -> list[str]:
-        return ["conv_in"] + [f"b{i}.c{j}" for i in range(p.blocks) for j in (1, 2)] + ["head"]
-
-    @staticmethod
-    def _pairs(net: Net) -> list[tuple[str, QConv2d]]:
-        """Each integer layer's name with its training layer."""
-        blocks = [(f"b{i}.c{j + 1}", c) for i, blk in enumerate(net.blocks) for j, c in enumerate(blk)]
-        return [("conv_in", net.conv_in), *blocks, ("head", net.head)]
-
-    @classmethod
-    def from_net(cls, net: Net) -> "IntNet":
-        return cls(net.p, {n: export_conv(c, input_max() if n == "conv_in" else 127) for n, c in cls._pairs(net)})
-
-    def to_net(self) -> Net:
-        """A training network that fake-quantizes to these integers (``import_conv``): training goes on from
-        shipped weights (``pixark train --codec msr --init codec/weights/msr-<profile>.npz``)."""
-        net = Net(self.p)
-        for n, c in self._pairs(net):
-            import_conv(c, self.layers[n])
-        return net
-
-    def to_arrays(self) -> dict:
-        out = {}
-        for k, v in self.layers.items():
-            out.update(v.to_arrays(k))
-        out["profile"] = np.array(repr(asdict(self.p)))
-        return out
-
-    @classmethod
-    def from_arrays(cls, p: Profile, arrs) -> "IntNet":
-        return cls(p, {n: IntConv.from_arrays(arrs, n) for n in cls.names(p)})
+    def input_max(p: Profile) -> np.ndarray:
+        return input_max()
 
     def __call__(self, inp: torch.Tensor) -> torch.Tensor:
-        return run_trunk(self.layers, self.p.blocks, inp, ("head",), torch.float64)[0]
+        return self.run(inp)[0]
 
     def reference(self, inp: np.ndarray) -> np.ndarray:
-        L = self.layers
-        a = L["conv_in"].forward_numpy(inp)
-        for i in range(self.p.blocks):
-            a = np.clip(a + L[f"b{i}.c2"].forward_numpy(L[f"b{i}.c1"].forward_numpy(a)), 0, 127)
-        return L["head"].forward_numpy(a)
+        return self.run_reference(inp)[0]
 
 
 def count_params(p: Profile) -> int:
-    return sum(t.numel() for t in Net(p).parameters())
+    return intnet.count_params(Net(p))
 
 
 def macs_per_pixel(p: Profile) -> float:
     """Network multiply-accumulates per pixel and per iteration."""
     c = p.channels
     return (9 * N_IN * c + p.blocks * 2 * 9 * c * c + c * N_OUT) / 4
+
+
+# the shipped weights: codec/weights/msr-<profile>.npz (codec/modelstore.py)
+STORE = modelstore.Store("msr", IntNet, PROFILES, limits={"channels": (1, 512), "blocks": (0, 16),
+                                                         "batch": (0, 1 << 16), "lr": (0.0, 1.0)})
 
 
 # ------------------------------------------------------------------------------------------------ tables

@@ -19,9 +19,7 @@ def hooks() -> Trainable:
         return export_weights(profile_name, net, weights_path, card_path, dev_dirs, info, limit=limit)
 
     def from_weights(path):
-        from .weights import load_any
-
-        inet, model_id = load_any(path)
+        inet, model_id = M.STORE.read(path)
         return f"{inet.p.name} weights {model_id[:12]}", inet.to_net().state_dict()
 
     return Trainable(make_model=lambda name: M.Net(profile(name)),
