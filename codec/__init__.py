@@ -9,12 +9,12 @@ from . import classical  # noqa: F401  (registers store, png, webp-ll, jxl-ll)
 from .api import candidates, decode, encode, info, load
 from .container import VERSION as FORMAT_VERSION
 from .errors import CodecError, CorruptStream, DeviceError, UnsupportedImage, UnsupportedStream
-from .image import DecodedImage, Metadata, pixel_sha256
+from .image import DecodedImage, Metadata, NoPixels, pixel_sha256
 from .registry import Codec, Encoded, all_codecs, get, names, parse_spec, register
 
 __all__ = [
     "encode", "decode", "info", "load", "candidates", "FORMAT_VERSION",
     "CodecError", "CorruptStream", "UnsupportedImage", "UnsupportedStream",
-    "DecodedImage", "Metadata", "pixel_sha256",
+    "DecodedImage", "Metadata", "NoPixels", "pixel_sha256",
     "Codec", "Encoded", "register", "get", "names", "all_codecs", "parse_spec",
 ]

@@ -14,7 +14,12 @@ class UnsupportedStream(CodecError):
 
 
 class UnsupportedImage(CodecError):
-    """The codec cannot code this image losslessly (wrong mode, depth, size, or not decodable)."""
+    """The codec cannot code this image losslessly (wrong mode, depth, size, or not decodable). ``why``: when
+    raised while reading a file, an ``image.NoPixels`` member saying which kind of case it is."""
+
+    def __init__(self, message: str, why=None):
+        super().__init__(message)
+        self.why = why
 
 
 class DeviceError(CodecError):

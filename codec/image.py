@@ -12,6 +12,7 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin
@@ -42,6 +43,24 @@ MODES: dict[str, tuple[int, str]] = {
 }
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _MODE_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+class NoPixels(Enum):
+    """Why ``DecodedImage.from_bytes`` kept a file as bytes without pixels (``DecodedImage.why``; the ``reason``
+    text is for people and may change)."""
+
+    EMPTY = "empty"                # a zero-byte file
+    NOT_AN_IMAGE = "not_an_image"  # Pillow cannot open it
+    FORMAT = "format"              # an image format that is not recoded losslessly (JPEG, TIFF, ...): on purpose
+    ANIMATED = "animated"          # more than one frame: on purpose
+    MODE = "mode"                  # a pixel mode pixark does not recode: on purpose
+    SIZE = "size"                  # zero-sized, or larger than MAX_PIXELS: never decoded, on purpose
+    DAMAGED = "damaged"            # opens, but its data does not decode
+
+    @property
+    def on_purpose(self) -> bool:
+        """A readable image whose pixels are not recoded by design (its data may still be damaged)."""
+        return self in (NoPixels.FORMAT, NoPixels.ANIMATED, NoPixels.MODE, NoPixels.SIZE)
 
 
 def pixel_sha256(pixels: np.ndarray) -> str:
@@ -75,7 +94,8 @@ class DecodedImage:
     format: str = ""
     metadata: Metadata = field(default_factory=Metadata)
     original: bytes | None = None
-    reason: str = ""  # why pixels is None
+    reason: str = ""  # why pixels is None, for people
+    why: NoPixels | None = None  # why pixels is None, for programs
 
     @property
     def height(self) -> int:
@@ -124,11 +144,12 @@ class DecodedImage:
         a ``reason``; they are still archived, as their original bytes."""
         data = bytes(data)
         if not data:
-            return cls(None, original=data, reason="empty file")
+            return cls(None, original=data, reason="empty file", why=NoPixels.EMPTY)
         try:
             return _read(data)
         except UnsupportedImage as exc:
-            return cls(None, format=_sniff_format(data), original=data, reason=str(exc))
+            return cls(None, format=_sniff_format(data), original=data, reason=str(exc),
+                       why=exc.why or NoPixels.DAMAGED)
 
     # ----------------------------------------------------------------------------------------------- writing
     def to_file(self, format: str = "original") -> bytes:
@@ -194,19 +215,20 @@ def _read(data: bytes) -> DecodedImage:
             fmt = im.format or ""
             w, h = im.size
     except Image.DecompressionBombError as exc:
-        raise UnsupportedImage(f"image too large to decode: {exc}") from exc
+        raise UnsupportedImage(f"image too large to decode: {exc}", NoPixels.SIZE) from exc
     except Exception as exc:
-        raise UnsupportedImage(f"not an image Pillow can read: {type(exc).__name__}: {exc}") from exc
+        raise UnsupportedImage(f"not an image Pillow can read: {type(exc).__name__}: {exc}",
+                               NoPixels.NOT_AN_IMAGE) from exc
     if fmt not in RECODABLE_FORMATS:
-        raise UnsupportedImage(f"{fmt or 'unknown'} files are kept as original bytes")
+        raise UnsupportedImage(f"{fmt or 'unknown'} files are kept as original bytes", NoPixels.FORMAT)
     try:
         frames = getattr(im, "n_frames", 1)
     except Exception as exc:
-        raise UnsupportedImage(f"corrupt {fmt} frame structure: {exc}") from exc
+        raise UnsupportedImage(f"corrupt {fmt} frame structure: {exc}", NoPixels.DAMAGED) from exc
     if frames > 1:
-        raise UnsupportedImage("animated image")
+        raise UnsupportedImage("animated image", NoPixels.ANIMATED)
     if w * h > MAX_PIXELS or w == 0 or h == 0:
-        raise UnsupportedImage(f"image of {w}x{h} pixels is empty or larger than {MAX_PIXELS} pixels")
+        raise UnsupportedImage(f"image of {w}x{h} pixels is empty or larger than {MAX_PIXELS} pixels", NoPixels.SIZE)
     meta = Metadata(icc_profile=im.info.get("icc_profile") or None, exif=im.info.get("exif") or None)
     info: dict = {}
     try:  # Pillow reads PNG text chunks lazily, decoding the image on the way: damage shows up here
@@ -214,7 +236,8 @@ def _read(data: bytes) -> DecodedImage:
         if text:
             info["text"] = {str(k): str(v) for k, v in text.items()}
     except Exception as exc:
-        raise UnsupportedImage(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}") from exc
+        raise UnsupportedImage(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}",
+                               NoPixels.DAMAGED) from exc
     if "dpi" in im.info:
         info["dpi"] = [float(v) for v in im.info["dpi"]]
     if "transparency" in im.info:
@@ -237,7 +260,7 @@ def _read(data: bytes) -> DecodedImage:
                 im = im.convert("I;16")
                 mode = "I;16"
             if mode not in MODES:
-                raise UnsupportedImage(f"mode {mode} is kept as original bytes")
+                raise UnsupportedImage(f"mode {mode} is kept as original bytes", NoPixels.MODE)
             if mode == "P":
                 meta.palette_mode = im.palette.mode if im.palette and im.palette.mode in ("RGB", "RGBA") else "RGB"
                 meta.palette = bytes(im.getpalette(rawmode=meta.palette_mode) or [])
@@ -250,11 +273,12 @@ def _read(data: bytes) -> DecodedImage:
     except UnsupportedImage:
         raise
     except Exception as exc:
-        raise UnsupportedImage(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}") from exc
+        raise UnsupportedImage(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}",
+                               NoPixels.DAMAGED) from exc
     channels, dtype = MODES[mode]
     arr = np.ascontiguousarray(arr.astype(dtype, copy=False))
     if arr.shape != (h, w, channels):
-        raise UnsupportedImage(f"decoded shape {arr.shape} does not match {w}x{h} {mode}")
+        raise UnsupportedImage(f"decoded shape {arr.shape} does not match {w}x{h} {mode}", NoPixels.DAMAGED)
     return DecodedImage(arr, mode=mode, format=fmt, metadata=meta, original=data)
 
 

@@ -21,6 +21,7 @@ import time
 import warnings
 
 from pixark import codec as pc
+from pixark.codec.image import NoPixels
 
 # Leading bytes of image formats: a file starting like this that Pillow cannot read is a damaged image, not a
 # non-image object.
@@ -31,19 +32,14 @@ _IMAGE_MAGICS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", 
 def _image_magic(data: bytes) -> bool:
     # RIFF is also WAV and AVI: only RIFF....WEBP is an image.
     return data.startswith(_IMAGE_MAGICS) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
-# What DecodedImage.from_bytes says about files it reads but keeps as bytes on purpose.
-_KEPT_ON_PURPOSE = ("files are kept as original bytes", "animated image", "image too large", "is kept as original",
-                    "is empty or larger")
-
-
 def damage_reason(img: pc.DecodedImage, data: bytes) -> str:
     """Why a file without recodable pixels is a damaged image ("" when it is intact or simply not an image)."""
-    reason = img.reason or ""
+    why = img.why
     if not data:
         return ""
-    if "too large" in reason or "larger than" in reason:
+    if why is NoPixels.SIZE:
         return ""  # decoding it fully is what the size bound exists to avoid
-    if any(k in reason for k in _KEPT_ON_PURPOSE):
+    if why is not None and why.on_purpose:
         # Readable header, pixels deliberately not recoded: make sure the image data itself decodes.
         from PIL import Image
 
@@ -55,15 +51,15 @@ def damage_reason(img: pc.DecodedImage, data: bytes) -> str:
         except Exception as exc:
             return f"corrupt or truncated {img.format or 'image'} data: {type(exc).__name__}: {exc}"
         return ""
-    if reason.startswith("not an image") and not _image_magic(data):
+    if why is NoPixels.NOT_AN_IMAGE and not _image_magic(data):
         return ""
-    if reason.startswith("not an image"):
+    if why is NoPixels.NOT_AN_IMAGE:
         # BMP's "BM" and the PNM "Pn" magics are two bytes: plain text can start with them. Only call such a file a
         # damaged image when it has a few non-text bytes as well.
         if data[:2] in (b"BM", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and _looks_like_text(data[:512]):
             return ""
         return _second_opinion(data)
-    return reason
+    return img.reason
 
 
 # Magic -> (format name, the line of imagecodecs' error that concerns it).
@@ -131,16 +127,15 @@ def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, v
             row["format"] = row["format"] or (
                 next((f for m, f, _ in _FORMATS_BY_MAGIC if data.startswith(m)), "") if _image_magic(data) else "")
         else:
-            reason = img.reason or ""
             # Pillow's own message names a BytesIO address: not worth keeping, and it would differ run to run.
             magic_fmt = next((f for m, f, _ in _FORMATS_BY_MAGIC if data.startswith(m)), "") if _image_magic(data) else ""
-            if reason.startswith("not an image") and magic_fmt:
+            if img.why is NoPixels.NOT_AN_IMAGE and magic_fmt:
                 row["format"] = row["format"] or magic_fmt
                 row["note"] = f"a {magic_fmt} file Pillow cannot read: kept as original bytes"
-            elif reason.startswith("not an image") or not reason:
+            elif img.why is NoPixels.NOT_AN_IMAGE or not img.reason:
                 row["note"] = "not an image: kept as original bytes"
             else:
-                row["note"] = reason
+                row["note"] = img.reason
     if record is None:
         record = pc.encode(img, "store")
     elif codec.partition(":")[0] != "auto":

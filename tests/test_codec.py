@@ -176,6 +176,43 @@ def test_files_that_cannot_be_recoded_are_stored_byte_for_byte():
         assert pc.decode(stream).to_file() == data
 
 
+def test_files_kept_as_bytes_say_why_with_a_type_the_pipeline_decides_by():
+    """Each kind of file without recodable pixels carries a ``NoPixels`` member; the archive's decision (damaged
+    image -> failed row, or kept on purpose -> ok) follows that type, not the wording of ``reason``."""
+    import dataclasses
+
+    from pixark.pipeline.coding import damage_reason
+
+    def pil(fmt, arr=None, **kw):
+        buf = io.BytesIO()
+        Image.fromarray(photo_array(32) if arr is None else arr).save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    frames = [Image.fromarray(photo_array(16)), Image.fromarray(255 - photo_array(16))]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    jpeg = pil("JPEG", photo_array(96))
+    cases = {  # name: (bytes, why, damaged)
+        "empty": (b"", pc.NoPixels.EMPTY, False),
+        "text": (b"not an image at all\n" * 10, pc.NoPixels.NOT_AN_IMAGE, False),
+        "png magic then junk": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, pc.NoPixels.NOT_AN_IMAGE, True),
+        "truncated png": (png_bytes(photo_array(64))[:300], pc.NoPixels.DAMAGED, True),
+        "jpeg": (jpeg, pc.NoPixels.FORMAT, False),
+        "truncated jpeg": (jpeg[:len(jpeg) * 3 // 4], pc.NoPixels.FORMAT, True),
+        "animated gif": (gif.getvalue(), pc.NoPixels.ANIMATED, False),
+        "zero-width bmp": (pil("BMP")[:18] + (0).to_bytes(4, "little") + pil("BMP")[22:], None, None),
+    }
+    for name, (data, why, damaged) in cases.items():
+        img = pc.load(data)
+        assert img.pixels is None and img.reason, name
+        if why is None:  # whatever Pillow makes of it, the decision follows the type
+            why, damaged = img.why, bool(damage_reason(img, data))
+        assert img.why is why, (name, img.why)
+        for reason in (img.reason, "reworded for people"):
+            assert bool(damage_reason(dataclasses.replace(img, reason=reason), data)) == damaged, (name, reason)
+    assert pc.NoPixels.FORMAT.on_purpose and not pc.NoPixels.DAMAGED.on_purpose
+
+
 def test_unknown_codec_and_bad_parameters_are_clear_errors():
     arr = photo_array(8)
     with pytest.raises(pc.UnsupportedStream, match="unknown codec 'nope'"):
