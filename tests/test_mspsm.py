@@ -489,7 +489,7 @@ def test_transmitted_shifts_code_a_photo_shorter_and_a_tiny_image_as_before():
     for px, transmitted in ((_photo(384, 384, 2), True), (_photo(12, 10, 3), False)):
         v3, v4 = coder.encode(net, px, version=3), coder.encode(net, px, version=4)
         assert v4[4] == 4 and np.array_equal(coder.decode(net, v4), px)
-        tile = coder._TileCoder(dec=Decoder(v4[25:]), version=4, keys=keys)  # one tile: its stream at 21 + 4
+        tile = coder._TileDecoder(Decoder(v4[25:]), 4, keys)  # one tile: its stream at 21 + 4
         assert (tile.shifts is not None) == transmitted
         if transmitted:
             assert len(v4) < len(v3)

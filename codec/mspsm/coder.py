@@ -14,6 +14,7 @@ call per distinct table (the decoder computes the same table indices before deco
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -92,107 +93,177 @@ class _CopyChoice:
         self.acc[col, 1:] += self.copy_rows @ np.bincount(copy_sym, minlength=256)
 
 
-class _TileCoder:
-    """One tile's entropy coding: the symbols of each (group, channel) in runs of equal table index, with the
-    tile's scale correction (payload version >= 2, K = 1; codec/adapt.py) and copy model (version >= 3). A version
-    4 encoder only records the tile's coding calls (``record``); ``finish`` then codes the tile twice, with the
-    causal correction and with corrections chosen on the whole tile (``_choose``), and keeps the shorter. With
-    ``count``, ``bits`` sums the ideal code length of what an encoder coded (only then: it costs a log per symbol).
-    ``keys``: coding steps (scales x groups)."""
+class Put(NamedTuple):
+    """Symbols coded with given tables: one table (1-D ``freqs``) or a table per symbol (2-D)."""
 
-    def __init__(self, enc: Encoder | None = None, dec: Decoder | None = None, version: int = 1, keys: int = 0,
-                 record: bool = False, count: bool = False):
+    symbols: np.ndarray
+    freqs: np.ndarray
+
+
+class Step(NamedTuple):
+    """One channel ``col`` of coding step ``key`` (scale x group): the network's scale indices ``s``, mean fractions
+    ``f8`` and centres ``cn``, the pixel values ``x`` (None when decoding), the copy model's (flags, centres)
+    (version >= 3) and the terms of the mean corrections (version 4: see CORR)."""
+
+    key: int
+    col: int
+    s: np.ndarray
+    f8: np.ndarray
+    cn: np.ndarray
+    x: np.ndarray | None
+    copy: tuple[np.ndarray, np.ndarray] | None
+    terms: list
+
+
+class _BitCounter:
+    """An Encoder that also sums the ideal code length of what it codes (``bits``: a log per symbol, so only for
+    statistics)."""
+
+    def __init__(self, enc: Encoder):
+        self.enc, self.bits = enc, 0.0
+        self.rows = M.tables()["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
+
+    def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
+        self.enc.encode(symbols, freqs)
+        self._add(freqs[symbols] if freqs.ndim == 1 else freqs[np.arange(len(freqs)), symbols])
+
+    def encode_indexed(self, symbols: np.ndarray, index: np.ndarray, bank) -> None:
+        self.enc.encode_indexed(symbols, index, bank)
+        self._add(self.rows[index, symbols])
+
+    def _add(self, freqs: np.ndarray) -> None:
+        self.bits += float(-np.log2(freqs / 65536.0).sum())
+
+    def finish(self) -> bytes:
+        return self.enc.finish()
+
+
+class _TileModel:
+    """What a tile's encoder and decoder keep in step while coding its steps: the scale correction (payload
+    version >= 2, K = 1; codec/adapt.py), the copy model (version >= 3), and with version 4's transmitted side
+    information the scale shifts and mean corrections. ``keys``: coding steps (scales x groups). Subclasses say
+    how side information and symbols move (``_side``, ``_symbols``)."""
+
+    def __init__(self, version: int, keys: int):
         t = M.tables()
         self.version, self.keys = version, keys
         self.adapt = ScaleAdapter(t["cost"]) if version >= 2 else None
         self.copy = _CopyChoice(t["cost"].rows) if version >= 3 else None
+        self.copies = self.copy is not None
         self.freq = t["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
         self.bank = t["bank"]
-        self.enc, self.dec = enc, dec
-        self.count, self.bits = count, 0.0
         self.shifts: ShiftTable | None = None  # set: this tile codes with transmitted shifts, not self.adapt
-        self.corr = np.zeros((keys, 3, 3, -(-64 // CORR_BUCKET)), np.int64)  # with the shifts: mean corrections a
-        self.log: list | None = [] if record else None
-        if record:
-            self.shifts = ShiftTable(t["cost"], keys)
-        elif dec is not None and version >= 4 and dec.decode(MODE, 1)[0]:
-            self.use_shifts(ShiftTable(t["cost"], keys))  # its deltas are read as their cells come up
+        self.corr = np.zeros((keys, 3, 3, -(-64 // CORR_BUCKET)), np.int64)  # with the shifts: mean corrections
 
     def use_shifts(self, table: ShiftTable) -> None:
         self.shifts, self.adapt = table, None
 
-    def put(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
-        """Encode ``symbols`` with one table (1-D) or a table per symbol (2-D)."""
-        if self.log is not None:
-            self.log.append((symbols, freqs))
-            return
-        self.enc.encode(symbols, freqs)
-        if self.count:
-            self._add_bits(freqs[symbols] if freqs.ndim == 1 else freqs[np.arange(len(freqs)), symbols])
-
-    def _add_bits(self, freqs: np.ndarray) -> None:
-        self.bits += float(-np.log2(freqs / 65536.0).sum())
-
-    def code(self, key: int, col: int, s: np.ndarray, f8: np.ndarray, cn: np.ndarray, x: np.ndarray | None,
-             copy: tuple[np.ndarray, np.ndarray] | None = None, terms: list | None = None) -> np.ndarray:
-        """Encode the pixel values ``x`` (decode when None; returns them) of channel ``col`` in coding step
-        ``key`` given the network's scale indices ``s``, mean fractions ``f8`` and centres ``cn``, the copy
-        model's (flags, centres) (version >= 3) and the terms of the mean corrections (version 4: see CORR)."""
-        if self.log is not None:
-            self.log.append((key, col, s, f8, cn, x, copy, terms))
-            return x
+    def code(self, st: Step) -> np.ndarray:
+        """Code one step (``st.x`` when encoding; returns the pixel values)."""
+        key, col, s, f8, cn = st.key, st.col, st.s, st.f8, st.cn
         if self.shifts is not None:  # this step's side information, read or written just before its symbols
             cells, cc = used_cells(s, CORR_BUCKET), s // CORR_BUCKET
             for j in CORR_TERMS[col]:
                 a = self.corr[key, col, j]
-                if x is None:
-                    a[cells] = chain_values(self.dec.decode(CORR_FREQ, len(cells)), 2, 32)
-                else:
-                    self.put(chain_symbols(a[cells], 2, 32), CORR_FREQ)
-                cn, f8 = _recentre(cn, f8, terms[j], a[cc])
-            cells = used_cells(s, SHIFT_BUCKET)
-            if x is None:
-                self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
-            else:
-                self.put(self.shifts.symbols(key, col, cells), SHIFT_FREQ)
+                self._corrections(a, cells)
+                cn, f8 = _recentre(cn, f8, st.terms[j], a[cc])
+            self._shifts(key, col, used_cells(s, SHIFT_BUCKET))
             tbl = self.shifts.shift(key, col, s) * 16 + f8
         else:
             tbl = (self.adapt.shift(col, s) if self.adapt else s) * 16 + f8
         use, cen = tbl, cn
         ct = self.copy.table(col) if self.copy else None
         if ct is not None:
-            use = np.where(copy[0], ct, tbl)
-            cen = np.where(copy[0], copy[1], cn)
-        if x is None:
-            sym = self.dec.decode_indexed(use, self.bank)
-            x = (cen + sym) & 255
-        else:
-            sym = (x - cen) & 255
-            self.enc.encode_indexed(sym, use, self.bank)
-            if self.count:
-                self._add_bits(self.freq[use, sym])
+            use = np.where(st.copy[0], ct, tbl)
+            cen = np.where(st.copy[0], st.copy[1], cn)
+        x = self._symbols(st.x, use, cen)
         if self.adapt:
             self.adapt.update(col, s, f8 * 256 + ((x - cn) & 255))
-        if self.copy and copy[0].any():
-            fl = copy[0]
-            self.copy.update(col, tbl[fl], (x[fl] - cn[fl]) & 255, (x[fl] - copy[1][fl]) & 255)
+        if self.copy and st.copy[0].any():
+            fl = st.copy[0]
+            self.copy.update(col, tbl[fl], (x[fl] - cn[fl]) & 255, (x[fl] - st.copy[1][fl]) & 255)
+        return x
+
+
+class _TileEncoder(_TileModel):
+    """Writes a tile's stream; with ``count`` its ``bits`` sum the ideal code length of what it coded."""
+
+    def __init__(self, version: int, keys: int, count: bool = False):
+        super().__init__(version, keys)
+        self.enc = _BitCounter(Encoder()) if count else Encoder()
+
+    @property
+    def bits(self) -> float:
+        return getattr(self.enc, "bits", 0.0)
+
+    def put(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
+        self.enc.encode(symbols, freqs)
+
+    def _corrections(self, a: np.ndarray, cells: np.ndarray) -> None:
+        self.put(chain_symbols(a[cells], 2, 32), CORR_FREQ)
+
+    def _shifts(self, key: int, col: int, cells: np.ndarray) -> None:
+        self.put(self.shifts.symbols(key, col, cells), SHIFT_FREQ)
+
+    def _symbols(self, x: np.ndarray, use: np.ndarray, cen: np.ndarray) -> np.ndarray:
+        self.enc.encode_indexed((x - cen) & 255, use, self.bank)
         return x
 
     def finish(self) -> bytes:
-        """The tile's stream (an encoder)."""
-        if self.log is None:
-            return self.enc.finish()
+        return self.enc.finish()
+
+
+class _TileDecoder(_TileModel):
+    """Reads a tile's stream (``dec``); a version 4 tile says first whether side information follows."""
+
+    def __init__(self, dec: Decoder, version: int, keys: int):
+        super().__init__(version, keys)
+        self.dec = dec
+        if version >= 4 and dec.decode(MODE, 1)[0]:
+            self.use_shifts(ShiftTable(M.tables()["cost"], keys))  # its deltas are read as their cells come up
+
+    def _corrections(self, a: np.ndarray, cells: np.ndarray) -> None:
+        a[cells] = chain_values(self.dec.decode(CORR_FREQ, len(cells)), 2, 32)
+
+    def _shifts(self, key: int, col: int, cells: np.ndarray) -> None:
+        self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
+
+    def _symbols(self, x, use: np.ndarray, cen: np.ndarray) -> np.ndarray:
+        return (cen + self.dec.decode_indexed(use, self.bank)) & 255
+
+
+class _TileRecorder:
+    """A version 4 encoder: records the tile's ``Put`` and ``Step`` ops; ``finish`` then codes the tile twice, with
+    the causal scale correction and with corrections chosen on the whole tile (``_choose``), and keeps the
+    shorter stream."""
+
+    def __init__(self, version: int, keys: int, count: bool = False):
+        self.version, self.keys, self.count = version, keys, count
+        self.copies = version >= 3
+        self.ops: list[Put | Step] = []
+        self.shifts = ShiftTable(M.tables()["cost"], keys)
+        self.corr = np.zeros((keys, 3, 3, -(-64 // CORR_BUCKET)), np.int64)
+        self.bits = 0.0
+
+    def put(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
+        self.ops.append(Put(symbols, freqs))
+
+    def code(self, st: Step) -> np.ndarray:
+        self.ops.append(st)
+        return st.x
+
+    def finish(self) -> bytes:
         self._choose()
         best = None
         for table in (None, self.shifts):
-            c = _TileCoder(Encoder(), version=self.version, keys=self.keys, count=self.count)
+            c = _TileEncoder(self.version, self.keys, self.count)
             c.put(np.array([int(table is not None)]), MODE)
             if table is not None:
                 c.use_shifts(table)
                 c.corr = self.corr
-            for op in self.log:
-                c.put(*op) if len(op) == 2 else c.code(*op)
-            data = c.enc.finish()
+            for op in self.ops:
+                c.put(*op) if isinstance(op, Put) else c.code(op)
+            data = c.finish()
             if best is None or len(data) < len(best):
                 best, self.bits = data, c.bits
         return best
@@ -203,7 +274,7 @@ class _TileCoder:
         own."""
         rows = M.tables()["cost"].rows
         trans = CORR_COST[(CORR[None, :] - CORR[:, None]) // 2 + 32]  # [previous a, a]
-        ops = [op for op in self.log if len(op) > 2]
+        ops = [op for op in self.ops if isinstance(op, Step)]
         for col in range(3):
             for n, j in enumerate(CORR_TERMS[col]):
                 tot = np.zeros((self.keys, self.corr.shape[3], len(CORR)), np.int64)
@@ -464,7 +535,7 @@ def _pixels(cur) -> np.ndarray:
     return cur.numpy().astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, int], coders: list[_TileCoder],
+def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, int], coders: list,
               check_reference: bool = False, stats: dict | None = None, device: str = "cpu") -> np.ndarray:
     """Code a batch of same-size tiles. Encoding: ``tiles`` (B,H,W,3) uint8. Decoding: ``tiles`` None and
     ``shape`` = (B,H,W); returns the (B,H,W,3) uint8 pixels. ``check_reference`` also runs the pure-integer
@@ -484,7 +555,7 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
         err = M.start_errors(p, X, err)
         for j in range(p.groups):
             # the copy model's inputs for the phases this group may code (dynamic grouping: any not yet coded)
-            cph = () if not coders[0].copy else M.group_phases(remaining if gmap is None else (gmap == j)[None])
+            cph = () if not coders[0].copies else M.group_phases(remaining if gmap is None else (gmap == j)[None])
             b16, cflag, cdiff, P, z = _predict(net, X, known, z, err, i, j, cph, check_reference, stats, device)
             if gmap is None:
                 logits, _, sidx, _ = M.split_params(P, 1)
@@ -510,13 +581,13 @@ def run_tiles(net: M.IntNet, tiles: np.ndarray | None, shape: tuple[int, int, in
                 xn = xs[0, :, col, 0].numpy().astype(np.int64)
                 # the mean corrections' terms: the earlier channels' errors, the network's offset
                 vs = [v[0, :, 0].numpy().astype(np.int64) for v in e + [off[:, :, col]]]
-                if coders[0].copy:  # the copy centres: the earlier channel (just coded; R: 0) plus d
+                if coders[0].copies:  # the copy centres: the earlier channel (just coded; R: 0) plus d
                     fl = cflag[0, :, col, 0].numpy() > 0
                     cc = ((xs[0, :, col - 1, 0] if col else 0) + cdiff[0, :, col, 0]).numpy().astype(np.int64)
                 for b in range(bsz):
                     t = slice(cuts[b], cuts[b + 1])
-                    v = coders[b].code(i * p.groups + j, col, s[t], f8[t], cn[t], None if decoding else xn[t],
-                                       (fl[t], cc[t]) if coders[0].copy else None, [u[t] for u in vs])
+                    v = coders[b].code(Step(i * p.groups + j, col, s[t], f8[t], cn[t], None if decoding else xn[t],
+                                            (fl[t], cc[t]) if coders[0].copies else None, [u[t] for u in vs]))
                     if decoding:
                         xn[t] = v
                 if decoding:
@@ -636,9 +707,9 @@ def encode(net: M.IntNet, pixels: np.ndarray, tile: int = DEFAULT_TILE, tile_bat
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
         batch = np.stack([pixels[grid[k][0]:grid[k][0] + th, grid[k][1]:grid[k][1] + tw] for k in idxs])
-        rec = version >= 4  # the shifts are chosen on the whole tile: code it when it is done
-        coders = [_TileCoder(None if rec else Encoder(), version=version, keys=keys, record=rec,
-                             count=stats is not None) for _ in idxs]
+        # version 4 chooses the shifts on the whole tile: it codes the tile when it is done
+        tile_coder = _TileRecorder if version >= 4 else _TileEncoder
+        coders = [tile_coder(version, keys, count=stats is not None) for _ in idxs]
         run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats,
                   device=device)
         for k, cd in zip(idxs, coders):
@@ -678,8 +749,8 @@ def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cp
     out = np.zeros((h, w, 3), np.uint8)
     for idxs in _batches(grid, tile_batch):
         ty, tx, th, tw = grid[idxs[0]]
-        coders = [_TileCoder(dec=Decoder(payload[starts[k]:starts[k + 1]]), version=ver,
-                             keys=net.p.scales * net.p.groups) for k in idxs]
+        coders = [_TileDecoder(Decoder(payload[starts[k]:starts[k + 1]]), ver, net.p.scales * net.p.groups)
+                  for k in idxs]
         px = run_tiles(net, None, (len(idxs), th, tw), coders, device=device)
         for k, t in zip(idxs, px):
             y, x = grid[k][:2]
