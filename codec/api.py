@@ -11,8 +11,8 @@ from .image import DecodedImage, Metadata, pixel_sha256
 
 # Learned codecs `auto` tries for 8-bit RGB (when installed with weights). A learned codec enters this list only
 # once its shipped default profile has been measured to beat jxl-ll on dev (`pixark bench ../shared/data/dev`):
-# until then it is opt-in with --codec, so an unproven model never costs users bytes or time. mspsm since
-# session 11 (README: smaller than jxl-ll effort 9 on every dev set); msr codes every dev image larger.
+# until then it is opt-in with --codec, so an unproven model never costs users bytes or time. mspsm is in
+# (README: smaller than jxl-ll effort 9 on every dev set); msr codes every dev image larger.
 AUTO_LEARNED: tuple[str, ...] = ("mspsm",)
 
 

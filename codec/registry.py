@@ -30,7 +30,9 @@ class Codec:
     ``device`` to learned codecs only."""
 
     name: str = ""
-    version: int = 1  # bumped when the payload layout changes; decoders list what they accept in `versions`
+    # The codec version the container header records, which `versions` lists as decodable. A codec that versions
+    # its payload inside (mspsm and msr: the payload's own version byte) keeps this at 1 while its payload changes.
+    version: int = 1
     versions: tuple[int, ...] = (1,)
     learned: bool = False
     keeps_original = False  # payload is the original file bytes (store)

@@ -18,11 +18,11 @@ app = typer.Typer(
 codec_cmds.register(app)
 # --- job modules register their commands below (one line each; keep this block sorted) ---
 archive.register(app)
-bench_pipeline.register(app)
-demo.register(app)
 audit.register(app)
 bench.register(app)
+bench_pipeline.register(app)
 cluster_jobs.register(app)
+demo.register(app)
 restore.register(app)
 selfcheck.register(app)
 submit.register(app)

@@ -5,7 +5,7 @@ node; inside it `ray.init()` finds the cluster through the RAY_ADDRESS the super
 spread over every node. By default the locally installed pixark code is shipped with the job (runtime_env
 `py_modules`), so the cluster runs exactly the codec and pipeline you tested here; the cluster image only needs the
 dependencies (infra/docker/Dockerfile). Storage credentials and endpoints set in the local environment are passed
-through as runtime_env `env_vars` (see `PASS_THROUGH_ENV`).
+through as runtime_env `env_vars` (see `pass_through_env`).
 """
 
 from __future__ import annotations
@@ -33,20 +33,9 @@ from .console import emit_json, err, fail
 PIXARK_JOBS = ("archive", "verify", "restore", "audit")
 JOB_CHOICES = PIXARK_JOBS + ("exec",)
 
-# Passed to the job when set locally. Only values, never paths to local files (AWS_CONFIG_FILE,
-# AWS_SHARED_CREDENTIALS_FILE, AWS_WEB_IDENTITY_TOKEN_FILE) or AWS_PROFILE: those name things that exist on the
-# submitting machine, not on the cluster, and would make boto fail there. FSSPEC_* carries fsspec's own
-# configuration (FSSPEC_S3_ENDPOINT_URL, FSSPEC_S3_KEY, ...), PIXARK_* the project's.
-PASS_THROUGH_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-)
-PASS_THROUGH_PREFIXES = ("FSSPEC_", "PIXARK_")
+# Passed to the job when set locally: the storage settings workers get too (pipeline.store.STORAGE_ENV: values,
+# never paths to local files or AWS_PROFILE), and PIXARK_* settings of the project's own.
+PASS_THROUGH_PREFIX = "PIXARK_"
 
 # Words that mark a value we must not print back (job listings show runtime_env, and so does the dashboard).
 SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "PRIVATE")
@@ -127,8 +116,9 @@ def package_tree(dest: Path) -> Path:
 
 
 def pass_through_env(environ: Dict[str, str]) -> Dict[str, str]:
-    return {k: v for k, v in environ.items()
-            if v and (k in PASS_THROUGH_ENV or k.startswith(PASS_THROUGH_PREFIXES))}
+    from pixark.pipeline.store import storage_env
+
+    return {**storage_env(environ), **{k: v for k, v in environ.items() if v and k.startswith(PASS_THROUGH_PREFIX)}}
 
 
 def parse_env_pairs(pairs: List[str]) -> Dict[str, str]:

@@ -19,6 +19,21 @@ import uuid
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+# Storage settings a driver may hold only in its environment (credentials from AWS variables, fsspec's
+# FSSPEC_<PROTOCOL>_<KEY> config), passed on to Ray workers and to submitted jobs. Values only: paths to files
+# (AWS_SHARED_CREDENTIALS_FILE ...) and AWS_PROFILE name things on the driver's machine, not on the cluster, and
+# would make boto fail there.
+STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+               "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+STORAGE_ENV_PREFIXES = ("FSSPEC_",)
+
+
+def storage_env(environ=None) -> dict[str, str]:
+    """The storage settings (``STORAGE_ENV``) set, non-empty, in ``environ`` (default: this process's)."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(environ.items())
+            if v and (k in STORAGE_ENV or k.startswith(STORAGE_ENV_PREFIXES))}
+
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "adl", "memory", "oss"}
 TMP_DIR = ".pixark-tmp"  # hidden per-archive scratch directory on local destinations
 

@@ -17,6 +17,7 @@ import ray
 
 from .coding import code_object
 from .errors import PipelineError
+from .store import storage_env
 
 ACTOR_PREFIX = "pixark-archive"
 
@@ -121,18 +122,8 @@ class CodecWorker:
         return out
 
 
-# Storage settings the driver may hold only in its environment (credentials from AWS variables, fsspec's
-# FSSPEC_<PROTOCOL>_<KEY> config). Workers on a cluster started elsewhere do not inherit the driver's environment,
-# so their values travel in the actors' runtime_env. Values only: paths to files (AWS_SHARED_CREDENTIALS_FILE ...)
-# would name files on the driver's machine.
-PASS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
-PASS_ENV_PREFIXES = ("FSSPEC_",)
-
-
-def storage_env(environ=None) -> dict[str, str]:
-    environ = os.environ if environ is None else environ
-    return {k: v for k, v in sorted(environ.items()) if k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)}
+# Workers on a cluster started elsewhere do not inherit the driver's environment: its storage settings travel in
+# the actors' runtime_env (store.storage_env: the one list, shared with `pixark submit`).
 
 
 def this_node() -> tuple[str, dict]:

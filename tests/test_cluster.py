@@ -504,3 +504,15 @@ def test_gpu_msr_matches_cpu_bit_for_bit_whatever_precision_the_process_chose():
     stream_cpu = coder.encode(pixels, net, 90, 5, 2)
     assert stream_gpu == stream_cpu
     assert np.array_equal(back_gpu, pixels) and np.array_equal(coder.decode(stream_cpu, net), pixels)
+
+
+def test_workers_and_submitted_jobs_get_the_same_storage_settings():
+    """One list, one rule: what `pixark submit` passes a job and what the archive passes its Ray workers are the
+    same storage settings (values, never AWS_PROFILE or credential file paths); a job also gets PIXARK_*."""
+    from pixark.pipeline.workers import storage_env
+
+    environ = {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_PROFILE": "dev", "AWS_CONFIG_FILE": "/home/me/.aws/config",
+               "FSSPEC_S3_KEY": "k", "PIXARK_LOG": "debug", "AWS_REGION": ""}
+    workers = storage_env(environ)
+    assert workers == {"AWS_ACCESS_KEY_ID": "AKIA", "FSSPEC_S3_KEY": "k"}
+    assert sub.pass_through_env(environ) == {**workers, "PIXARK_LOG": "debug"}
