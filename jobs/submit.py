@@ -14,7 +14,6 @@ import asyncio
 import getpass
 import json
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -79,11 +78,9 @@ def connect(address: Optional[str]):
 
 def reason(exc: BaseException) -> str:
     """One line from a Jobs API error, whose text is often the server's whole traceback."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip().strip(".")]
-    for line in reversed(lines):
-        if re.match(r"^[\w.]+(Error|Exception): ", line):
-            return line.split(": ", 1)[1]
-    return lines[0] if lines else type(exc).__name__
+    from pixark.pipeline.errors import one_line
+
+    return one_line(exc, limit=1000, bare=True)
 
 
 def address_option():

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import manifest, shards, store
-from .errors import ArchiveConflict, PipelineError, WorkerLost
+from .errors import ArchiveConflict, PipelineError, WorkerLost, one_line
 from .sources import ShardPlan, SourceObject, list_sources, plan_shards
 
 ARCHIVE_VERSION = 1
@@ -330,11 +330,11 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
                     raise WorkerLost(
                         f"codec worker {ai} died while coding {len(items)} object(s) of {todo[si].name} (first: "
                         f"{items[0].image_id!r}) and the retry budget ({cfg.max_restarts} restarts) is spent "
-                        f"({_first_line(exc)}). "
+                        f"({one_line(exc)}). "
                         "Completed shards are kept; rerun the same command to finish.") from exc
                 except ray.exceptions.RayTaskError as exc:
                     raise PipelineError(f"coding a batch of {todo[si].name} failed: "
-                                        f"{_first_line(getattr(exc, 'cause', None) or exc)}") from exc
+                                        f"{one_line(getattr(exc, 'cause', None) or exc)}") from exc
                 events.advance(len(results), sum(r["source_bytes"] for r, _ in results),
                                sum(len(rec) for _, rec in results if rec is not None))
                 osh = open_shards[si]
@@ -363,11 +363,6 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
         if started_here:
             ray.shutdown()
     return info
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _commit_shard(dest_fs, dest_root: str, osh: _OpenShard) -> None:

@@ -1,5 +1,22 @@
 """The pipeline package's exception family. Messages say what is wrong and what to do."""
 
+import re
+
+_ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
+
+
+def one_line(exc: BaseException, limit: int = 300, bare: bool = False) -> str:
+    """One line saying what went wrong, for messages and manifest rows: of an error whose text carries a traceback
+    (Ray task errors, Jobs API replies) its last ``SomeError: message`` line (with ``bare``, just the message),
+    else its first non-empty line, else its type's name; at most ``limit`` characters."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip().strip(".")]
+    errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
+    if errors:
+        line = errors[-1].split(": ", 1)[1] if bare else errors[-1]
+    else:
+        line = lines[0] if lines else type(exc).__name__
+    return line[:limit]
+
 
 class PipelineError(Exception):
     """Base of every error raised by pixark.pipeline."""

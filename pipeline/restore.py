@@ -19,7 +19,7 @@ from collections import Counter
 import fsspec
 
 from . import catalog, store
-from .errors import PipelineError
+from .errors import PipelineError, one_line
 from .sources import matches
 
 FORMATS = ("original", "png")
@@ -221,7 +221,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
             try:
                 results += ray.get(ready[0])
             except Exception as exc:  # the task died after Ray's retries; a rerun resumes these
-                why = f"restore task failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+                why = f"restore task failed: {type(exc).__name__}: {one_line(exc)}"
                 results += [_res(r, "error", why) for r in batch]
             done += len(batch)
             if progress:

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import catalog, shards, store
-from .errors import CorruptShard, UnsupportedShard
+from .errors import CorruptShard, UnsupportedShard, one_line
 
 # Record statuses. Everything except OK and ARCHIVE_FAILED is a mismatch and makes verification fail.
 OK = "ok"
@@ -332,7 +332,7 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         try:
             out = ray.get(ready[0])
         except Exception as exc:  # the task died after Ray's retries: say what could not be checked, go on
-            why = f"verification task failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+            why = f"verification task failed: {type(exc).__name__}: {one_line(exc)}"
             out = {"problems": [f"shard {name}: {why}"], "results": []} if run is None else \
                 [_result(r, NOT_VERIFIED, why) for r in run]
         if run is None:

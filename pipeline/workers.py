@@ -16,7 +16,7 @@ import time
 import ray
 
 from .coding import code_object
-from .errors import PipelineError
+from .errors import PipelineError, one_line
 from .store import storage_env
 
 ACTOR_PREFIX = "pixark-archive"
@@ -162,8 +162,7 @@ def wait_ready(actors: list, timeout: float) -> list[dict]:
     try:
         return ray.get(refs)
     except ray.exceptions.RayError as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise PipelineError(f"codec workers failed to start: {first}") from exc
+        raise PipelineError(f"codec workers failed to start: {one_line(exc)}") from exc
 
 
 def stop_pool(actors: list) -> None:

@@ -516,3 +516,16 @@ def test_workers_and_submitted_jobs_get_the_same_storage_settings():
     workers = storage_env(environ)
     assert workers == {"AWS_ACCESS_KEY_ID": "AKIA", "FSSPEC_S3_KEY": "k"}
     assert sub.pass_through_env(environ) == {**workers, "PIXARK_LOG": "debug"}
+
+
+def test_one_line_of_an_error():
+    """The one helper that turns an exception into a line for messages and manifest rows: a Ray or Jobs API
+    traceback gives its last error line, other errors their first line, an empty one its type."""
+    from pixark.pipeline.errors import one_line
+
+    ray_text = "ray::CodecWorker.code() (pid=7, ip=10.0.0.2)\nTraceback (most recent call last):\n  File \"x.py\"\n" \
+               "OSError: first\nDuring handling...\nValueError: the real cause\n"
+    assert one_line(RuntimeError(ray_text)) == "ValueError: the real cause"
+    assert one_line(RuntimeError(ray_text), bare=True) == sub.reason(RuntimeError(ray_text)) == "the real cause"
+    assert one_line(ValueError("bad tile\nsecond line")) == "bad tile"
+    assert one_line(KeyError()) == "KeyError" and len(one_line(ValueError("x" * 999))) == 300
