@@ -22,7 +22,6 @@ from pixark.codec.training import TrainingError, checkpoint, export_checkpoint, 
 from pixark.codec.training.data import CropSampler, Loader, dihedral
 
 torch.set_num_threads(1)
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _noise(h, w, seed):

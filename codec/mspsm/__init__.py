@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..container import Header
-from ..errors import CorruptStream, UnsupportedStream
+from ..errors import CorruptStream
 from ..image import DecodedImage
 from ..registry import Codec, Encoded, check_device, register
 from . import model as M
