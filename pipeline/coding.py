@@ -32,6 +32,8 @@ _IMAGE_MAGICS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", 
 def _image_magic(data: bytes) -> bool:
     # RIFF is also WAV and AVI: only RIFF....WEBP is an image.
     return data.startswith(_IMAGE_MAGICS) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 def damage_reason(img: pc.DecodedImage, data: bytes) -> str:
     """Why a file without recodable pixels is a damaged image ("" when it is intact or simply not an image)."""
     why = img.why
