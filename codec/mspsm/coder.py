@@ -659,7 +659,9 @@ def parse_head(payload: bytes) -> tuple[int, int, int, int, int]:
     if ver not in PAYLOAD_VERSIONS:
         raise UnsupportedStream(f"mspsm payload version {ver} is not supported by this build (knows "
                                 f"{', '.join(map(str, PAYLOAD_VERSIONS))})")
-    if not (h and w and tile) or tile > MAX_TILE or h * w > MAX_PIXELS or -(-h // tile) * -(-w // tile) != n:
+    if tile > MAX_TILE:
+        raise CorruptStream(f"mspsm payload has {tile}-pixel tiles; encoders write at most {MAX_TILE}")
+    if not (h and w and tile) or h * w > MAX_PIXELS or -(-h // tile) * -(-w // tile) != n:
         raise CorruptStream("mspsm payload tile count does not match its size")
     if len(payload) < 21 + 4 * n:
         raise CorruptStream("mspsm payload truncated")
