@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import hashlib
 import json
 import os
 import posixpath
@@ -400,6 +401,7 @@ def _write_archive_json(cfg: ArchiveConfig, fs, root: str, source: str, plans: l
         shard_entries.append({"name": name, "manifest": f"manifests/{manifest.part_name(name)}",
                               "records": m.get("records"), "rows": m.get("rows", t.num_rows),
                               "bytes": m.get("shard_bytes"), "sha256": m.get("shard_sha256"),
+                              "manifest_sha256": hashlib.sha256(fs.cat_file(part)).hexdigest(),
                               "source_bytes": sum(cols["source_bytes"]),
                               "compressed_bytes": sum(v or 0 for v in cols["compressed_bytes"]), "plan": gen})
     table = pa.concat_tables(tables) if tables else manifest.SCHEMA.empty_table()
