@@ -180,8 +180,10 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
                               "use another destination or --overwrite")
 
     new_plan = None
+    skipped: list[dict] = []  # entries the listing found but cannot archive (FIFOs, non-UTF-8 names ...)
     if not plans or cfg.extend:
-        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip)
+        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped)
+        _say_skipped(skipped, events)
         known = {o.image_id for p in plans for s in p.shards for o in s.items}
         fresh_objects = [o for o in objects if o.image_id not in known]
         if fresh_objects or not plans:
@@ -191,15 +193,15 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
             plans.append(new_plan)
             pending.append(new_plan)
         if not fresh_objects and plans and meta is not None and not pending:
-            return _summary(cfg, dest_fs, dest_root, meta, t0, status="nothing-new",
+            return _summary(cfg, dest_fs, dest_root, meta, t0, status="nothing-new", skipped=skipped,
                             message=f"no new source objects under {cfg.src}: the archive already holds all "
                                     f"{meta['totals']['images']} of them")
     elif meta is not None and not pending:
-        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip)
+        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped)
         known = {o.image_id for p in plans for s in p.shards for o in s.items}
         n_new = sum(o.image_id not in known for o in objects)
         hint = f"; {n_new} new source object(s) are not in it: add them with --extend" if n_new else ""
-        return _summary(cfg, dest_fs, dest_root, meta, t0, status="already-complete",
+        return _summary(cfg, dest_fs, dest_root, meta, t0, status="already-complete", skipped=skipped,
                         message=f"{cfg.dest} is already a complete archive of {cfg.src}: nothing to do{hint}")
 
     done_parts = {posixpath.basename(p) for p in store.list_now(dest_fs, posixpath.join(dest_root, "manifests"))}
@@ -222,7 +224,14 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
         message = f"warning: {cfg.src} holds no objects" + (" matching --include/--exclude" if cfg.include or cfg.exclude else "")
     status = "extended" if (cfg.extend and new_plan is not None and covered) else ("resumed" if done else "complete")
     return _summary(cfg, dest_fs, dest_root, meta, t0, status=status, message=message, run=run_info,
-                    shards_written=len(todo), shards_resumed=len(done))
+                    shards_written=len(todo), shards_resumed=len(done), skipped=skipped)
+
+
+def _say_skipped(skipped: list[dict], events) -> None:
+    for e in skipped[:20]:
+        events.message(f"warning: not archived: {e['image_id']}: {e['reason']}")
+    if len(skipped) > 20:
+        events.message(f"warning: ... and {len(skipped) - 20} more entries not archived (listed in the summary)")
 
 
 def _check_codec(spec: str) -> None:
