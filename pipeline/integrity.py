@@ -91,9 +91,24 @@ def _part_problem(arc, path: str, entry: dict, columns: list[str], out: Checked)
         return f"lacks column(s) {missing}"
     rows = table.select(columns).append_column(
         "manifest_part", pa.array([posixpath.basename(path)] * table.num_rows, pa.string())).to_pylist()
-    if any(not isinstance(r["image_id"], str) or not r["image_id"] for r in rows):
-        return "has rows without an image_id (damaged)"
+    shard = entry.get("name") or posixpath.splitext(posixpath.basename(path))[0] + shards.EXTENSION
+    for r in rows:
+        why = _row_problem(r, shard)
+        if why:
+            return f"has a damaged row ({why})"
     out.rows += rows
+    return ""
+
+
+def _row_problem(r: dict, shard: str) -> str:
+    """What is structurally wrong with one manifest row ('' when nothing): checked before anything uses it."""
+    if not isinstance(r.get("image_id"), str) or not r["image_id"]:
+        return "no image_id"
+    if r.get("shard") != shard:
+        return f"{r['image_id']!r} names shard {r.get('shard')!r}, not its part's {shard}"
+    offset, length = r.get("offset"), r.get("length")
+    if (offset is None) != (length is None) or (offset is not None and (offset < 0 or length < 0)):
+        return f"{r['image_id']!r} has offset {offset} and length {length}"
     return ""
 
 
@@ -126,12 +141,18 @@ def check_index(arc, shard: str, rows: list[dict]) -> tuple[list[dict], list[dic
         return [], [{"image_id": r["image_id"], "detail": f"shard {shard}: {type(exc).__name__}: {str(exc)[:200]}"}
                     for r in rows]
     good, bad = [], []
+    ids = {r["image_id"] for r in rows}
     for r in rows:
         e = by_offset.get(r["offset"])
         if (e is None or e.image_id != r["image_id"] or e.length != r["length"]
                 or r.get("record_crc32c") not in (None, e.crc32c)):
+            there = f" (the index has {e.image_id!r} there)" if e is not None and e.image_id != r["image_id"] else ""
             bad.append({"image_id": r["image_id"], "detail": f"manifest row does not match shard {shard}'s index "
-                        "(id, offset, length or CRC): the manifest is damaged; not written"})
+                        f"(id, offset, length or CRC){there}: the manifest is damaged; not written"})
+            if there and e.image_id not in ids:  # the file the record really is: named, not silently missing
+                ids.add(e.image_id)
+                bad.append({"image_id": e.image_id, "detail": f"not restored: the manifest row for its record in "
+                            f"shard {shard} is damaged (it names {r['image_id']!r})"})
         else:
             good.append({**r, "record_crc32c": e.crc32c})
     return good, bad

@@ -4,10 +4,8 @@ unknown versions and codecs raise UnsupportedStream; nothing crashes, hangs or a
 
 from __future__ import annotations
 
-import json
 import struct
 
-import crc32c
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
