@@ -96,6 +96,9 @@ def _part_problem(arc, path: str, entry: dict, columns: list[str], out: Checked)
         why = _row_problem(r, shard)
         if why:
             return f"has a damaged row ({why})"
+    records = sum(r["offset"] is not None for r in rows)
+    if entry and isinstance(entry.get("records"), int) and records != entry["records"]:
+        return f"has {records} records, archive.json says {entry['records']}"
     out.rows += rows
     return ""
 

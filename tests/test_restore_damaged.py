@@ -165,6 +165,17 @@ def test_row_count_against_archive_json(arc, tmp_path):
     assert any("rows, archive.json says" in p for p in s["problems"])
 
 
+def test_record_count_against_archive_json(arc, tmp_path):
+    """A row that lost its record (offset and length null) is not 'not archived': archive.json counts it."""
+    def drop(c):
+        i = c["image_id"].index("caby.png")
+        c["offset"][i] = c["length"][i] = c["record_crc32c"][i] = None
+    rewrite(part_of(arc, "caby.png"), drop)
+    s = run(arc, tmp_path / "out")
+    assert not s["ok"] and "caby.png" in {e["image_id"] for e in s["errors"]} and s["not_archived"] == []
+    assert any("records, archive.json says" in p for p in s["problems"])
+
+
 def with_manifest_hashes(arc: Path) -> None:
     """archive.json as this pixark writes it: each shard entry records its manifest part's sha256."""
     meta = json.loads((arc / "archive.json").read_text())
