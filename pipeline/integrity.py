@@ -82,15 +82,15 @@ def _part_problem(arc, path: str, entry: dict, columns: list[str], out: Checked)
             if hashlib.sha256(arc.fs.cat_file(path)).hexdigest() != entry["manifest_sha256"]:
                 return "does not match the sha256 archive.json records for it (damaged or changed)"
         table = manifest.read_part(arc.fs, path)
-    except Exception as exc:  # unreadable Parquet, a newer schema: this part's fault, not the archive's
+        if entry and isinstance(entry.get("rows"), int) and table.num_rows != entry["rows"]:
+            return f"has {table.num_rows} rows, archive.json says {entry['rows']}"
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            return f"lacks column(s) {missing}"
+        rows = table.select(columns).append_column(
+            "manifest_part", pa.array([posixpath.basename(path)] * table.num_rows, pa.string())).to_pylist()
+    except Exception as exc:  # Parquet damage shows up lazily (names, pages), or a newer schema: this part's fault
         return f"is unreadable ({type(exc).__name__}: {str(exc)[:200]})"
-    if entry and isinstance(entry.get("rows"), int) and table.num_rows != entry["rows"]:
-        return f"has {table.num_rows} rows, archive.json says {entry['rows']}"
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        return f"lacks column(s) {missing}"
-    rows = table.select(columns).append_column(
-        "manifest_part", pa.array([posixpath.basename(path)] * table.num_rows, pa.string())).to_pylist()
     shard = entry.get("name") or posixpath.splitext(posixpath.basename(path))[0] + shards.EXTENSION
     for r in rows:
         why = _row_problem(r, shard)
