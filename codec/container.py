@@ -146,7 +146,8 @@ def _count(v) -> bool:
 def _check(h: Header, version: int = VERSION) -> None:
     """Every field of the right type and within bounds, so nothing downstream fails on a damaged header with
     anything but CorruptStream, or allocates for sizes the stream cannot hold."""
-    if not all(isinstance(getattr(h, k), str) for k in _STR_FIELDS) or not all(_count(getattr(h, k)) for k in _INT_FIELDS):
+    if not (all(isinstance(getattr(h, k), str) for k in _STR_FIELDS)
+            and all(_count(getattr(h, k)) for k in _INT_FIELDS)):
         raise CorruptStream("container header has fields of the wrong type")
     if not isinstance(h.params, dict) or not isinstance(h.info, dict) or not isinstance(h.blobs, dict):
         raise CorruptStream("container header has fields of the wrong type")
@@ -176,7 +177,8 @@ def _check_info(info: dict) -> None:
           and info.get("palette_mode", "") in ("", "RGB", "RGBA"))
     if "dpi" in info:
         dpi = info["dpi"]
-        ok = ok and isinstance(dpi, list) and len(dpi) == 2 and all(type(v) in (int, float) and 0 < v < 1e9 for v in dpi)
+        ok = ok and isinstance(dpi, list) and len(dpi) == 2 and all(type(v) in (int, float) and 0 < v < 1e9
+                                                                    for v in dpi)
     if "transparency" in info:
         t = info["transparency"]
         ok = ok and (_count(t) or (isinstance(t, str) and len(t) % 2 == 0 and re.fullmatch("[0-9a-f]*", t) is not None)

@@ -4,9 +4,9 @@ Streams: small streams of every classical codec, a palette image with text (meta
 damaged (bit flips, byte changes, truncations, splices, inserted bytes), with the container's CRCs made valid again
 half of the time so the damage reaches the header checks and the decoders. The oracle: decode raises CorruptStream
 or UnsupportedStream, or returns exactly the original (pixels, metadata, stored bytes; for a version 1 stream
-behind recomputed CRCs the pixels only: version 1 has no hash over its metadata, which is why version 2 exists). With the content hash
-recomputed too (a hostile encoder), what comes back must at least match the header's own pixel hash and be
-writable. Nothing else may happen: no other exception, no hang (a 20 s alarm per case turns one into a failure).
+behind recomputed CRCs the pixels only: version 1 has no hash over its metadata, which is why version 2 exists).
+With the content hash recomputed too (a hostile encoder), what comes back must at least match the header's own
+pixel hash and be writable. Nothing else may happen: no other exception, no hang (a 20 s alarm per case turns one into a failure).
 
 Manifests: one manifest part of tests/archives/v1-small is damaged (bit flips in the Parquet bytes, or one value of
 one row changed to another row's, a random one or null), with archive.json as old archives have it and with the
