@@ -56,6 +56,7 @@ class ArchiveConfig:
     extend: bool = False
     strict: bool = False
     verify: bool = True  # decode every record and compare pixels before trusting it
+    follow_links: bool = True  # archive symlinks to files as those files (False: report them as skipped)
     src_options: dict = field(default_factory=dict)  # fsspec storage options
     dest_options: dict = field(default_factory=dict)
     batch_bytes: int = 4 * 10**6  # a Ray task codes up to this many source bytes ...
@@ -182,7 +183,7 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
     new_plan = None
     skipped: list[dict] = []  # entries the listing found but cannot archive (FIFOs, non-UTF-8 names ...)
     if not plans or cfg.extend:
-        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped)
+        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped, cfg.follow_links)
         _say_skipped(skipped, events)
         known = {o.image_id for p in plans for s in p.shards for o in s.items}
         fresh_objects = [o for o in objects if o.image_id not in known]
@@ -197,7 +198,7 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
                             message=f"no new source objects under {cfg.src}: the archive already holds all "
                                     f"{meta['totals']['images']} of them")
     elif meta is not None and not pending:
-        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped)
+        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped, cfg.follow_links)
         known = {o.image_id for p in plans for s in p.shards for o in s.items}
         n_new = sum(o.image_id not in known for o in objects)
         hint = f"; {n_new} new source object(s) are not in it: add them with --extend" if n_new else ""

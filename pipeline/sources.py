@@ -59,10 +59,12 @@ def matches(image_id: str, include: tuple[str, ...] | list[str], exclude: tuple[
 
 
 def list_sources(src_fs: fsspec.AbstractFileSystem, src_root: str, include=(), exclude=(),
-                 skip_prefixes: tuple[str, ...] = (), skipped: list[dict] | None = None) -> list[SourceObject]:
+                 skip_prefixes: tuple[str, ...] = (), skipped: list[dict] | None = None,
+                 follow_links: bool = True) -> list[SourceObject]:
     """Every file under ``src_root``, sorted by relative path. ``skip_prefixes`` are paths (in the same
     filesystem) to leave out, e.g. the archive destination inside the source folder. Entries that match the
-    globs but cannot be archived are appended to ``skipped`` as {"image_id", "reason"}."""
+    globs but cannot be archived are appended to ``skipped`` as {"image_id", "reason"}; with ``follow_links``
+    False, symlinks to files are among them."""
     root = src_root.rstrip("/")
     store.fresh(src_fs)
     try:
@@ -84,7 +86,7 @@ def list_sources(src_fs: fsspec.AbstractFileSystem, src_root: str, include=(), e
         rel = path[len(root):].lstrip("/") if path.startswith(root) else posixpath.relpath(path, root)
         if not rel or not matches(rel, include, exclude):
             continue
-        why = _unarchivable(src_fs, path, rel, kind)
+        why = _unarchivable(src_fs, path, rel, kind, follow_links)
         if why:
             if skipped is not None:
                 skipped.append({"image_id": printable(rel), "reason": why})
@@ -99,7 +101,7 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _unarchivable(fs, path: str, rel: str, kind: str) -> str:
+def _unarchivable(fs, path: str, rel: str, kind: str, follow_links: bool = True) -> str:
     """Why an entry the listing found cannot be archived, or '' when it can (a file, or a symlink to a file)."""
     try:
         rel.encode("utf-8")
@@ -113,8 +115,8 @@ def _unarchivable(fs, path: str, rel: str, kind: str) -> str:
         return "symlink to nothing (dangling)"
     if mode is None:
         return f"not a file ({kind})"
-    if stat.S_ISREG(mode):
-        return ""  # a symlink to a file: archived as the file it points to
+    if stat.S_ISREG(mode):  # a symlink to a file: archived as the file it points to, unless told not to
+        return "" if follow_links else "symlink to a file: not followed (--no-follow)"
     if stat.S_ISDIR(mode):
         return "symlink to a folder: not followed (archive the folder itself)"
     what = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"

@@ -55,6 +55,23 @@ def test_listing_follows_file_symlinks_and_names_what_it_skips(tmp_path):
     assert "sub/pipe" not in {e["image_id"] for e in skipped}
 
 
+def test_no_follow_reports_file_symlinks_too(tmp_path):
+    hostile_tree(tmp_path)
+    skipped: list[dict] = []
+    objs = list_sources(fsspec.filesystem("file"), str(tmp_path / "src"), skipped=skipped, follow_links=False)
+    assert [o.image_id for o in objs] == sorted([LONG, "plain.png"])
+    assert {e["image_id"]: e["reason"] for e in skipped}["link.png"] == "symlink to a file: not followed (--no-follow)"
+
+
+def test_cli_offers_no_follow():
+    from typer.testing import CliRunner
+
+    from pixark.jobs.cli import app
+
+    out = CliRunner().invoke(app, ["archive", "--help"])
+    assert out.exit_code == 0 and "--no-follow" in out.output
+
+
 def test_atomic_write_of_a_254_byte_name(tmp_path):
     """The temporary name was '.NAME.<32 hex>.part': over 255 bytes for long names."""
     path = str(tmp_path / LONG)
