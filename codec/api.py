@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from . import container, registry
@@ -60,13 +62,16 @@ def _encode_with(img: DecodedImage, codec: registry.Codec, params: dict, device:
     info = dict(meta.info)
     if meta.palette_mode:
         info["palette_mode"] = meta.palette_mode
+    blobs = meta.blobs()
+    if info.get("text"):  # PNG text can be large: a blob, not part of the JSON header
+        blobs["text"] = json.dumps(info.pop("text"), sort_keys=True, ensure_ascii=False).encode()
     header = Header(
         codec=codec.name, codec_version=codec.version, params=enc.params, model_id=enc.model_id,
         height=img.height, width=img.width, channels=img.channels, bit_depth=img.bit_depth,
         mode=img.mode, format=img.format, pixel_sha256=img.pixel_sha256(), payload_bytes=0,
         info={} if original_kept else info,
     )
-    return container.pack(header, {} if original_kept else meta.blobs(), enc.payload)
+    return container.pack(header, {} if original_kept else blobs, enc.payload)
 
 
 LEARNED_CHOICES = ("proven", "all", "none")
@@ -144,6 +149,8 @@ def decode(data: bytes, device: str | None = None) -> DecodedImage:
         if pixels is None or pixel_sha256(pixels) != header.pixel_sha256:
             raise CorruptStream("decoded pixels do not match the stored pixel hash: the stream is damaged")
     info = dict(header.info)
+    if "text" in blobs:
+        info["text"] = _text(blobs["text"])
     meta = Metadata(
         icc_profile=blobs.get("icc"), exif=blobs.get("exif"), palette=blobs.get("palette"),
         palette_mode=info.pop("palette_mode", ""), info=info,
@@ -152,11 +159,21 @@ def decode(data: bytes, device: str | None = None) -> DecodedImage:
     return DecodedImage(pixels, mode=header.mode, format=header.format, metadata=meta, original=original)
 
 
+def _text(blob: bytes) -> dict:
+    try:
+        text = json.loads(blob.decode())
+    except (ValueError, RecursionError) as exc:
+        raise CorruptStream(f"unreadable text metadata: {exc}") from exc
+    if not isinstance(text, dict) or not all(isinstance(v, str) for v in text.values()):
+        raise CorruptStream("text metadata is not an object of strings")
+    return text
+
+
 def info(data: bytes) -> dict:
     """What the header says, without decoding the payload."""
     header, _ = container.read_header(data)
     out = header.to_json()
-    out["format_version"] = container.VERSION
+    out["format_version"] = int.from_bytes(bytes(data[4:6]), "little")
     out["stream_bytes"] = len(data)
     subpixels = header.height * header.width * header.channels
     out["bpsp"] = round(len(data) * 8 / subpixels, 4) if subpixels else None

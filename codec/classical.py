@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import imagecodecs
 import numpy as np
+from PIL import Image
 
 from .container import Header
 from .errors import CorruptStream, UnsupportedImage
@@ -25,6 +28,15 @@ def _inner(size: tuple[int, int] | None, header: Header, what: str) -> None:
     allocates for them (the container's dimensions are bounded; the inner ones are not)."""
     if size is not None and size != (header.width, header.height):
         raise CorruptStream(f"{what} payload says {size[0]}x{size[1]}, header says {header.width}x{header.height}")
+
+
+def _file_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's own header (Pillow reads only that), None when unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # not an image: decoding it finds no pixels and the pixel hash refuses it
+        return None
 
 
 def _plane(pixels: np.ndarray) -> np.ndarray:
@@ -52,7 +64,10 @@ class Store(Codec):
             if len(payload) != want:
                 raise CorruptStream(f"raw payload has {len(payload)} bytes, header implies {want}")
             return np.frombuffer(payload, dtype).astype(dtype.newbyteorder("=")).reshape(header.height, header.width, header.channels)
-        return DecodedImage.from_bytes(payload).pixels if header.pixel_sha256 else None
+        if not header.pixel_sha256:
+            return None
+        _inner(_file_size(payload), header, "stored file")
+        return DecodedImage.from_bytes(payload).pixels
 
 
 class Png(Codec):

@@ -109,6 +109,7 @@ def archive_cmd(
     extend: bool = typer.Option(False, "--extend", help="add source objects that the archive does not hold yet"),
     strict: bool = typer.Option(False, "--strict", help="exit non-zero when any object failed"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="decode each record and compare pixels before trusting it"),
+    no_follow: bool = typer.Option(False, "--no-follow", help="do not archive symlinks to files (they are reported as skipped)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
 ) -> None:
     """Archive an image dataset: sharded, compressed, with Parquet manifests. Rerun to resume after a crash."""
@@ -117,7 +118,7 @@ def archive_cmd(
     try:
         s = archive(src, dest, codec=codec, shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
                     include=include, exclude=exclude, ray_address=ray_address, overwrite=overwrite, extend=extend,
-                    strict=strict, verify=verify, progress=True)
+                    strict=strict, verify=verify, progress=True, follow_links=not no_follow)
     except PipelineError as exc:
         raise fail(str(exc))
     except (OSError, ValueError) as exc:  # storage errors: the archive is not recorded (rerun resumes)

@@ -26,7 +26,8 @@ def restore(
     """Write archived images back under DEST in their original format, with their metadata.
 
     Ranged reads of just the records needed; large restores run on Ray. Rerun to resume: complete outputs are
-    skipped. Exit code 1 when a record could not be restored or a requested id is not in the archive.
+    skipped. Exit code 1 when a record could not be restored, a requested id is not in the archive, or the archive
+    is damaged (a missing or changed manifest part, no archive.json): what is intact is still restored.
     """
     from pixark.pipeline.restore import FORMATS, restore as run
 
@@ -48,6 +49,8 @@ def show(s: dict) -> None:
         err.print(f"[yellow]not archived[/yellow] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
     for r in s["errors"][:20]:
         err.print(f"[red]error[/red] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
+    for p in s.get("problems", []):
+        err.print(f"[red]archive damaged[/red] {p}", highlight=False, soft_wrap=True)
     if s["missing_ids"]:
         shown = ", ".join(s["missing_ids"][:10])
         err.print(f"[red]{len(s['missing_ids'])} requested ids are not in the archive:[/red] {shown}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import hashlib
 import json
 import os
 import posixpath
@@ -55,6 +56,7 @@ class ArchiveConfig:
     extend: bool = False
     strict: bool = False
     verify: bool = True  # decode every record and compare pixels before trusting it
+    follow_links: bool = True  # archive symlinks to files as those files (False: report them as skipped)
     src_options: dict = field(default_factory=dict)  # fsspec storage options
     dest_options: dict = field(default_factory=dict)
     batch_bytes: int = 4 * 10**6  # a Ray task codes up to this many source bytes ...
@@ -179,8 +181,10 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
                               "use another destination or --overwrite")
 
     new_plan = None
+    skipped: list[dict] = []  # entries the listing found but cannot archive (FIFOs, non-UTF-8 names ...)
     if not plans or cfg.extend:
-        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip)
+        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped, cfg.follow_links)
+        _say_skipped(skipped, events)
         known = {o.image_id for p in plans for s in p.shards for o in s.items}
         fresh_objects = [o for o in objects if o.image_id not in known]
         if fresh_objects or not plans:
@@ -190,15 +194,15 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
             plans.append(new_plan)
             pending.append(new_plan)
         if not fresh_objects and plans and meta is not None and not pending:
-            return _summary(cfg, dest_fs, dest_root, meta, t0, status="nothing-new",
+            return _summary(cfg, dest_fs, dest_root, meta, t0, status="nothing-new", skipped=skipped,
                             message=f"no new source objects under {cfg.src}: the archive already holds all "
                                     f"{meta['totals']['images']} of them")
     elif meta is not None and not pending:
-        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip)
+        objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped, cfg.follow_links)
         known = {o.image_id for p in plans for s in p.shards for o in s.items}
         n_new = sum(o.image_id not in known for o in objects)
         hint = f"; {n_new} new source object(s) are not in it: add them with --extend" if n_new else ""
-        return _summary(cfg, dest_fs, dest_root, meta, t0, status="already-complete",
+        return _summary(cfg, dest_fs, dest_root, meta, t0, status="already-complete", skipped=skipped,
                         message=f"{cfg.dest} is already a complete archive of {cfg.src}: nothing to do{hint}")
 
     done_parts = {posixpath.basename(p) for p in store.list_now(dest_fs, posixpath.join(dest_root, "manifests"))}
@@ -221,7 +225,14 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
         message = f"warning: {cfg.src} holds no objects" + (" matching --include/--exclude" if cfg.include or cfg.exclude else "")
     status = "extended" if (cfg.extend and new_plan is not None and covered) else ("resumed" if done else "complete")
     return _summary(cfg, dest_fs, dest_root, meta, t0, status=status, message=message, run=run_info,
-                    shards_written=len(todo), shards_resumed=len(done))
+                    shards_written=len(todo), shards_resumed=len(done), skipped=skipped)
+
+
+def _say_skipped(skipped: list[dict], events) -> None:
+    for e in skipped[:20]:
+        events.message(f"warning: not archived: {e['image_id']}: {e['reason']}")
+    if len(skipped) > 20:
+        events.message(f"warning: ... and {len(skipped) - 20} more entries not archived (listed in the summary)")
 
 
 def _check_codec(spec: str) -> None:
@@ -395,6 +406,7 @@ def _write_archive_json(cfg: ArchiveConfig, fs, root: str, source: str, plans: l
         shard_entries.append({"name": name, "manifest": f"manifests/{manifest.part_name(name)}",
                               "records": m.get("records"), "rows": m.get("rows", t.num_rows),
                               "bytes": m.get("shard_bytes"), "sha256": m.get("shard_sha256"),
+                              "manifest_sha256": hashlib.sha256(fs.cat_file(part)).hexdigest(),
                               "source_bytes": sum(cols["source_bytes"]),
                               "compressed_bytes": sum(v or 0 for v in cols["compressed_bytes"]), "plan": gen})
     table = pa.concat_tables(tables) if tables else manifest.SCHEMA.empty_table()

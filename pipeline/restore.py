@@ -18,7 +18,7 @@ from collections import Counter
 
 import fsspec
 
-from . import catalog, store
+from . import catalog, integrity, store
 from .errors import PipelineError, one_line
 from .sources import matches
 
@@ -108,12 +108,28 @@ def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str,
         return _res(row, "error", f"{type(exc).__name__}: {exc}")
     if img.pixels is None and row.get("source_sha256") and hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
         return _res(row, "error", "stored bytes do not match the manifest's source_sha256")
+    mismatch = _pixel_mismatch(row, img)
+    if mismatch:
+        return _res(row, "error", mismatch)
     path = posixpath.join(dest_root, row["name"])
     try:
         store.put_bytes(dest_fs, path, blob)
     except OSError as exc:
         return _res(row, "error", f"cannot write {path}: {exc}")
     return _res(row, "written", how, len(blob))
+
+
+def _pixel_mismatch(row: dict, img) -> str:
+    """The decoded record against the manifest row that names it: a record that is intact but is not this row's
+    image (a damaged or swapped row) is not written."""
+    want = row.get("pixel_sha256")
+    if img.pixels is None:
+        return "the manifest says this record has pixels; it decodes to none" if want else ""
+    from pixark import codec as pc
+
+    if want and pc.pixel_sha256(img.pixels) != want:
+        return "the record's pixels do not match the manifest's pixel_sha256: the manifest is damaged; not written"
+    return ""
 
 
 def _res(row: dict, status: str, detail: str, nbytes: int = 0) -> dict:
@@ -162,15 +178,16 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     if format not in FORMATS:
         raise RestoreError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     arc = catalog.open_archive(archive_url, storage_options)
-    if arc.meta is None:
-        raise RestoreError(f"{archive_url}: {arc.meta_error}; finish it (rerun pixark archive) before restoring")
-    rows = catalog.read_manifest(arc, _COLUMNS).to_pylist()
-    chosen, missing_ids = select(rows, include, None if ids is None else read_ids(ids, storage_options))
+    checked = integrity.manifest_rows(arc, _COLUMNS)  # parts held against archive.json; bad ones left out, named
+    wanted_ids = None if ids is None else read_ids(ids, storage_options)
+    chosen, missing_ids = select(checked.rows, include, wanted_ids)
+    unverified, _ = select(checked.unverified, include, wanted_ids)
+    missing_ids = sorted(set(missing_ids) - {u["image_id"] for u in unverified})
     dest_fs, dest_root = fsspec.core.url_to_fs(dest_url, **(dest_options or {}))
     dest_root = dest_root.rstrip("/")
 
     names = output_names(chosen, format)
-    results: list[dict] = []
+    results: list[dict] = [_res(u, "error", u["detail"]) for u in unverified]
     todo: list[dict] = []
     existing = _existing(dest_fs, dest_root)
     for r in chosen:
@@ -193,6 +210,12 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     by_shard: dict[str, list[dict]] = {}
     for r in todo:
         by_shard.setdefault(r["shard"], []).append(r)
+    for shard in sorted(by_shard):  # every row against its shard's index before any record is fetched
+        by_shard[shard], bad = integrity.check_index(arc, shard, by_shard[shard])
+        results += [_res(b, "error", b["detail"]) for b in bad]
+        done += len(bad)
+        if not by_shard[shard]:
+            del by_shard[shard]
     # Ray's start-up costs seconds: small restores of classical records run here; anything with learned-codec
     # records (seconds per decode) or many records is spread over the Ray workers.
     if total <= local_limit and not any(catalog.is_learned(r.get("codec")) for r in todo):
@@ -233,7 +256,8 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         "archive": archive_url,
         "dest": dest_url,
         "format": format,
-        "ok": not errors and not missing_ids,
+        "ok": not errors and not missing_ids and not checked.problems,
+        "problems": checked.problems,
         "selected": len(chosen),
         "written": counts.get("written", 0),
         "skipped": counts.get("skipped", 0),

@@ -1,15 +1,19 @@
 """Listing sources and planning shards, deterministically: the same objects give the same shards.
 
-Listing walks SRC recursively through fsspec, keeps files (not directory markers), applies --include/--exclude
-globs to the path relative to SRC, leaves out the archive's own destination when it lies inside SRC, and sorts by
-that relative path (code point order, so the order does not depend on locale or on the store's listing order).
+Listing walks SRC recursively through fsspec, keeps files (not directory markers) and symlinks to files, applies
+--include/--exclude globs to the path relative to SRC, leaves out the archive's own destination when it lies inside
+SRC, and sorts by that relative path (code point order, so the order does not depend on locale or on the store's
+listing order). Entries it cannot archive (FIFOs, sockets, devices, symlinks to folders or to nothing, names that
+are not UTF-8) are reported with the reason, never dropped without a word.
 Planning cuts the sorted list into shards by cumulative source bytes.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
+import stat
 from dataclasses import dataclass, field
 
 import fsspec
@@ -55,9 +59,12 @@ def matches(image_id: str, include: tuple[str, ...] | list[str], exclude: tuple[
 
 
 def list_sources(src_fs: fsspec.AbstractFileSystem, src_root: str, include=(), exclude=(),
-                 skip_prefixes: tuple[str, ...] = ()) -> list[SourceObject]:
+                 skip_prefixes: tuple[str, ...] = (), skipped: list[dict] | None = None,
+                 follow_links: bool = True) -> list[SourceObject]:
     """Every file under ``src_root``, sorted by relative path. ``skip_prefixes`` are paths (in the same
-    filesystem) to leave out, e.g. the archive destination inside the source folder."""
+    filesystem) to leave out, e.g. the archive destination inside the source folder. Entries that match the
+    globs but cannot be archived are appended to ``skipped`` as {"image_id", "reason"}; with ``follow_links``
+    False, symlinks to files are among them."""
     root = src_root.rstrip("/")
     store.fresh(src_fs)
     try:
@@ -71,16 +78,49 @@ def list_sources(src_fs: fsspec.AbstractFileSystem, src_root: str, include=(), e
     skips = tuple(p.rstrip("/") + "/" for p in skip_prefixes)
     out = []
     for path, info in found.items():
-        if info.get("type", "file") != "file" or path.endswith("/"):
+        kind = info.get("type", "file")
+        if kind == "directory" or path.endswith("/"):
             continue  # directories and S3 "folder" marker objects
         if skips and any(path.startswith(s) for s in skips):
             continue
         rel = path[len(root):].lstrip("/") if path.startswith(root) else posixpath.relpath(path, root)
         if not rel or not matches(rel, include, exclude):
             continue
+        why = _unarchivable(src_fs, path, rel, kind, follow_links)
+        if why:
+            if skipped is not None:
+                skipped.append({"image_id": printable(rel), "reason": why})
+            continue
         out.append(SourceObject(image_id=rel, path=path, url=src_fs.unstrip_protocol(path), size=int(info.get("size") or 0)))
     out.sort(key=lambda o: o.image_id)
     return out
+
+
+def printable(name: str) -> str:
+    """A name as text: bytes that are not UTF-8 (kept by Python as surrogate escapes) shown as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _unarchivable(fs, path: str, rel: str, kind: str, follow_links: bool = True) -> str:
+    """Why an entry the listing found cannot be archived, or '' when it can (a file, or a symlink to a file)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8: rename it to archive it (manifests and restores need text names)"
+    if kind == "file":
+        return ""
+    try:
+        mode = os.stat(path).st_mode if store.is_local(fs) else None  # follows symlinks
+    except OSError:
+        return "symlink to nothing (dangling)"
+    if mode is None:
+        return f"not a file ({kind})"
+    if stat.S_ISREG(mode):  # a symlink to a file: archived as the file it points to, unless told not to
+        return "" if follow_links else "symlink to a file: not followed (--no-follow)"
+    if stat.S_ISDIR(mode):
+        return "symlink to a folder: not followed (archive the folder itself)"
+    what = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"
+    return f"not a regular file ({what})"
 
 
 def plan_shards(objects: list[SourceObject], shard_size: int, first_index: int = 0, generation: int = 0) -> list[ShardPlan]:

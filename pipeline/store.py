@@ -78,7 +78,10 @@ def list_now(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 
 
 def _local_tmp(path: str) -> str:
-    return posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.part")
+    """A hidden temporary name next to ``path``: the name cut so the whole stays within 255 bytes (NAME_MAX), so a
+    file with a 254-byte name can be written too."""
+    name = posixpath.basename(path).encode("utf-8", "surrogateescape")[:200].decode("utf-8", "surrogateescape")
+    return posixpath.join(posixpath.dirname(path), f".{name}.{uuid.uuid4().hex}.part")
 
 
 def commit_file(local_tmp: str, fs: fsspec.AbstractFileSystem, path: str) -> None:

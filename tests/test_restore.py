@@ -15,6 +15,7 @@ from fsspec.implementations.local import LocalFileSystem
 from archive_helpers import odd_source, write_tree
 from pixark import codec as pc
 from pixark.jobs.archive import archive
+from pixark.pipeline import shards
 from pixark.pipeline.restore import RestoreError, output_name, output_names, restore, safe_relative
 
 pytestmark = pytest.mark.ray
@@ -150,10 +151,14 @@ def test_restore_reads_only_the_records_it_needs(made, tmp_path):
     meta = json.loads((arc / "archive.json").read_text())
     rows = {r["image_id"]: r for r in _manifest_rows(arc)}
     wanted = sum(rows[i]["length"] for i in ("gifs/palette.gif", "notes/readme.txt"))
-    assert CountingFS.reads and all(start is not None and end is not None for _, start, end in CountingFS.reads)
-    assert sum(end - start for _, start, end in CountingFS.reads) == wanted
     touched = {rows[i]["shard"] for i in ("gifs/palette.gif", "notes/readme.txt")}
-    assert wanted < sum(sh["bytes"] for sh in meta["shards"] if sh["name"] in touched)
+    # plus each touched shard's header, trailer and index: restore checks every row against its shard's index
+    indexes = [shards.read_index(LocalFileSystem(), str(arc / "shards" / name)) for name in touched]
+    checks = sum(shards.HEADER_SIZE + shards.TRAILER_SIZE + i.shard_bytes - shards.TRAILER_SIZE - i.index_offset
+                 for i in indexes)
+    assert CountingFS.reads and all(start is not None and end is not None for _, start, end in CountingFS.reads)
+    assert sum(end - start for _, start, end in CountingFS.reads) == wanted + checks
+    assert wanted + checks < sum(sh["bytes"] for sh in meta["shards"] if sh["name"] in touched)
 
 
 def _manifest_rows(arc: Path) -> list[dict]:
@@ -217,3 +222,13 @@ def test_reading_manifests_leaves_nothing_running_at_exit(made):
     for _ in range(10):
         proc = subprocess.run([sys.executable, "-c", script, str(arc)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and proc.stderr == "", (proc.returncode, proc.stderr)
+
+
+def test_archive_json_records_each_manifest_part_hash(made):
+    """The archive job records every part's sha256, so restore refuses a part changed after the job (issue 26)."""
+    import hashlib
+
+    arc, _ = made
+    meta = json.loads((arc / "archive.json").read_text())
+    assert meta["shards"] and all(
+        e["manifest_sha256"] == hashlib.sha256((arc / e["manifest"]).read_bytes()).hexdigest() for e in meta["shards"])

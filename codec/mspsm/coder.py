@@ -59,6 +59,7 @@ _OFF, _SMAX, _COUP = M.OFF_CLAMP, M.N_SCALE_IDX - 1, M.COUP_CLAMP  # for the com
 # Largest tile side by default: a 576x576 photo is one tile, not 4 of 288 (gb82, 5 photos: -0.28 % bits at the same
 # speed); a 4096x4096 photo codes in 1.5 GiB peak memory (docs/MSPSM.md).
 DEFAULT_TILE = 1024
+MAX_TILE = 4096  # the encoder's cap (codec parameter tile); a decoder refuses larger tiles before allocating one
 
 
 def balanced_tile(h: int, w: int, max_tile: int) -> int:
@@ -729,6 +730,8 @@ def parse_head(payload: bytes) -> tuple[int, int, int, int, int]:
     if ver not in PAYLOAD_VERSIONS:
         raise UnsupportedStream(f"mspsm payload version {ver} is not supported by this build (knows "
                                 f"{', '.join(map(str, PAYLOAD_VERSIONS))})")
+    if tile > MAX_TILE:
+        raise CorruptStream(f"mspsm payload has {tile}-pixel tiles; encoders write at most {MAX_TILE}")
     if not (h and w and tile) or h * w > MAX_PIXELS or -(-h // tile) * -(-w // tile) != n:
         raise CorruptStream("mspsm payload tile count does not match its size")
     if len(payload) < 21 + 4 * n:

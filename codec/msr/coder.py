@@ -257,8 +257,9 @@ def decode(payload: bytes, net: M.IntNet, band: int = DEFAULT_BAND, batch: int =
         raise CorruptStream(f"msr payload has impossible parameters k={k} T={T}")
     xhat = webpbase.decode(f["webp"], h, w)
     if webpbase.digest(xhat) != f["digest"]:
-        raise CorruptStream("msr: this machine's WebP decoder reconstructs a different lossy base than the "
-                            "encoder's (hash mismatch); decode with the libwebp the stream was made with")
+        raise CorruptStream("msr: the lossy base does not match its stored hash: the payload is damaged (or, if "
+                            "every other stream of this archive decodes, this libwebp decodes differently from the "
+                            "encoder's)")
     dec = entropy.Decoder(f["words"])
     msb, used = rle.decode(dec, f["side"], 0, (h, w, 3), k)
     if used != len(f["side"]):
