@@ -4,9 +4,11 @@ codec decodes them, and the file is written back under its relative path in its 
 
     summary = restore("s3://bucket/archive", "/data/restored", include="cats/*.png", format="original")
 
-Resumable: each output is written atomically (temp name then rename locally, one PUT on object stores), so an
-existing output is complete; a rerun skips outputs already there (checked by size where the size is known, and by
-content with ``check_existing``). Large restores run as Ray tasks, small ones in this process.
+Repairs and resumes: each output is written atomically (temp name then rename locally, one PUT on object stores).
+An output already in DEST is checked against the manifest (its size where known, then its sha256 for files that
+are the source's bytes, or its decoded pixels' hash for re-encoded images) and rewritten when it differs, so
+restoring over a damaged copy repairs it; ``skip_existing`` trusts any output that exists (fast resume). Large
+restores run as Ray tasks, small ones in this process.
 """
 
 from __future__ import annotations
@@ -155,9 +157,10 @@ def select(rows: list[dict], include=None, ids=None) -> tuple[list[dict], list[s
 
 def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str = "original",
             ray_address: str | None = None, storage_options: dict | None = None, dest_options: dict | None = None,
-            check_existing: bool = False, progress=None, local_limit: int = LOCAL_LIMIT) -> dict:
+            skip_existing: bool = False, progress=None, local_limit: int = LOCAL_LIMIT) -> dict:
     """Restore the selected images of ``archive_url`` under ``dest_url``. Returns a summary; ``summary["ok"]`` is
-    False when a record could not be restored or a requested id is not in the archive."""
+    False when a record could not be restored or a requested id is not in the archive. Outputs already in DEST are
+    checked and rewritten when they differ (``repaired``), or trusted as they are with ``skip_existing``."""
     started = time.time()
     if format not in FORMATS:
         raise RestoreError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -172,6 +175,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     names = output_names(chosen, format)
     results: list[dict] = []
     todo: list[dict] = []
+    repairs: set[str] = set()
     existing = _existing(dest_fs, dest_root)
     for r in chosen:
         if r.get("offset") is None:
@@ -182,10 +186,12 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
             continue
         r = {**r, "name": names[r["image_id"]]}
         size = existing.get(posixpath.join(dest_root, r["name"]))
-        if size is not None and _complete(dest_fs, dest_root, r, size, format, check_existing):
+        if size is not None and (skip_existing or _intact(dest_fs, dest_root, r, size, format)):
             results.append(_res(r, "skipped", "already restored"))
-        else:
-            todo.append(r)
+            continue
+        if size is not None:
+            repairs.add(r["image_id"])
+        todo.append(r)
 
     done, total = 0, len(todo)
     if progress:
@@ -227,6 +233,9 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
             if progress:
                 progress(done, total)
 
+    for r in results:
+        if r["status"] == "written" and r["image_id"] in repairs:
+            r["status"] = "repaired"
     counts = Counter(r["status"] for r in results)
     errors = [{"image_id": r["image_id"], "detail": r["detail"]} for r in results if r["status"] == "error"]
     return {
@@ -235,7 +244,9 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         "format": format,
         "ok": not errors and not missing_ids,
         "selected": len(chosen),
-        "written": counts.get("written", 0),
+        "written": counts.get("written", 0) + counts.get("repaired", 0),
+        "repaired": counts.get("repaired", 0),
+        "repaired_ids": sorted(r["image_id"] for r in results if r["status"] == "repaired")[:100],
         "skipped": counts.get("skipped", 0),
         "not_archived": [{"image_id": r["image_id"], "detail": r["detail"]} for r in results
                          if r["status"] == "not_archived"],
@@ -255,17 +266,22 @@ def _existing(fs, root: str) -> dict[str, int]:
         return {}
 
 
-def _complete(fs, root: str, row: dict, size: int, format: str, check_existing: bool) -> bool:
+def _intact(fs, root: str, row: dict, size: int, format: str) -> bool:
+    """Whether the output already at the row's path is what restore would write: the source's own bytes (size,
+    then sha256), or for re-encoded images a readable image with the archived pixels."""
+    from pixark import codec as pc
+
     expected = _expected_size(row, format)
     if expected is not None and size != expected:
         return False
-    if not check_existing:
-        return True  # written atomically, so it exists only when whole
-    from pixark import codec as pc
-
-    data = fs.cat_file(posixpath.join(root, row["name"]))
+    try:
+        data = fs.cat_file(posixpath.join(root, row["name"]))
+    except OSError:
+        return False
     if expected is not None:
         return hashlib.sha256(data).hexdigest() == row.get("source_sha256")
-    img = pc.load(data)
+    try:
+        img = pc.load(data)
+    except Exception:  # unreadable (truncated, damaged): rewrite it
+        return False
     return img.pixels is not None and img.pixel_sha256() == row.get("pixel_sha256")
-

@@ -63,24 +63,38 @@ def test_restore_everything_locally_then_resume(made, tmp_path):
     # Sources that failed at archive time were kept as their original bytes and come back as they were.
     assert tree["broken/truncated.png"] == files["broken/truncated.png"] and tree["empty.png"] == b""
 
-    # Resume: a deleted output and a truncated one are written again, the others are skipped.
+    # Resume and repair: a deleted output is written again; a truncated and a bit-flipped copy of a file kept as
+    # bytes, a truncated and a bit-flipped re-encoded image, and a re-encoded image replaced by other pixels of
+    # the same size are found by checking size and hash, and rewritten in place; the others are left alone.
     (out / "gifs" / "palette.gif").unlink()
     jpg = out / "photos" / "a photo ü.jpg"
     jpg.write_bytes(jpg.read_bytes()[:100])
-    s = restore(str(arc), str(out))
-    assert s["ok"] and s["written"] == 2 and s["skipped"] == len(files) - 2
-    assert_restored(local_tree(out), files)
-
-    # A re-encoded output later replaced by another image is trusted by default (its size is unknown until
-    # decoded), and caught with check_existing, which compares pixel hashes.
+    txt = out / "notes" / "readme.txt"
+    txt.write_bytes(_flip(txt.read_bytes(), 5))
+    pngs = sorted(k for k in files if k.endswith(".png") and pc.load(files[k]).pixels is not None
+                  and not k.startswith("deep/"))
+    cut, flip = out / pngs[0], out / pngs[1]
+    cut.write_bytes(cut.read_bytes()[:-40])
+    flip.write_bytes(_flip(flip.read_bytes(), len(flip.read_bytes()) // 2))
     grey = out / "deep" / "nested" / "dir" / "grey ☃.png"
     other = pc.load(grey.read_bytes())
     flipped = pc.DecodedImage(255 - other.pixels, mode=other.mode, format="PNG", metadata=other.metadata)
     grey.write_bytes(flipped.to_file("png"))
-    assert restore(str(arc), str(out))["written"] == 0
-    s = restore(str(arc), str(out), check_existing=True)
-    assert s["written"] == 1 and s["skipped"] == len(files) - 1
+    damaged = {"photos/a photo ü.jpg", "notes/readme.txt", pngs[0], pngs[1], "deep/nested/dir/grey ☃.png"}
+
+    # --skip-existing trusts what is there: only the missing file comes back.
+    s = restore(str(arc), str(out), skip_existing=True)
+    assert s["ok"] and s["written"] == 1 and s["repaired"] == 0 and s["skipped"] == len(files) - 1
+    s = restore(str(arc), str(out))
+    assert s["ok"] and s["repaired"] == len(damaged) and s["written"] == len(damaged)
+    assert set(s["repaired_ids"]) == damaged and s["skipped"] == len(files) - len(damaged)
     assert_restored(local_tree(out), files)
+    s = restore(str(arc), str(out))
+    assert s["ok"] and s["written"] == 0 and s["skipped"] == len(files)
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]
 
 
 def test_select_by_glob_and_ids_and_png_format(made, tmp_path):
