@@ -64,18 +64,19 @@ class RichEvents(_events_base()):
 
 def archive(src: str, dest: str, codec: str = "auto", shard_size: str | int = "256MB", workers: int | None = None,
             gpus_per_worker: float | None = None, include: list[str] | None = None, exclude: list[str] | None = None,
-            ray_address: str | None = None, overwrite: bool = False, extend: bool = False, strict: bool = False,
-            verify: bool = True, progress: bool = False, **options) -> dict:
+            ray_address: str | None = None, overwrite: bool = False, extend: bool = False, update: bool = False,
+            strict: bool = False, verify: bool = True, progress: bool = False, **options) -> dict:
     """Archive every object under ``src`` (any fsspec URL) into ``dest``; returns the summary (see print_summary).
-    Rerun after a crash to finish; ``extend`` adds new source objects; ``overwrite`` starts again. ``options`` go to
+    Rerun after a crash to finish; ``extend`` adds new source objects; ``update`` adds them and archives changed
+    ones again as a new generation; ``overwrite`` starts again. ``options`` go to
     ArchiveConfig (``src_options``/``dest_options`` for fsspec storage options, batch sizes ...)."""
     from pixark.pipeline.archive import ArchiveConfig, run_archive
     from pixark.pipeline.sources import parse_size
 
     cfg = ArchiveConfig(src=src, dest=dest, codec=codec, shard_size=parse_size(shard_size), workers=workers,
                         gpus_per_worker=gpus_per_worker, include=tuple(include or ()), exclude=tuple(exclude or ()),
-                        ray_address=ray_address, overwrite=overwrite, extend=extend, strict=strict, verify=verify,
-                        **options)
+                        ray_address=ray_address, overwrite=overwrite, extend=extend, update=update, strict=strict,
+                        verify=verify, **options)
     return run_archive(cfg, RichEvents() if progress else None)
 
 
@@ -107,6 +108,8 @@ def archive_cmd(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="Ray cluster; default: local Ray"),
     overwrite: bool = typer.Option(False, "--overwrite", help="delete what DEST holds and start again"),
     extend: bool = typer.Option(False, "--extend", help="add source objects that the archive does not hold yet"),
+    update: bool = typer.Option(False, "--update",
+                                help="add new source objects and archive changed ones again (a new generation)"),
     strict: bool = typer.Option(False, "--strict", help="exit non-zero when any object failed"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="decode each record and compare pixels before trusting it"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
@@ -117,7 +120,7 @@ def archive_cmd(
     try:
         s = archive(src, dest, codec=codec, shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
                     include=include, exclude=exclude, ray_address=ray_address, overwrite=overwrite, extend=extend,
-                    strict=strict, verify=verify, progress=True)
+                    update=update, strict=strict, verify=verify, progress=True)
     except PipelineError as exc:
         raise fail(str(exc))
     except (OSError, ValueError) as exc:  # storage errors: the archive is not recorded (rerun resumes)

@@ -20,7 +20,7 @@ from collections import Counter
 
 import fsspec
 
-from . import catalog, store
+from . import catalog, manifest, store
 from .errors import PipelineError
 from .sources import matches
 
@@ -28,7 +28,7 @@ FORMATS = ("original", "png")
 LOCAL_LIMIT = 32  # restores of at most this many records skip Ray's start-up and run in this process
 RUN_RECORDS = 64  # records per Ray task
 _COLUMNS = ["image_id", "source_bytes", "source_sha256", "pixel_sha256", "format", "codec", "shard", "offset",
-            "length", "record_crc32c", "status", "error"]
+            "length", "record_crc32c", "status", "error", "generation"]
 
 
 class RestoreError(PipelineError):
@@ -145,9 +145,9 @@ def select(rows: list[dict], include=None, ids=None) -> tuple[list[dict], list[s
     the archive does not hold)."""
     patterns = [include] if isinstance(include, str) else list(include or [])
     wanted = None if ids is None else set(ids)
-    first: dict[str, dict] = {}
-    for r in rows:
-        first.setdefault(r["image_id"], r)  # duplicates are verify's finding; restore writes each path once
+    # The current row of each path (the newest generation; same-generation duplicates are verify's finding):
+    # restore writes each path once.
+    first = {r["image_id"]: r for r in manifest.current_rows(rows)}
     chosen = [r for r in first.values()
               if matches(r["image_id"], patterns, ())
               and (wanted is None or r["image_id"] in wanted)]
