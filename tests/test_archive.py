@@ -11,7 +11,7 @@ import pytest
 from archive_helpers import check_archive, odd_source, write_tree
 from pixark import codec as pc
 from pixark.jobs.archive import archive
-from pixark.pipeline import shards
+from pixark.pipeline import manifest, shards
 from pixark.pipeline.errors import ArchiveConflict, CorruptShard, PipelineError
 from pixark.pipeline.sources import list_sources, matches, parse_size, plan_shards
 
@@ -74,7 +74,7 @@ def test_local_archive_every_object_accounted_and_rerun_is_a_no_op(ray_session, 
     assert s["failed"] == 2 and {f["image_id"] for f in s["failures"]} == {"broken/truncated.png", "broken/damaged.jpg"}
     # A manifest part read with plain pyarrow carries the schema version and its shard's facts.
     part = pq.read_table(dest / "manifests" / "shard-000000.parquet")
-    assert part.schema.metadata[b"pixark.manifest_version"] == b"1"
+    assert part.schema.metadata[b"pixark.manifest_version"] == str(manifest.MANIFEST_VERSION).encode()
     assert len(part.schema.metadata[b"pixark.shard_sha256"]) == 64
     meta = json.loads((dest / "archive.json").read_text())
     assert meta["format"] == "pixark-archive" and meta["config"]["codec"] == CODEC and meta["plans"] == 1
