@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, err, fail, results
 
 
 def _events_base():
@@ -80,20 +80,22 @@ def archive(src: str, dest: str, codec: str = "auto", shard_size: str | int = "2
     return run_archive(cfg, RichEvents() if progress else None)
 
 
-def print_summary(s: dict) -> None:
+def print_summary(s: dict, con=None) -> None:
+    """The archive summary, on ``con`` (default: stdout)."""
+    con = con or results(False)
     if s.get("message"):
-        err.print(s["message"], highlight=False)
+        con.print(s["message"], highlight=False)
     ratio = f"{s['ratio']:.3f}" if s.get("ratio") else "-"
     bpsp = f"{s['bpsp']:.3f}" if s.get("bpsp") else "-"
-    err.print(
+    con.print(
         f"[bold]{s['status']}[/bold]: {s['images']} objects ({s['ok']} ok, {s['failed']} failed) in {s['shards']} shards; "
         f"{s['source_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio {ratio}, {bpsp} bits/subpixel over "
         f"{s.get('recoded', 0)} recoded images; {s['seconds']:.1f}s", highlight=False)
     for f in s.get("failures", [])[:10]:
-        err.print(f"  [red]failed[/red] {f['image_id']}: {f['error']}", highlight=False, soft_wrap=True)
+        con.print(f"  [red]failed[/red] {f['image_id']}: {f['error']}", highlight=False, soft_wrap=True)
     if s["failed"] > 10:
-        err.print(f"  ... and {s['failed'] - 10} more (status='failed' rows in the manifests)", highlight=False)
-    err.print(f"archive: {s['dest']}  (summary in {s['archive_json']})", highlight=False)
+        con.print(f"  ... and {s['failed'] - 10} more (status='failed' rows in the manifests)", highlight=False)
+    con.print(f"archive: {s['dest']}  (summary in {s['archive_json']})", highlight=False)
 
 
 def archive_cmd(
@@ -127,7 +129,7 @@ def archive_cmd(
         raise fail(f"{type(exc).__name__}: {exc}; completed shards are kept, rerun the same command to finish")
     if json_out:
         emit_json(s)
-    print_summary(s)
+    print_summary(s, results(json_out))
     if strict and s["failed"]:
         raise fail(f"{s['failed']} object(s) failed (--strict)", code=2)
 

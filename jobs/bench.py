@@ -18,7 +18,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, err, fail, results
 
 BASELINES = ["png", "webp-ll", "jxl-ll:effort=7", "jxl-ll:effort=9"]
 IMAGE_SUFFIXES = {".png", ".bmp", ".ppm", ".pgm", ".gif", ".tga"}
@@ -319,7 +319,7 @@ def bench(
             table.add_row(spec, str(row["images"]), str(row["megapixels"]), f"{row['bpsp']:.3f}" if row["bpsp"] else "-",
                           str(row["encode_mps"]), str(row["decode_mps"]), str(report["smallest"][group][spec]),
                           row["round_trip"])
-        err.print(table)
+        results(json_out).print(table)
     if any(row["failed"] for per in report["sets"].values() for row in per.values()):
         raise fail("round trip failed for some images")
 

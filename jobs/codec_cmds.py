@@ -5,7 +5,7 @@ from __future__ import annotations
 import fsspec
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, fail, out
 
 
 def _read(url: str) -> bytes:
@@ -36,15 +36,15 @@ def encode(
 
     data = _read(src)
     try:
-        out = pc.encode(data, codec, verify=verify)
+        stream = pc.encode(data, codec, verify=verify)
     except (pc.CodecError, ValueError) as exc:
         raise fail(str(exc))
-    _write(dst, out)
-    meta = pc.info(out)
-    doc = {"source": src, "output": dst, "source_bytes": len(data), "stream_bytes": len(out), "codec": meta["codec"],
+    _write(dst, stream)
+    meta = pc.info(stream)
+    doc = {"source": src, "output": dst, "source_bytes": len(data), "stream_bytes": len(stream), "codec": meta["codec"],
            "params": meta["params"], "bpsp": meta["bpsp"]}
-    emit_json(doc) if json_out else err.print(
-        f"{src} -> {dst}: {len(data):,} -> {len(out):,} bytes with {meta['codec']} ({meta['bpsp']} bpsp)", highlight=False)
+    emit_json(doc) if json_out else out.print(
+        f"{src} -> {dst}: {len(data):,} -> {len(stream):,} bytes with {meta['codec']} ({meta['bpsp']} bpsp)", highlight=False)
 
 
 def decode(
@@ -56,11 +56,11 @@ def decode(
     from pixark import codec as pc
 
     try:
-        out = pc.decode(_read(src)).to_file(format)
+        data = pc.decode(_read(src)).to_file(format)
     except pc.CodecError as exc:
         raise fail(str(exc))
-    _write(dst, out)
-    err.print(f"{src} -> {dst}: {len(out):,} bytes", highlight=False)
+    _write(dst, data)
+    out.print(f"{src} -> {dst}: {len(data):,} bytes", highlight=False)
 
 
 def info(
@@ -78,7 +78,7 @@ def info(
         emit_json(meta)
         return
     for key in sorted(meta):
-        err.print(f"{key:>15}: {meta[key]}", highlight=False)
+        out.print(f"{key:>15}: {meta[key]}", highlight=False)
 
 
 def codecs(json_out: bool = typer.Option(False, "--json")) -> None:
@@ -106,7 +106,7 @@ def codecs(json_out: bool = typer.Option(False, "--json")) -> None:
             size = f"{prof.get('params', '?'):,} params, {2 * macs:,.0f} FLOPs/px" if macs else ""
             table.add_row("", "", "weights ship" if prof.get("weights") else "no weights",
                           f"profile={prof['name']}", "; ".join(filter(None, [size, prof.get("note", "")])))
-    err.print(table)
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .console import err, fail, report, run_with_progress
+from .console import fail, out, report, run_with_progress
 
 
 def restore(
@@ -43,19 +43,19 @@ def restore(
 
 
 def show(s: dict) -> None:
-    err.print(f"{s['archive']} -> {s['dest']}: {s['selected']} selected, {s['written']} written "
+    out.print(f"{s['archive']} -> {s['dest']}: {s['selected']} selected, {s['written']} written "
               f"({s['bytes_written']:,} bytes; {s.get('repaired', 0)} of them repaired), {s['skipped']} already there, {len(s['not_archived'])} not archived "
               f"(failed at archive time), {len(s['errors'])} errors in {s['seconds']} s", highlight=False)
     for r in s["not_archived"][:10]:
-        err.print(f"[yellow]not archived[/yellow] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
+        out.print(f"[yellow]not archived[/yellow] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
     for r in s["errors"][:20]:
-        err.print(f"[red]error[/red] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
+        out.print(f"[red]error[/red] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
     if s["missing_ids"]:
         shown = ", ".join(s["missing_ids"][:10])
-        err.print(f"[red]{len(s['missing_ids'])} requested ids are not in the archive:[/red] {shown}"
+        out.print(f"[red]{len(s['missing_ids'])} requested ids are not in the archive:[/red] {shown}"
                   f"{' ...' if len(s['missing_ids']) > 10 else ''}", highlight=False, soft_wrap=True)
     if s["selected"] == 0:
-        err.print("[yellow]nothing matched the selection[/yellow]")
+        out.print("[yellow]nothing matched the selection[/yellow]")
 
 
 def register(app: typer.Typer) -> None:

@@ -107,6 +107,15 @@ def test_errors_and_cli(made, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["totals"]["images"] == len(files)
+    # `pixark audit ARC > report.txt` writes the report (it went to stderr only, leaving the file empty).
+    report = tmp_path / "report.txt"
+    with open(report, "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "audit", str(arc)], stdout=f,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = report.read_text()
+    assert "by codec" in text and "by folder" in text and str(len(files)) in text
+    assert all(len(line) <= 160 for line in text.splitlines())
     proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "audit", str(arc), "--plot", "x.jpg"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and ".png" in proc.stderr and "Traceback" not in proc.stderr

@@ -60,7 +60,7 @@ def test_codecs_lists_classical_and_learned(tmp_path):
     for row in rows:
         if row["learned"]:  # every profile named, with its size, and whether its weights ship
             assert row["profiles"] and all({"name", "params", "weights"} <= set(p) for p in row["profiles"])
-    assert "profile=" in pixark("codecs").stderr or not any(r["learned"] for r in rows)
+    assert "profile=" in pixark("codecs").stdout or not any(r["learned"] for r in rows)
 
 
 def test_bench_json_and_table(folder):
@@ -79,7 +79,21 @@ def test_bench_json_and_table(folder):
     assert wins["png"] == sum(v["png"] < v["jxl-ll:effort=1"] for v in per.values())
     for spec, row in rows.items():  # the set's bpsp is the subpixel-weighted mean of its images'
         assert min(v[spec] for v in per.values()) <= row["bpsp"] <= max(v[spec] for v in per.values())
-    assert "bpsp" in proc.stderr  # the human table goes to stderr
+    assert "bpsp" in proc.stderr  # with --json the human table goes to stderr ...
+    table = pixark("bench", folder, "-c", "png", "-c", "jxl-ll:effort=1")
+    assert "bpsp" in table.stdout and "jxl-ll:effort=1" in table.stdout  # ... without it, to stdout, whole
+
+
+def test_results_on_stdout_progress_on_stderr(folder, tmp_path):
+    """`pixark info x > f` and the like write the result into f; nothing but the JSON document with --json."""
+    src = folder / "set a" / "one photo.png"
+    enc = pixark("encode", src, tmp_path / "x.pxk", "--codec", "png")
+    assert f"-> {tmp_path / 'x.pxk'}" in enc.stdout
+    info = pixark("info", tmp_path / "x.pxk")
+    assert "pixel_sha256" in info.stdout and "codec" in info.stdout and info.stderr == ""
+    dec = pixark("decode", tmp_path / "x.pxk", tmp_path / "back.png")
+    assert "back.png" in dec.stdout
+    assert "jxl-ll" in pixark("codecs").stdout
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -214,7 +214,8 @@ def test_cli(made, tmp_path):
     ids.write_text("missing/one.png\n")
     proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "restore", str(arc), str(tmp_path / "o"),
                            "--ids", str(ids)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "missing/one.png" in proc.stderr and "Traceback" not in proc.stderr
+    # The summary is the command's result (stdout); errors that stop it go to stderr.
+    assert proc.returncode == 1 and "missing/one.png" in proc.stdout and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "restore", str(tmp_path / "nothing"),
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "no pixark archive" in proc.stderr and "Traceback" not in proc.stderr
