@@ -100,7 +100,8 @@ def codecs(json_out: bool = typer.Option(False, "--json")) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], "yes" if r["learned"] else "no", "yes" if r["available"] else "no (no weights)",
-                      ", ".join(f"{k}={v}" for k, v in r["params"].items()), r["summary"])
+                      ", ".join(f"{k}={v}" + (f" ({r['ranges'][k][0]}-{r['ranges'][k][1]})" if k in r.get("ranges", {})
+                                                   else "") for k, v in r["params"].items()), r["summary"])
         for prof in r.get("profiles", []):
             macs = prof.get("macs_per_pixel", prof.get("macs_per_pixel_per_iteration"))
             size = f"{prof.get('params', '?'):,} params, {2 * macs:,.0f} FLOPs/px" if macs else ""

@@ -149,6 +149,10 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
         raise PipelineError(f"--overwrite and {'--update' if cfg.update else '--extend'} contradict each other: "
                             "pick one")
     _check_codec(cfg.codec)
+    if cfg.workers is not None and cfg.workers < 1:
+        raise PipelineError(f"--workers must be at least 1, not {cfg.workers} (leave it out for one per GPU or CPU)")
+    if cfg.gpus_per_worker is not None and cfg.gpus_per_worker <= 0:
+        raise PipelineError(f"--gpus-per-worker must be more than 0, not {cfg.gpus_per_worker}")
     src_fs, src_root = fsspec.core.url_to_fs(cfg.src, **cfg.src_options)
     dest_fs, dest_root = fsspec.core.url_to_fs(cfg.dest, **cfg.dest_options)
     src_root, dest_root = src_root.rstrip("/"), dest_root.rstrip("/")
@@ -257,9 +261,9 @@ def _check_codec(spec: str) -> None:
     from pixark import codec as pc
 
     try:
-        name, _ = pc.parse_spec(spec)
+        name, params = pc.parse_spec(spec)
         if name != "auto":
-            pc.get(name)
+            pc.get(name).params(params)  # unknown parameters, wrong types and out-of-range values
     except (pc.CodecError, ValueError) as exc:
         raise PipelineError(f"bad --codec {spec!r}: {exc}") from exc
 

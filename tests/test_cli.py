@@ -84,6 +84,22 @@ def test_bench_json_and_table(folder):
     assert "bpsp" in table.stdout and "jxl-ll:effort=1" in table.stdout  # ... without it, to stdout, whole
 
 
+def test_codec_parameters_are_checked_against_their_ranges(folder, tmp_path):
+    src = folder / "set a" / "one photo.png"
+    for spec, says in (("jxl-ll:effort=99", "effort=99 is out of range"), ("jxl-ll:effort=-5", "effort=-5 is out"),
+                       ("jxl-ll:effort=abc", "effort='abc' is not an integer"), ("png:level=10", "level=10")):
+        proc = pixark("encode", src, tmp_path / "x.pxk", "--codec", spec, check=False)
+        assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "x.pxk").exists()
+    assert "from 1 to 10" in proc.stderr.replace("\n", " ") or "from 0 to 9" in proc.stderr.replace("\n", " ")
+    for args, says in ((["--codec", "jxl-ll:effort=99"], "effort=99 is out of range"), (["--workers", "0"], "--workers")):
+        proc = pixark("archive", folder, tmp_path / "arc", *args, check=False)
+        assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "arc").exists()  # refused before anything is written
+    assert {"effort": [1, 10]} == next(r for r in json.loads(pixark("codecs", "--json").stdout)
+                                       if r["name"] == "jxl-ll")["ranges"]
+
+
 def test_results_on_stdout_progress_on_stderr(folder, tmp_path):
     """`pixark info x > f` and the like write the result into f; nothing but the JSON document with --json."""
     src = folder / "set a" / "one photo.png"
