@@ -125,6 +125,9 @@ def archive_cmd(
                     update=update, strict=strict, verify=verify, progress=True)
     except PipelineError as exc:
         raise fail(str(exc))
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
+        raise fail(f"cannot write the archive: {type(exc).__name__}: {exc}; fix the destination (a file where a "
+                   "folder is needed, or permissions), then rerun: completed shards are kept")
     except (OSError, ValueError) as exc:  # storage errors: the archive is not recorded (rerun resumes)
         raise fail(f"{type(exc).__name__}: {exc}; completed shards are kept, rerun the same command to finish")
     if json_out:

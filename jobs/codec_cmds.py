@@ -17,8 +17,15 @@ def _read(url: str) -> bytes:
 
 
 def _write(url: str, data: bytes) -> None:
+    """Write one output file. A missing local folder is an error, not something to create: it is usually a typo."""
+    import os
+
     try:
-        with fsspec.open(url, "wb") as f:
+        fs, path = fsspec.core.url_to_fs(url)
+        parent = os.path.dirname(path)
+        if "file" in fs.protocol and parent and not os.path.isdir(parent):
+            raise fail(f"cannot write {url}: the folder {parent} does not exist (create it first)")
+        with fs.open(path, "wb") as f:
             f.write(data)
     except (OSError, ValueError) as exc:
         raise fail(f"cannot write {url}: {exc}")

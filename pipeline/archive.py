@@ -156,6 +156,8 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
     src_fs, src_root = fsspec.core.url_to_fs(cfg.src, **cfg.src_options)
     dest_fs, dest_root = fsspec.core.url_to_fs(cfg.dest, **cfg.dest_options)
     src_root, dest_root = src_root.rstrip("/"), dest_root.rstrip("/")
+    if dest_fs.isfile(dest_root):
+        raise PipelineError(f"destination {cfg.dest} is a file; give a folder (or bucket prefix) for the archive")
     source = src_fs.unstrip_protocol(src_root)
     same_fs = type(src_fs) is type(dest_fs) and src_fs.storage_options == dest_fs.storage_options
     if same_fs and (dest_root == src_root or src_root.startswith(dest_root + "/")):

@@ -171,6 +171,8 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     chosen, missing_ids = select(rows, include, None if ids is None else read_ids(ids, storage_options))
     dest_fs, dest_root = fsspec.core.url_to_fs(dest_url, **(dest_options or {}))
     dest_root = dest_root.rstrip("/")
+    if dest_fs.isfile(dest_root):
+        raise RestoreError(f"destination {dest_url} is a file; give a folder (or bucket prefix) to restore into")
 
     names = output_names(chosen, format)
     results: list[dict] = []

@@ -100,6 +100,24 @@ def test_codec_parameters_are_checked_against_their_ranges(folder, tmp_path):
                                        if r["name"] == "jxl-ll")["ranges"]
 
 
+def test_a_file_where_a_folder_belongs_is_named_and_missing_folders_are_not_created(folder, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for cmd in ("archive", "restore"):
+        src = folder if cmd == "archive" else tmp_path / "nothing"
+        proc = pixark(cmd, src, afile, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        if cmd == "archive":
+            assert "is a file" in proc.stderr and "rerun" not in proc.stderr, proc.stderr
+    assert afile.read_text() == "mine"
+    src = folder / "set a" / "one photo.png"
+    proc = pixark("encode", src, tmp_path / "no such dir" / "x.pxk", check=False)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr and not (tmp_path / "no such dir").exists()
+    pixark("encode", src, tmp_path / "x.pxk")
+    proc = pixark("decode", tmp_path / "x.pxk", tmp_path / "nope" / "x.png", check=False)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr and not (tmp_path / "nope").exists()
+
+
 def test_results_on_stdout_progress_on_stderr(folder, tmp_path):
     """`pixark info x > f` and the like write the result into f; nothing but the JSON document with --json."""
     src = folder / "set a" / "one photo.png"
