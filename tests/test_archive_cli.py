@@ -37,6 +37,7 @@ def test_cli_json_summary_strict_exit_code_and_one_line_errors(ray_session, sour
     s = json.loads(out.stdout)  # exactly one JSON document on stdout
     assert s["status"] == "complete" and s["images"] == len(files) - 2 and s["failed"] == 0
     assert "complete:" in out.stderr and "ratio" in out.stderr  # with --json the human summary goes to stderr
+    assert "Token authentication" not in out.stderr  # Ray's warning about its default, on every command
 
     # Failures exit non-zero only with --strict; the summary names them.
     out = _pixark("archive", str(src), str(tmp_path / "b"), "--shard-size", "30kB", "--codec", "jxl-ll")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -116,6 +117,14 @@ def test_a_file_where_a_folder_belongs_is_named_and_missing_folders_are_not_crea
     pixark("encode", src, tmp_path / "x.pxk")
     proc = pixark("decode", tmp_path / "x.pxk", tmp_path / "nope" / "x.png", check=False)
     assert proc.returncode == 1 and "does not exist" in proc.stderr and not (tmp_path / "nope").exists()
+
+
+def test_a_local_ray_starts_without_the_token_warning(folder, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "archive", str(folder), str(tmp_path / "arc"),
+                           "--codec", "png", "--workers", "1"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "complete:" in proc.stdout and "Token authentication" not in proc.stderr, proc.stderr
 
 
 def test_results_on_stdout_progress_on_stderr(folder, tmp_path):
