@@ -57,15 +57,27 @@ def encode(
 def decode(
     src: str = typer.Argument(..., help="pixark stream"),
     dst: str = typer.Argument(..., help="image file to write"),
-    format: str = typer.Option("original", help="original (the source format, metadata kept) or png"),
+    format: str = typer.Option("original", "--format",
+                               help="original (the source format, metadata kept) or png (also converts stored JPEG, "
+                                    "TIFF ...)"),
 ) -> None:
-    """Decode a pixark stream back to an image file (bit-exact pixels, checked)."""
+    """Decode a pixark stream back to an image file (bit-exact pixels, checked). --format png also converts a
+    stored JPEG, TIFF ... (its decoded pixels, ICC profile and EXIF) and says why when it cannot."""
     from pixark import codec as pc
+    from pixark.pipeline.restore import FORMATS, png_of
 
+    if format not in FORMATS:
+        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     try:
-        data = pc.decode(_read(src)).to_file(format)
+        img = pc.decode(_read(src))
+        data = img.to_file("original" if img.pixels is None else format)
     except pc.CodecError as exc:
         raise fail(str(exc))
+    if format == "png" and img.pixels is None:
+        try:
+            data = png_of(data)
+        except ValueError as exc:
+            raise fail(f"cannot write {src}'s stored file as PNG: {exc}; use --format original")
     _write(dst, data)
     out.print(f"{src} -> {dst}: {len(data):,} bytes", highlight=False)
 

@@ -16,7 +16,9 @@ def restore(
         None, "--include", metavar="GLOB", help="restore only image ids matching GLOB (repeatable; '*' crosses '/')"),
     ids: Optional[str] = typer.Option(
         None, "--ids", metavar="FILE", help="restore only the image ids listed in FILE, one per line"),
-    format: str = typer.Option("original", "--format", help="original (source format and metadata) or png"),
+    format: str = typer.Option("original", "--format",
+                               help="original (source format and metadata) or png (images as PNG; stored JPEG, "
+                                    "TIFF ... converted from their decoded pixels)"),
     skip_existing: bool = typer.Option(
         False, "--skip-existing",
         help="trust outputs already in DEST without checking them (fast resume; repairs nothing)"),

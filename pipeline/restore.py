@@ -35,11 +35,18 @@ class RestoreError(PipelineError):
     """The restore cannot start: bad arguments, unknown image ids."""
 
 
+def converts(row: dict, format: str) -> bool:
+    """Whether --format png converts this row's stored file: an image kept as its bytes (JPEG, TIFF ...) that was
+    readable at archive time. Files that are not images, or did not decode, are written as they were."""
+    return (format == "png" and not row.get("pixel_sha256") and bool(row.get("format"))
+            and row.get("status") == "ok" and row.get("format") != "PNG")
+
+
 def output_name(row: dict, format: str) -> str:
-    """Relative output path. With --format png, images re-encoded as PNG get a .png suffix; files kept as bytes
-    (JPEG, not images) keep their name because they are written as they were."""
+    """Relative output path. With --format png, images written as PNG (re-encoded or converted from a stored
+    JPEG, TIFF ...) get a .png suffix; files written as they were keep their name."""
     name = row["image_id"]
-    if format == "png" and row.get("pixel_sha256") and not name.lower().endswith(".png"):
+    if format == "png" and (row.get("pixel_sha256") or converts(row, format)) and not name.lower().endswith(".png"):
         name = posixpath.splitext(name)[0] + ".png"
     return name
 
@@ -61,9 +68,39 @@ def safe_relative(image_id: str) -> bool:
 
 def _expected_size(row: dict, format: str) -> int | None:
     """Outputs that are the source's own bytes have a known size; re-encoded outputs do not until decoded."""
+    if converts(row, format):
+        return None
     if not row.get("pixel_sha256") or (format == "original" and row.get("codec") == "store"):
         return row.get("source_bytes")
     return None
+
+
+def png_of(data: bytes) -> bytes:
+    """A PNG of a stored image file (JPEG, TIFF, WebP ...), for --format png: its decoded pixels with its ICC
+    profile, EXIF and resolution. Raises ValueError saying why when PNG cannot hold it."""
+    import io
+
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            raise ValueError(f"a {im.format} of {frames} frames; PNG holds one")
+        if im.mode not in _PNG_MODES:
+            raise ValueError(f"a {im.format} in mode {im.mode}, which PNG cannot hold without changing the pixels")
+        im.load()
+        kwargs = {k: im.info[k] for k in ("icc_profile", "exif", "dpi") if im.info.get(k)}
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", **kwargs)
+    except ValueError:
+        raise
+    except Exception as exc:  # Pillow's errors for damaged or unknown files
+        raise ValueError(f"not readable as an image ({type(exc).__name__}: {exc})") from exc
+    return buf.getvalue()
+
+
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
 
 
 # ----------------------------------------------------------------------------------------------- worker side
@@ -102,20 +139,33 @@ def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str,
         return _res(row, "error", "record fails its CRC32C check: the shard is damaged (run pixark verify)")
     try:
         img = pc.decode(data, device=device)  # checks the container's checksums and the decoded pixels' hash
-        if format == "png" and img.pixels is None:
-            blob, how = img.to_file("original"), "original bytes (no pixels to write as PNG)"
-        else:
-            blob, how = img.to_file(format), format
+        blob = img.to_file("original" if img.pixels is None else format)
     except Exception as exc:  # CodecError, or a failure nobody foresaw: this record's error, not the job's
         return _res(row, "error", f"{type(exc).__name__}: {exc}")
     if img.pixels is None and row.get("source_sha256") and hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
         return _res(row, "error", "stored bytes do not match the manifest's source_sha256")
+    how = format
+    if format == "png" and img.pixels is None:
+        blob, how = _stored_as_png(row, blob)
+        if blob is None:
+            return _res(row, "error", how)
     path = posixpath.join(dest_root, row["name"])
     try:
         store.put_bytes(dest_fs, path, blob)
     except OSError as exc:
         return _res(row, "error", f"cannot write {path}: {exc}")
     return _res(row, "written", how, len(blob))
+
+
+def _stored_as_png(row: dict, blob: bytes) -> tuple[bytes | None, str]:
+    """(bytes to write, how) for a stored file under --format png; (None, why) when it cannot be converted."""
+    if not converts(row, "png"):
+        why = "not an image" if not row.get("format") else "did not decode at archive time"
+        return blob, f"original bytes ({why}: nothing to convert to PNG)"
+    try:
+        return png_of(blob), f"png (converted from {row['format']})"
+    except ValueError as exc:
+        return None, f"cannot convert to PNG: {exc}; restore it with --format original"
 
 
 def _res(row: dict, status: str, detail: str, nbytes: int = 0) -> dict:
@@ -254,6 +304,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
                          if r["status"] == "not_archived"],
         "errors": errors,
         "missing_ids": missing_ids,
+        "converted": sum(1 for r in results if r["detail"].startswith("png (converted")),
         "bytes_written": sum(r["bytes"] for r in results),
         "seconds": round(time.time() - started, 2),
     }
@@ -286,4 +337,6 @@ def _intact(fs, root: str, row: dict, size: int, format: str) -> bool:
         img = pc.load(data)
     except Exception:  # unreadable (truncated, damaged): rewrite it
         return False
+    if converts(row, format):  # a PNG converted from a stored JPEG ...: no archived pixel hash to compare
+        return img.pixels is not None and img.format == "PNG"
     return img.pixels is not None and img.pixel_sha256() == row.get("pixel_sha256")

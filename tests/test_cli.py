@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -125,6 +126,23 @@ def test_a_local_ray_starts_without_the_token_warning(folder, tmp_path):
                            "--codec", "png", "--workers", "1"], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "complete:" in proc.stdout and "Token authentication" not in proc.stderr, proc.stderr
+
+
+def test_decode_format_png_converts_a_stored_jpeg_or_says_why_not(tmp_path):
+    arr = photo_array(32)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    (tmp_path / "p.jpg").write_bytes(buf.getvalue())
+    pixark("encode", tmp_path / "p.jpg", tmp_path / "p.pxk")
+    assert pc.info((tmp_path / "p.pxk").read_bytes())["codec"] == "store"
+    pixark("decode", tmp_path / "p.pxk", tmp_path / "p.png", "--format", "png")
+    png = Image.open(tmp_path / "p.png")
+    assert png.format == "PNG" and np.array_equal(np.asarray(png), np.asarray(Image.open(tmp_path / "p.jpg")))
+    (tmp_path / "t.txt").write_bytes(b"just text")
+    pixark("encode", tmp_path / "t.txt", tmp_path / "t.pxk")
+    proc = pixark("decode", tmp_path / "t.pxk", tmp_path / "t.png", "--format", "png", check=False)
+    assert proc.returncode == 1 and "not readable as an image" in proc.stderr and "--format original" in proc.stderr
+    assert not (tmp_path / "t.png").exists()
 
 
 def test_results_on_stdout_progress_on_stderr(folder, tmp_path):

@@ -3,13 +3,16 @@ file back under its relative path in its original format with its metadata, rang
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
+from PIL import Image
 from fsspec.implementations.local import LocalFileSystem
 
 from archive_helpers import odd_source, write_tree
@@ -104,12 +107,21 @@ def test_select_by_glob_and_ids_and_png_format(made, tmp_path):
     assert local_tree(tmp_path / "gifs").keys() == {"gifs/palette.png"}
     assert_restored(local_tree(tmp_path / "gifs"), {"gifs/palette.gif": files["gifs/palette.gif"]}, format="png")
 
-    # JPEG has no pixels in the archive (kept as bytes): with --format png it comes back as it was.
+    # A JPEG is kept as its bytes in the archive; --format png converts it (its decoded pixels as PNG). A text
+    # file and a JPEG that did not decode at archive time have nothing to convert: they come back as they were.
     ids = tmp_path / "ids.txt"
-    ids.write_text("photos/a photo ü.jpg\n# a comment\nnotes/readme.txt\nnot/there.png\n", encoding="utf-8")
+    ids.write_text("photos/a photo ü.jpg\n# a comment\nnotes/readme.txt\nbroken/damaged.jpg\nnot/there.png\n",
+                   encoding="utf-8")
     s = restore(str(arc), str(tmp_path / "some"), ids=str(ids), format="png")
-    assert not s["ok"] and s["missing_ids"] == ["not/there.png"] and s["written"] == 2
-    assert local_tree(tmp_path / "some") == {k: files[k] for k in ("photos/a photo ü.jpg", "notes/readme.txt")}
+    assert not s["ok"] and s["missing_ids"] == ["not/there.png"] and s["written"] == 3 and s["converted"] == 1
+    some = local_tree(tmp_path / "some")
+    assert set(some) == {"photos/a photo ü.png", "notes/readme.txt", "broken/damaged.jpg"}
+    assert some["notes/readme.txt"] == files["notes/readme.txt"]
+    assert some["broken/damaged.jpg"] == files["broken/damaged.jpg"]
+    png = Image.open(io.BytesIO(some["photos/a photo ü.png"]))
+    assert png.format == "PNG"
+    assert np.array_equal(np.asarray(png), np.asarray(Image.open(io.BytesIO(files["photos/a photo ü.jpg"]))))
+    assert restore(str(arc), str(tmp_path / "some"), ids=str(ids), format="png")["skipped"] == 3  # rerun: intact
 
     s = restore(str(arc), str(tmp_path / "both"), include=["deep/*", "*.txt"], ids=["notes/readme.txt"])
     assert s["written"] == 1 and local_tree(tmp_path / "both") == {"notes/readme.txt": files["notes/readme.txt"]}
