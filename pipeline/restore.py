@@ -25,10 +25,14 @@ from .errors import PipelineError
 from .sources import matches
 
 FORMATS = ("original", "png")
-LOCAL_LIMIT = 32  # restores of at most this many records skip Ray's start-up and run in this process
+LOCAL_LIMIT = 32  # restores of at most this many records skip Ray's start-up and run in this process ...
+# ... when their learned-codec records decode here in less time than starting a local Ray takes (about 10-20 s on
+# the development machines; a learned codec decodes roughly 0.3-0.6 MP/s on one core, README "Results").
+RAY_START_SECONDS = 15.0
+LEARNED_MP_PER_SECOND = 0.3
 RUN_RECORDS = 64  # records per Ray task
 _COLUMNS = ["image_id", "source_bytes", "source_sha256", "pixel_sha256", "format", "codec", "shard", "offset",
-            "length", "record_crc32c", "status", "error", "generation"]
+            "length", "record_crc32c", "status", "error", "generation", "width", "height"]
 
 
 class RestoreError(PipelineError):
@@ -251,9 +255,8 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     by_shard: dict[str, list[dict]] = {}
     for r in todo:
         by_shard.setdefault(r["shard"], []).append(r)
-    # Ray's start-up costs seconds: small restores of classical records run here; anything with learned-codec
-    # records (seconds per decode) or many records is spread over the Ray workers.
-    if total <= local_limit and not any(catalog.is_learned(r.get("codec")) for r in todo):
+    in_process = _in_process(todo, local_limit, ray_address)
+    if in_process:
         for shard, mine in sorted(by_shard.items()):
             out = restore_records(arc.fs, arc.shard_path(shard), mine, dest_fs, dest_root, format)
             results += out
@@ -304,10 +307,30 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
                          if r["status"] == "not_archived"],
         "errors": errors,
         "missing_ids": missing_ids,
+        "ran": "in-process" if in_process else "ray",
         "converted": sum(1 for r in results if r["detail"].startswith("png (converted")),
         "bytes_written": sum(r["bytes"] for r in results),
         "seconds": round(time.time() - started, 2),
     }
+
+
+def _in_process(todo: list[dict], local_limit: int, ray_address: str | None) -> bool:
+    """Whether to decode here rather than on Ray: few records, and their learned-codec decodes (seconds each) cost
+    less than starting a local Ray would. With a Ray already at hand (a session in this process, an address),
+    learned-codec records go to its workers, which may have GPUs."""
+    import os
+    import sys
+
+    if len(todo) > local_limit:
+        return False
+    learned = [r for r in todo if catalog.is_learned(r.get("codec"))]
+    if not learned:
+        return True
+    ray = sys.modules.get("ray")
+    if ray_address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+        return False
+    megapixels = sum((r.get("width") or 0) * (r.get("height") or 0) for r in learned) / 1e6
+    return megapixels / LEARNED_MP_PER_SECOND <= RAY_START_SECONDS
 
 
 def _existing(fs, root: str) -> dict[str, int]:

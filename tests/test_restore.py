@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 from fsspec.implementations.local import LocalFileSystem
 
-from archive_helpers import odd_source, write_tree
+from archive_helpers import crop_png, odd_source, write_tree
 from pixark import codec as pc
 from pixark.jobs.archive import archive
 from pixark.pipeline.restore import RestoreError, output_name, output_names, restore, safe_relative
@@ -244,3 +245,20 @@ def test_reading_manifests_leaves_nothing_running_at_exit(made):
     for _ in range(10):
         proc = subprocess.run([sys.executable, "-c", script, str(arc)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and proc.stderr == "", (proc.returncode, proc.stderr)
+
+
+def test_small_restore_of_learned_records_decodes_in_process(ray_session, dev_images, tmp_path):
+    """A few learned-codec records decode faster here than a local Ray starts: the CLI (no Ray at hand) does not
+    start one."""
+    files = {f"{p.stem}.png": crop_png(p, 48) for p in dev_images[:2]}
+    write_tree(tmp_path / "src", files)
+    s = archive(str(tmp_path / "src"), str(tmp_path / "arc"), codec="mspsm", workers=1)
+    rows = _manifest_rows(tmp_path / "arc")
+    assert {r["codec"] for r in rows} == {"mspsm"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "restore", str(tmp_path / "arc"),
+                           str(tmp_path / "out"), "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and doc["written"] == 2 and doc["ran"] == "in-process"
+    assert_restored(local_tree(tmp_path / "out"), files)
