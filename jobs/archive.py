@@ -80,6 +80,14 @@ def archive(src: str, dest: str, codec: str = "auto", shard_size: str | int = "2
     return run_archive(cfg, RichEvents() if progress else None)
 
 
+def _kept(s: dict) -> int:
+    """Rows whose original bytes were kept because they did not decode or code (archive.json before these
+    counts said "failed" for them: what is not ok and not failed)."""
+    if "kept_unreadable" in s:
+        return s["kept_unreadable"] + s.get("kept_uncoded", 0)
+    return 0
+
+
 def print_summary(s: dict, con=None) -> None:
     """The archive summary, on ``con`` (default: stdout)."""
     con = con or results(False)
@@ -88,13 +96,17 @@ def print_summary(s: dict, con=None) -> None:
     ratio = f"{s['ratio']:.3f}" if s.get("ratio") else "-"
     bpsp = f"{s['bpsp']:.3f}" if s.get("bpsp") else "-"
     con.print(
-        f"[bold]{s['status']}[/bold]: {s['images']} objects ({s['ok']} ok, {s['failed']} failed) in {s['shards']} shards; "
+        f"[bold]{s['status']}[/bold]: {s['images']} objects ({s['ok']} ok, {_kept(s)} kept as original bytes, "
+        f"{s['failed']} failed) in {s['shards']} shards; "
         f"{s['source_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio {ratio}, {bpsp} bits/subpixel over "
         f"{s.get('recoded', 0)} recoded images; {s['seconds']:.1f}s", highlight=False)
     for f in s.get("failures", [])[:10]:
-        con.print(f"  [red]failed[/red] {f['image_id']}: {f['error']}", highlight=False, soft_wrap=True)
-    if s["failed"] > 10:
-        con.print(f"  ... and {s['failed'] - 10} more (status='failed' rows in the manifests)", highlight=False)
+        state = f.get("status", "failed")
+        colour = "red" if state == "failed" else "yellow"
+        con.print(f"  [{colour}]{state}[/{colour}] {f['image_id']}: {f['error']}", highlight=False, soft_wrap=True)
+    not_ok = s["images"] - s["ok"]
+    if not_ok > 10:
+        con.print(f"  ... and {not_ok - 10} more (rows whose status is not ok in the manifests)", highlight=False)
     con.print(f"archive: {s['dest']}  (summary in {s['archive_json']})", highlight=False)
 
 
@@ -112,7 +124,8 @@ def archive_cmd(
     extend: bool = typer.Option(False, "--extend", help="add source objects that the archive does not hold yet"),
     update: bool = typer.Option(False, "--update",
                                 help="add new source objects and archive changed ones again (a new generation)"),
-    strict: bool = typer.Option(False, "--strict", help="exit non-zero when any object failed"),
+    strict: bool = typer.Option(False, "--strict",
+                                help="exit 2 when any object did not code (kept as original bytes, or failed)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="decode each record and compare pixels before trusting it"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
 ) -> None:
@@ -133,8 +146,9 @@ def archive_cmd(
     if json_out:
         emit_json(s)
     print_summary(s, results(json_out))
-    if strict and s["failed"]:
-        raise fail(f"{s['failed']} object(s) failed (--strict)", code=2)
+    if strict and s["images"] != s["ok"]:
+        raise fail(f"{s['images'] - s['ok']} object(s) did not code: {_kept(s)} kept as original bytes, "
+                   f"{s['failed']} failed (--strict)", code=2)
 
 
 def register(app: typer.Typer) -> None:

@@ -63,8 +63,8 @@ def show(r: dict) -> None:
                       "-" if g["bpsp"] is None else f"{g['bpsp']:.3f}")
         return t
 
-    out.print(table(f"{r['archive']}: {r['archived']} images archived ({r['failed']} failed at archive time, "
-                    f"{r['not_archived']} without a record)",
+    out.print(table(f"{r['archive']}: {r['archived']} images archived ({r['kept']} kept as original bytes "
+                    f"because they did not decode or code, {r['failed']} failed: unreadable, without a record)",
                     {"all": r["totals"]}, "archive"))
     out.print(table("by codec", r["by_codec"], "codec"))
     out.print(table("by folder", r["by_folder"], "folder"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fsspec
 import typer
 
-from .console import emit_json, fail, out
+from .console import emit_json, err, fail, out
 
 
 def _read(url: str) -> bytes:
@@ -48,10 +48,28 @@ def encode(
         raise fail(str(exc))
     _write(dst, stream)
     meta = pc.info(stream)
+    state, why = _state(data, meta["codec"])
     doc = {"source": src, "output": dst, "source_bytes": len(data), "stream_bytes": len(stream), "codec": meta["codec"],
-           "params": meta["params"], "bpsp": meta["bpsp"]}
+           "params": meta["params"], "bpsp": meta["bpsp"], "state": state, "note": why}
+    if state != "ok":
+        err.print(f"[yellow]{state}[/yellow]: {src} {why}; its original bytes are stored (decode gives them back "
+                  "byte-exact)", highlight=False, soft_wrap=True)
     emit_json(doc) if json_out else out.print(
         f"{src} -> {dst}: {len(data):,} -> {len(stream):,} bytes with {meta['codec']} ({meta['bpsp']} bpsp)", highlight=False)
+
+
+def _state(data: bytes, codec: str) -> tuple[str, str]:
+    """The archive's name for what happened to a file (manifest status): ok, or kept_unreadable for an image that
+    does not decode and was stored as its bytes; with the reason."""
+    from pixark import codec as pc
+    from pixark.pipeline.coding import damage_reason
+    from pixark.pipeline.manifest import STATUS_KEPT_UNREADABLE, STATUS_OK
+
+    if codec != "store":
+        return STATUS_OK, ""
+    img = pc.load(data)
+    damage = damage_reason(img, data)
+    return (STATUS_KEPT_UNREADABLE, damage) if damage else (STATUS_OK, img.reason or "")
 
 
 def decode(

@@ -47,6 +47,8 @@ def verify(
 def show(summary: dict) -> None:
     from rich.table import Table
 
+    from pixark.pipeline.manifest import KEPT
+
     checked = summary["records_checked"]
     what = f"{checked} of {summary['records']} records" if summary["sample"] else f"all {checked} records"
     out.print(f"verified {what} in {summary['shards']} shards of {summary['archive']} "
@@ -55,7 +57,7 @@ def show(summary: dict) -> None:
     table.add_column("status")
     table.add_column("records", justify="right")
     for status, n in summary["counts"].items():
-        colour = "green" if status == "ok" else ("yellow" if status == "archive_failed" else "red")
+        colour = "green" if status == "ok" else ("yellow" if status in ("archive_failed", *KEPT) else "red")
         table.add_row(f"[{colour}]{status}[/{colour}]", str(n))
     out.print(table)
     for p in summary["problems"]:

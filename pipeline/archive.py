@@ -378,6 +378,7 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
                 while osh.next_batch in osh.waiting:  # records go into the shard in plan order
                     for row, record in osh.waiting.pop(osh.next_batch):
                         row.update(shard=osh.plan.name, generation=osh.plan.generation)
+                        row["status"] = manifest.state(row["status"], record is not None, bool(row.get("pixel_sha256")))
                         if record is not None:
                             _add_record(osh, row, record)
                         osh.rows.append(row)
@@ -487,11 +488,13 @@ def _pixark_version() -> str:
 def totals_of(table: pa.Table) -> dict:
     """Counts over the current rows (the newest of each image_id); bytes stored count every record once."""
     d = table.select(["status", "source_bytes", "compressed_bytes", "length", "width", "height", "channels",
-                      "image_id", "error", "duplicate_of", "generation"]).to_pydict()
+                      "image_id", "error", "duplicate_of", "generation", "pixel_sha256"]).to_pydict()
+    d["status"] = [manifest.state(s, n is not None, bool(p)) for s, n, p in zip(d["status"], d["length"],
+                                                                                d["pixel_sha256"])]
     current = manifest.current_mask(d["image_id"], d["generation"])
     rows = [i for i in range(len(current)) if current[i]]
     n = len(rows)
-    failed = [i for i in rows if d["status"][i] != manifest.STATUS_OK]
+    failed = [i for i in rows if d["status"][i] != manifest.STATUS_OK]  # every row that did not code, kept or not
     with_rec = [i for i in rows if d["length"][i] is not None]
     src_rec = sum(d["source_bytes"][i] for i in with_rec)
     out_rec = sum(d["compressed_bytes"][i] or 0 for i in with_rec)
@@ -500,14 +503,18 @@ def totals_of(table: pa.Table) -> dict:
     pix_bytes = sum(d["compressed_bytes"][i] for i in pix)
     old = [i for i in range(len(current)) if not current[i]]
     return {
-        "images": n, "ok": n - len(failed), "failed": len(failed),
+        "images": n, "ok": n - len(failed),
+        "kept_unreadable": sum(d["status"][i] == manifest.STATUS_KEPT_UNREADABLE for i in failed),
+        "kept_uncoded": sum(d["status"][i] == manifest.STATUS_KEPT_UNCODED for i in failed),
+        "failed": sum(d["status"][i] == manifest.STATUS_FAILED for i in failed),
         "records": sum(1 for i in with_rec if not d["duplicate_of"][i]),
         "duplicates": sum(1 for i in with_rec if d["duplicate_of"][i]),
         "superseded": len(old), "superseded_bytes": sum(d["compressed_bytes"][i] or 0 for i in old),
         "source_bytes": sum(d["source_bytes"][i] for i in rows), "compressed_bytes": out_rec,
         "ratio": round(src_rec / out_rec, 4) if out_rec else None,
         "recoded": len(pix), "subpixels": subpixels, "bpsp": round(pix_bytes * 8 / subpixels, 4) if subpixels else None,
-        "failures": [{"image_id": d["image_id"][i], "error": d["error"][i]} for i in failed[:50]],
+        "failures": [{"image_id": d["image_id"][i], "status": d["status"][i], "error": d["error"][i]}
+                     for i in failed[:50]],
     }
 
 

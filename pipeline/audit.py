@@ -194,7 +194,9 @@ def audit(archive_url: str, baseline_sample: int = 0, plot: str | None = None,
         "archive": archive_url,
         "images": len(ok) + len(missing),
         "archived": len(ok),  # rows with a record (coded, or kept as original bytes)
-        "failed": sum(r["status"] != "ok" for r in ok + missing),  # status failed, with or without a record
+        # kept: original bytes stored for a source that did not decode or code; failed: no record at all
+        "kept": sum(manifest.state(r["status"], True, bool(r["subpixels"])) in manifest.KEPT for r in ok),
+        "failed": len(missing),
         "not_archived": len(missing),  # no record at all: the source could not be read
         "not_archived_source_bytes": sum(r["source_bytes"] for r in missing),
         "totals": overall.as_dict(),

@@ -21,7 +21,10 @@ from . import store
 MANIFEST_VERSION = 2  # 2 added duplicate_of and generation; parts of version 1 read as duplicate_of null and
 # generation = the part's pixark.plan
 STATUS_OK = "ok"
-STATUS_FAILED = "failed"
+STATUS_KEPT_UNREADABLE = "kept_unreadable"  # looks like an image but does not decode: original bytes kept
+STATUS_KEPT_UNCODED = "kept_uncoded"  # decoded, but the codec failed on it: original bytes kept
+STATUS_FAILED = "failed"  # could not be read: no record, the source alone holds it
+KEPT = (STATUS_KEPT_UNREADABLE, STATUS_KEPT_UNCODED)
 
 SCHEMA = pa.schema([
     pa.field("manifest_version", pa.int16(), nullable=False),  # = MANIFEST_VERSION of the writer
@@ -48,14 +51,23 @@ SCHEMA = pa.schema([
     pa.field("encode_seconds", pa.float64()),  # wall time of decode + encode (+ self-check) on the worker
     pa.field("worker", pa.string()),  # host:pid of the worker process that coded it
     pa.field("device", pa.string()),  # cpu, cuda:0 ...
-    pa.field("status", pa.string(), nullable=False),  # ok | failed
-    pa.field("error", pa.string()),  # why status is failed; null when ok
+    pa.field("status", pa.string(), nullable=False),  # ok | kept_unreadable | kept_uncoded | failed (see state())
+    pa.field("error", pa.string()),  # why status is not ok; null when ok
     pa.field("note", pa.string()),  # why a readable object was stored rather than recoded (JPEG, not an image ...)
     pa.field("duplicate_of", pa.string()),  # image_id whose record this row shares (identical record bytes); null
     pa.field("generation", pa.int32()),  # plan generation that archived the row; the newest row of an id is current
 ], metadata={b"pixark.manifest_version": str(MANIFEST_VERSION).encode()})
 
 COLUMNS = SCHEMA.names
+
+
+def state(status: str, has_record: bool, has_pixels: bool) -> str:
+    """A row's status named for what it is. The coding step says "failed" for anything that did not code; a row
+    whose original bytes were still stored is kept (restores byte-exact), not failed. Also how readers name rows
+    of version 1 parts, which said "failed" for both."""
+    if status == STATUS_FAILED and has_record:
+        return STATUS_KEPT_UNCODED if has_pixels else STATUS_KEPT_UNREADABLE
+    return status
 
 
 def part_name(shard: str) -> str:

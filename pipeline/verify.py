@@ -36,9 +36,11 @@ import pyarrow.parquet as pq
 from . import catalog, manifest, shards, store
 from .errors import CorruptShard, UnsupportedShard
 
-# Record statuses. Everything except OK and ARCHIVE_FAILED is a mismatch and makes verification fail.
+# Record statuses. Everything except OK, the kept states and ARCHIVE_FAILED is a mismatch and fails verification.
 OK = "ok"
-ARCHIVE_FAILED = "archive_failed"  # the archive job recorded this source as failed; nothing to decode
+ARCHIVE_FAILED = "archive_failed"  # the archive job could not read this source; no record to decode
+# manifest.KEPT (kept_unreadable, kept_uncoded): the archive kept the original bytes of a source that did not
+# decode or code; verify checks those bytes and reports the row by the manifest's state.
 SHARD_MISSING = "shard_missing"
 TRUNCATED = "truncated"  # the record runs past the end of its shard object
 CHECKSUM = "checksum_mismatch"  # record bytes do not match their CRC32C
@@ -198,8 +200,10 @@ def check_shard(fs, shard_path: str, rows: list[dict], expected_bytes: int | Non
 def _result(row: dict, status: str, detail: str) -> dict:
     out = {"image_id": row["image_id"], "status": status, "detail": detail, "shard": row.get("shard"),
            "offset": row.get("offset")}
-    if row.get("status") == "failed":
-        out["archive_error"] = row.get("error") or "failed"
+    if row.get("status") not in (None, OK):
+        out["archive_state"] = manifest.state(row["status"], row.get("offset") is not None,
+                                              bool(row.get("pixel_sha256")))
+        out["archive_error"] = row.get("error") or out["archive_state"]
     return out
 
 
@@ -354,7 +358,8 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         # A row the index contradicts is reported as such even if its bytes happened to decode.
         res = flagged.pop((res["shard"], res["offset"]), res)
         if res["status"] == OK and res.get("archive_error") is not None:
-            res = {**res, "status": ARCHIVE_FAILED, "detail": f"{res['archive_error']} (original bytes kept, intact)"}
+            res = {**res, "status": res["archive_state"],
+                   "detail": f"{res['archive_error']} (original bytes kept, intact)"}
         results.append(res)
     results += flagged.values()  # unsampled rows the index contradicts are reported too
 

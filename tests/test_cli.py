@@ -145,6 +145,18 @@ def test_decode_format_png_converts_a_stored_jpeg_or_says_why_not(tmp_path):
     assert not (tmp_path / "t.png").exists()
 
 
+def test_encode_names_a_damaged_image_kept_as_bytes(folder, tmp_path):
+    cut = tmp_path / "cut.png"
+    cut.write_bytes((folder / "set a" / "one photo.png").read_bytes()[:400])
+    proc = pixark("encode", cut, tmp_path / "cut.pxk", "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["codec"] == "store" and doc["state"] == "kept_unreadable" and doc["note"]
+    assert "kept_unreadable" in proc.stderr
+    assert pc.decode((tmp_path / "cut.pxk").read_bytes()).to_file() == cut.read_bytes()
+    ok = json.loads(pixark("encode", folder / "set a" / "two.png", tmp_path / "two.pxk", "--json").stdout)
+    assert ok["state"] == "ok"
+
+
 def test_results_on_stdout_progress_on_stderr(folder, tmp_path):
     """`pixark info x > f` and the like write the result into f; nothing but the JSON document with --json."""
     src = folder / "set a" / "one photo.png"

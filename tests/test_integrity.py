@@ -128,6 +128,7 @@ def test_archive_written_before_the_new_columns_still_verifies_and_restores(ray_
     src, files = dup_source
     for rel in ("copy/a.png", "same-pixels/b.png", "notes/y.txt"):  # no duplicates: the old writer had none
         (src / rel).unlink()
+    (src / "broken.png").write_bytes(files["a.png"][:300])  # kept as bytes; version 1 said "failed"
     arc = tmp_path / "arc"
     archive(str(src), str(arc), codec=CODEC, workers=1)
     for part in (arc / "manifests").glob("*.parquet"):
@@ -136,20 +137,26 @@ def test_archive_written_before_the_new_columns_still_verifies_and_restores(ray_
         meta[b"pixark.manifest_version"] = b"1"
         t = t.drop_columns(["duplicate_of", "generation"])
         t = t.set_column(0, "manifest_version", pa.array([1] * t.num_rows, pa.int16()))
+        status = ["failed" if s == "kept_unreadable" else s for s in t.column("status").to_pylist()]
+        t = t.set_column(t.column_names.index("status"), "status", pa.array(status, pa.string()))
         pq.write_table(t.replace_schema_metadata(meta), part, compression="zstd")
     for plan in (arc / "plan").glob("*.parquet"):
         t = pq.read_table(plan)
         pq.write_table(t.drop_columns(["source_version"]).replace_schema_metadata(t.schema.metadata), plan)
     assert "generation" not in pq.read_table(next((arc / "manifests").glob("*.parquet"))).column_names
 
+    assert "failed" in {r["status"] for r in _rows(arc)}
     v = verify(str(arc))
     assert v["ok"], (v["problems"], v["mismatched_records"])
+    assert v["counts"] == {"ok": 3, "kept_unreadable": 1}
     r = restore(str(arc), str(tmp_path / "out"))
-    assert r["ok"] and r["written"] == 3 and _tree(tmp_path / "out")["notes/x.txt"] == files["notes/x.txt"]
+    assert r["ok"] and r["written"] == 4 and _tree(tmp_path / "out")["notes/x.txt"] == files["notes/x.txt"]
+    assert _tree(tmp_path / "out")["broken.png"] == files["a.png"][:300]
     assert archive(str(src), str(arc), codec=CODEC, workers=1)["status"] == "already-complete"
     (src / "notes" / "x.txt").write_bytes(b"longer than it was\n")  # old plans: the size still tells
     s = archive(str(src), str(arc), codec=CODEC, workers=1, update=True)
-    assert s["updated"] == ["notes/x.txt"] and s["images"] == 3
+    assert s["updated"] == ["notes/x.txt"] and s["images"] == 4
+    assert (s["ok"], s["kept_unreadable"], s["failed"]) == (3, 1, 0)  # old rows named by what they are
     assert verify(str(arc))["ok"]
     r = restore(str(arc), str(tmp_path / "out"))
     assert r["repaired"] == 1 and (tmp_path / "out" / "notes" / "x.txt").read_bytes() == b"longer than it was\n"
