@@ -115,7 +115,7 @@ def test_errors_and_cli(made, tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = report.read_text()
     assert "by codec" in text and "by folder" in text and str(len(files)) in text
-    assert all(len(line) <= 160 for line in text.splitlines())
+    assert any(str(arc) in line for line in text.splitlines())  # a long path stays whole on its line
     proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "audit", str(arc), "--plot", "x.jpg"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and ".png" in proc.stderr and "Traceback" not in proc.stderr
