@@ -181,6 +181,39 @@ def test_bench_skips_images_a_codec_does_not_take(tmp_path, workers):
     assert all(r["round_trip"] == "ok" for r in rows.values())
 
 
+def test_bench_names_what_it_skipped_and_refuses_a_folder_of_broken_files(tmp_path):
+    (tmp_path / "s").mkdir()
+    Image.fromarray(photo_array(32)).save(tmp_path / "s" / "rgb.png")
+    import imagecodecs
+
+    (tmp_path / "s" / "deep.png").write_bytes(imagecodecs.png_encode(photo_array(32).astype(np.uint16) * 257))
+    (tmp_path / "s" / "cut.png").write_bytes((tmp_path / "s" / "rgb.png").read_bytes()[:100])
+    report = json.loads(pixark("bench", tmp_path, "-c", "webp-ll", "-c", "png", "--json").stdout)
+    rows = report["sets"][f"{tmp_path.name}/s"]
+    assert rows["webp-ll"]["images"] == 1 and rows["webp-ll"]["skipped"] == 1 and rows["png"]["skipped"] == 0
+    assert list(report["skipped"]["webp-ll"]) == [str(tmp_path / "s" / "deep.png")]
+    assert "8 bits" in report["skipped"]["webp-ll"][str(tmp_path / "s" / "deep.png")]
+    assert list(report["unreadable"]) == [str(tmp_path / "s" / "cut.png")]
+    (tmp_path / "s" / "rgb.png").unlink()
+    (tmp_path / "s" / "deep.png").unlink()
+    proc = pixark("bench", tmp_path, "-c", "png", check=False)
+    assert proc.returncode == 1 and "no readable images" in proc.stderr and "round trip" not in proc.stdout
+
+
+def test_bench_table_keeps_codec_specs_whole_in_80_columns():
+    from rich.console import Console
+
+    from pixark.jobs.bench import table
+
+    row = {"images": 69, "skipped": 0, "megapixels": 52.123, "bpsp": 2.4431, "encode_mps": 0.281,
+           "decode_mps": 8.051, "round_trip": "ok"}
+    per = {"jxl-ll:effort=7": row, "jxl-ll:effort=9": row}
+    con = Console(width=80, file=io.StringIO(), record=True)
+    con.print(table("all", per, {"jxl-ll:effort=7": 30, "jxl-ll:effort=9": 39}))
+    text = con.export_text()
+    assert "jxl-ll:effort=7" in text and "jxl-ll:effort=9" in text
+
+
 def test_bench_workers_code_the_same_streams(folder):
     """--workers 2 splits each set over two processes: same images, same bits, speeds are their wall clock."""
     args = ("bench", folder, "-c", "png", "-c", "webp-ll", "--json")
