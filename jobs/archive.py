@@ -97,7 +97,7 @@ def print_summary(s: dict, con=None) -> None:
     bpsp = f"{s['bpsp']:.3f}" if s.get("bpsp") else "-"
     con.print(
         f"[bold]{s['status']}[/bold]: {s['images']} objects ({s['ok']} ok, {_kept(s)} kept as original bytes, "
-        f"{s['failed']} failed) in {s['shards']} shards; "
+        f"{s['failed']} failed) in {s['shards']} shard{'' if s['shards'] == 1 else 's'}; "
         f"{s['source_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio {ratio}, {bpsp} bits/subpixel over "
         f"{s.get('recoded', 0)} recoded images; {s['seconds']:.1f}s", highlight=False)
     for f in s.get("failures", [])[:10]:

@@ -102,7 +102,7 @@ def decode(
 
 def info(
     src: str = typer.Argument(..., help="pixark stream"),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="print the header as one JSON document on stdout"),
 ) -> None:
     """Show a stream's header without decoding it."""
     from pixark import codec as pc
@@ -118,7 +118,8 @@ def info(
         out.print(f"{key:>15}: {meta[key]}", highlight=False)
 
 
-def codecs(json_out: bool = typer.Option(False, "--json")) -> None:
+def codecs(json_out: bool = typer.Option(False, "--json",
+                                         help="print the list as one JSON document on stdout")) -> None:
     """List the codecs this build has, what each supports, and whether learned weights ship."""
     from rich.table import Table
 

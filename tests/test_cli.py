@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,15 @@ def test_encode_names_a_damaged_image_kept_as_bytes(folder, tmp_path):
     assert pc.decode((tmp_path / "cut.pxk").read_bytes()).to_file() == cut.read_bytes()
     ok = json.loads(pixark("encode", folder / "set a" / "two.png", tmp_path / "two.pxk", "--json").stdout)
     assert ok["state"] == "ok"
+
+
+def test_info_refuses_a_cut_stream_and_json_options_have_help(tmp_path):
+    data = (Path(__file__).parent / "golden" / "jxl-ll-rgb.pxk").read_bytes()
+    (tmp_path / "cut.pxk").write_bytes(data[:-50])
+    proc = pixark("info", tmp_path / "cut.pxk", check=False)
+    assert proc.returncode == 1 and "truncated" in proc.stderr and proc.stdout == ""
+    for cmd in ("info", "codecs"):
+        assert "JSON document" in pixark(cmd, "--help").stdout
 
 
 def test_results_on_stdout_progress_on_stderr(folder, tmp_path):
