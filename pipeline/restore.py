@@ -26,10 +26,11 @@ from .sources import matches
 
 FORMATS = ("original", "png")
 LOCAL_LIMIT = 32  # restores of at most this many records skip Ray's start-up and run in this process ...
-# ... when their learned-codec records decode here in less time than starting a local Ray takes (about 10-20 s on
-# the development machines; a learned codec decodes roughly 0.3-0.6 MP/s on one core, README "Results").
-RAY_START_SECONDS = 15.0
-LEARNED_MP_PER_SECOND = 0.3
+# ... when their learned-codec records decode here in less time than a local Ray costs (5.4 s to start and about
+# 2.5 s more to stop on a development machine, 2026-12-04, docs/OPERATIONS.md); mspsm decodes about 0.33 MP/s on
+# one core (README "Results": 0.66 MP/s with two processes).
+RAY_START_SECONDS = 8.0
+LEARNED_MP_PER_SECOND = 0.33
 RUN_RECORDS = 64  # records per Ray task
 _COLUMNS = ["image_id", "source_bytes", "source_sha256", "pixel_sha256", "format", "codec", "shard", "offset",
             "length", "record_crc32c", "status", "error", "generation", "width", "height"]
