@@ -170,8 +170,12 @@ def _text(blob: bytes) -> dict:
 
 
 def info(data: bytes) -> dict:
-    """What the header says, without decoding the payload."""
-    header, _ = container.read_header(data)
+    """What the header says, without decoding the payload (whose length is checked: a cut stream is refused)."""
+    header, start = container.read_header(data)
+    expected = start + sum(header.blobs.values()) + header.payload_bytes + 4
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        raise CorruptStream(f"stream {what}: its header says {expected} bytes, got {len(data)}")
     out = header.to_json()
     out["format_version"] = int.from_bytes(bytes(data[4:6]), "little")
     out["stream_bytes"] = len(data)

@@ -48,6 +48,7 @@ class Store(Codec):
     summary = "the original file bytes, unchanged (raw pixels for arrays); anything, never larger than the file"
     keeps_original = True
     defaults = {"raw": 0}
+    ranges = {"raw": (0, 1)}
 
     def supports(self, image: DecodedImage) -> str | None:
         return None if image.original is not None or image.pixels is not None else "nothing to store"
@@ -74,6 +75,7 @@ class Png(Codec):
     name = "png"
     summary = "PNG (libpng, zlib level 9): 1-4 channels, 8 or 16 bits"
     defaults = {"level": 9}
+    ranges = {"level": (0, 9)}
 
     def supports(self, image: DecodedImage) -> str | None:
         return None if image.pixels is not None else image.reason or "no pixels"
@@ -91,6 +93,7 @@ class WebpLossless(Codec):
     name = "webp-ll"
     summary = "WebP lossless (libwebp): 8-bit; grey is coded as RGB"
     defaults = {"level": 100, "method": 4}
+    ranges = {"level": (0, 100), "method": (0, 6)}
 
     def supports(self, image: DecodedImage) -> str | None:
         if image.pixels is None:
@@ -119,6 +122,7 @@ class JxlLossless(Codec):
     name = "jxl-ll"
     summary = "JPEG XL lossless (libjxl, one thread): 1-4 channels, 8 or 16 bits"
     defaults = {"effort": 7}
+    ranges = {"effort": (1, 10)}
 
     def supports(self, image: DecodedImage) -> str | None:
         return None if image.pixels is not None else image.reason or "no pixels"

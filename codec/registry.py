@@ -38,6 +38,7 @@ class Codec:
     keeps_original = False  # payload is the original file bytes (store)
     summary: str = ""
     defaults: dict = {}
+    ranges: dict = {}  # integer parameter -> (lowest, highest) it takes
 
     def supports(self, image: DecodedImage) -> str | None:
         """None when this codec can code ``image`` losslessly, else the reason it cannot."""
@@ -56,13 +57,25 @@ class Codec:
 
     def describe(self) -> dict:
         return {"name": self.name, "summary": self.summary, "learned": self.learned, "params": dict(self.defaults),
-                "available": self.available()}
+                "ranges": {k: list(v) for k, v in self.ranges.items()}, "available": self.available()}
 
     def params(self, given: dict) -> dict:
         unknown = set(given) - set(self.defaults)
         if unknown:
             raise ValueError(f"codec {self.name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(self.defaults)}")
+        for key, value in given.items():
+            self._check_param(key, value)
         return {**self.defaults, **given}
+
+    def _check_param(self, key: str, value) -> None:
+        lo, hi = self.ranges.get(key, (None, None))
+        takes = f"; {key} takes an integer from {lo} to {hi}" if lo is not None else ""
+        default = self.defaults[key]
+        if isinstance(default, int) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"codec {self.name!r}: {key}={value!r} is not an integer{takes or ''}")
+        if lo is not None and not lo <= value <= hi:
+            raise ValueError(f"codec {self.name!r}: {key}={value} is out of range{takes}")
 
 
 _CODECS: dict[str, Codec] = {}

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, err, fail, results
 
 
 def _events_base():
@@ -64,35 +64,50 @@ class RichEvents(_events_base()):
 
 def archive(src: str, dest: str, codec: str = "auto", shard_size: str | int = "256MB", workers: int | None = None,
             gpus_per_worker: float | None = None, include: list[str] | None = None, exclude: list[str] | None = None,
-            ray_address: str | None = None, overwrite: bool = False, extend: bool = False, strict: bool = False,
-            verify: bool = True, progress: bool = False, **options) -> dict:
+            ray_address: str | None = None, overwrite: bool = False, extend: bool = False, update: bool = False,
+            strict: bool = False, verify: bool = True, progress: bool = False, **options) -> dict:
     """Archive every object under ``src`` (any fsspec URL) into ``dest``; returns the summary (see print_summary).
-    Rerun after a crash to finish; ``extend`` adds new source objects; ``overwrite`` starts again. ``options`` go to
+    Rerun after a crash to finish; ``extend`` adds new source objects; ``update`` adds them and archives changed
+    ones again as a new generation; ``overwrite`` starts again. ``options`` go to
     ArchiveConfig (``src_options``/``dest_options`` for fsspec storage options, batch sizes ...)."""
     from pixark.pipeline.archive import ArchiveConfig, run_archive
     from pixark.pipeline.sources import parse_size
 
     cfg = ArchiveConfig(src=src, dest=dest, codec=codec, shard_size=parse_size(shard_size), workers=workers,
                         gpus_per_worker=gpus_per_worker, include=tuple(include or ()), exclude=tuple(exclude or ()),
-                        ray_address=ray_address, overwrite=overwrite, extend=extend, strict=strict, verify=verify,
-                        **options)
+                        ray_address=ray_address, overwrite=overwrite, extend=extend, update=update, strict=strict,
+                        verify=verify, **options)
     return run_archive(cfg, RichEvents() if progress else None)
 
 
-def print_summary(s: dict) -> None:
+def _kept(s: dict) -> int:
+    """Rows whose original bytes were kept because they did not decode or code (archive.json before these
+    counts said "failed" for them: what is not ok and not failed)."""
+    if "kept_unreadable" in s:
+        return s["kept_unreadable"] + s.get("kept_uncoded", 0)
+    return 0
+
+
+def print_summary(s: dict, con=None) -> None:
+    """The archive summary, on ``con`` (default: stdout)."""
+    con = con or results(False)
     if s.get("message"):
-        err.print(s["message"], highlight=False)
+        con.print(s["message"], highlight=False)
     ratio = f"{s['ratio']:.3f}" if s.get("ratio") else "-"
     bpsp = f"{s['bpsp']:.3f}" if s.get("bpsp") else "-"
-    err.print(
-        f"[bold]{s['status']}[/bold]: {s['images']} objects ({s['ok']} ok, {s['failed']} failed) in {s['shards']} shards; "
+    con.print(
+        f"[bold]{s['status']}[/bold]: {s['images']} objects ({s['ok']} ok, {_kept(s)} kept as original bytes, "
+        f"{s['failed']} failed) in {s['shards']} shard{'' if s['shards'] == 1 else 's'}; "
         f"{s['source_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio {ratio}, {bpsp} bits/subpixel over "
         f"{s.get('recoded', 0)} recoded images; {s['seconds']:.1f}s", highlight=False)
     for f in s.get("failures", [])[:10]:
-        err.print(f"  [red]failed[/red] {f['image_id']}: {f['error']}", highlight=False, soft_wrap=True)
-    if s["failed"] > 10:
-        err.print(f"  ... and {s['failed'] - 10} more (status='failed' rows in the manifests)", highlight=False)
-    err.print(f"archive: {s['dest']}  (summary in {s['archive_json']})", highlight=False)
+        state = f.get("status", "failed")
+        colour = "red" if state == "failed" else "yellow"
+        con.print(f"  [{colour}]{state}[/{colour}] {f['image_id']}: {f['error']}", highlight=False, soft_wrap=True)
+    not_ok = s["images"] - s["ok"]
+    if not_ok > 10:
+        con.print(f"  ... and {not_ok - 10} more (rows whose status is not ok in the manifests)", highlight=False)
+    con.print(f"archive: {s['dest']}  (summary in {s['archive_json']})", highlight=False)
 
 
 def archive_cmd(
@@ -107,7 +122,10 @@ def archive_cmd(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="Ray cluster; default: local Ray"),
     overwrite: bool = typer.Option(False, "--overwrite", help="delete what DEST holds and start again"),
     extend: bool = typer.Option(False, "--extend", help="add source objects that the archive does not hold yet"),
-    strict: bool = typer.Option(False, "--strict", help="exit non-zero when any object failed"),
+    update: bool = typer.Option(False, "--update",
+                                help="add new source objects and archive changed ones again (a new generation)"),
+    strict: bool = typer.Option(False, "--strict",
+                                help="exit 2 when any object did not code (kept as original bytes, or failed)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="decode each record and compare pixels before trusting it"),
     no_follow: bool = typer.Option(False, "--no-follow", help="do not archive symlinks to files (they are reported as skipped)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
@@ -118,16 +136,20 @@ def archive_cmd(
     try:
         s = archive(src, dest, codec=codec, shard_size=shard_size, workers=workers, gpus_per_worker=gpus_per_worker,
                     include=include, exclude=exclude, ray_address=ray_address, overwrite=overwrite, extend=extend,
-                    strict=strict, verify=verify, progress=True, follow_links=not no_follow)
+                    update=update, strict=strict, verify=verify, progress=True, follow_links=not no_follow)
     except PipelineError as exc:
         raise fail(str(exc))
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
+        raise fail(f"cannot write the archive: {type(exc).__name__}: {exc}; fix the destination (a file where a "
+                   "folder is needed, or permissions), then rerun: completed shards are kept")
     except (OSError, ValueError) as exc:  # storage errors: the archive is not recorded (rerun resumes)
         raise fail(f"{type(exc).__name__}: {exc}; completed shards are kept, rerun the same command to finish")
     if json_out:
         emit_json(s)
-    print_summary(s)
-    if strict and s["failed"]:
-        raise fail(f"{s['failed']} object(s) failed (--strict)", code=2)
+    print_summary(s, results(json_out))
+    if strict and s["images"] != s["ok"]:
+        raise fail(f"{s['images'] - s['ok']} object(s) did not code: {_kept(s)} kept as original bytes, "
+                   f"{s['failed']} failed (--strict)", code=2)
 
 
 def register(app: typer.Typer) -> None:

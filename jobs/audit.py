@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, err, fail, out
 
 
 def audit(
@@ -63,16 +63,16 @@ def show(r: dict) -> None:
                       "-" if g["bpsp"] is None else f"{g['bpsp']:.3f}")
         return t
 
-    err.print(table(f"{r['archive']}: {r['archived']} images archived ({r['failed']} failed at archive time, "
-                    f"{r['not_archived']} without a record)",
+    out.print(table(f"{r['archive']}: {r['archived']} images archived ({r['kept']} kept as original bytes "
+                    f"because they did not decode or code, {r['failed']} failed: unreadable, without a record)",
                     {"all": r["totals"]}, "archive"))
-    err.print(table("by codec", r["by_codec"], "codec"))
-    err.print(table("by folder", r["by_folder"], "folder"))
-    err.print(table("by image size", r["by_size"], "size"))
+    out.print(table("by codec", r["by_codec"], "codec"))
+    out.print(table("by folder", r["by_folder"], "folder"))
+    out.print(table("by image size", r["by_size"], "size"))
     d = r["bpsp_distribution"]
     if d["count"]:
         q = "  ".join(f"{k}={v:.3f}" for k, v in d["quantiles"].items())
-        err.print(f"bits per subpixel over {d['count']} images: mean {d['mean']:.3f}  {q}", highlight=False)
+        out.print(f"bits per subpixel over {d['count']} images: mean {d['mean']:.3f}  {q}", highlight=False)
     base = r.get("baseline")
     if base:
         t = Table(title=f"baseline: {base['images']} sampled images re-encoded")
@@ -81,11 +81,11 @@ def show(r: dict) -> None:
         for name, c in base["codecs"].items():
             t.add_row(name, str(c["images"]), "-" if c["bpsp"] is None else f"{c['bpsp']:.3f}",
                       "-" if c["archive_bpsp"] is None else f"{c['archive_bpsp']:.3f}", _pct(c["savings"]))
-        err.print(t)
+        out.print(t)
         for s in base["skipped"]:
-            err.print(f"[yellow]baseline skipped[/yellow] {s['image_id']}: {s['error']}", highlight=False)
+            out.print(f"[yellow]baseline skipped[/yellow] {s['image_id']}: {s['error']}", highlight=False)
     if r.get("plot"):
-        err.print(f"plot: {r['plot']}", highlight=False)
+        out.print(f"plot: {r['plot']}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

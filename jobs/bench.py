@@ -18,7 +18,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, err, fail, results
 
 BASELINES = ["png", "webp-ll", "jxl-ll:effort=7", "jxl-ll:effort=9"]
 IMAGE_SUFFIXES = {".png", ".bmp", ".ppm", ".pgm", ".gif", ".tga"}
@@ -42,7 +42,8 @@ class Tally:
             "bpsp": round(self.bits / self.subpixels, 4) if self.subpixels else None,
             "encode_mps": round(self.pixels / 1e6 / self.encode_s, 3) if self.encode_s else None,
             "decode_mps": round(self.pixels / 1e6 / self.decode_s, 3) if self.decode_s else None,
-            "round_trip": "ok" if not self.mismatches else f"FAILED on {len(self.mismatches)}",
+            "round_trip": ("no images" if not self.images else "ok") if not self.mismatches
+            else f"FAILED on {len(self.mismatches)}",
             "failed": self.mismatches,
         }
 
@@ -123,6 +124,10 @@ def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = No
     codecs = codecs or default_codecs()
     _check_codecs(codecs, pc)
     groups = collect(dirs, limit)
+    unreadable, skipped = _skips(groups, codecs, pc)
+    if not any(f not in unreadable for files in groups.values() for f in files):
+        raise fail(f"no readable images under {', '.join(dirs)}: {len(unreadable)} file(s) do not decode "
+                   f"(first: {next(iter(unreadable), '-')})")
     if workers > 1:
         results = _run_parallel(groups, codecs, workers, progress)
     else:
@@ -139,7 +144,11 @@ def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = No
     speed = "single-process wall clock" if workers <= 1 else \
         f"wall clock of {workers} one-thread processes coding each set's images at once (aggregate throughput)"
     out = {
-        "sets": {g: {spec: t.row() for spec, t in per.items()} for g, per in results.items()},
+        "sets": {g: {spec: {**t.row(), "skipped": _skipped_in(skipped[spec], groups, g)} for spec, t in per.items()}
+                 for g, per in results.items()},
+        # images a codec cannot take (reason per file): its rows, "all" included, cover fewer images than others'
+        "skipped": {spec: {str(f): why for f, why in s.items()} for spec, s in skipped.items() if s},
+        "unreadable": {str(f): why for f, why in unreadable.items()},
         "smallest": {g: _smallest(per) for g, per in results.items()},
         "codecs": codecs,
         "workers": max(1, workers),
@@ -155,6 +164,46 @@ def run(dirs: list[str], codecs: list[str] | None = None, limit: int | None = No
                         images.setdefault(f, {})[spec] = v
         out["per_image"] = dict(sorted(images.items()))
     return out
+
+
+def _skips(groups: dict[str, list[Path]], codecs: list[str], pc) -> tuple[dict, dict]:
+    """(files that do not decode -> reason, codec spec -> {file: why the codec cannot take it})."""
+    unreadable, skipped = {}, {spec: {} for spec in codecs}
+    for files in groups.values():
+        for f in files:
+            img = pc.load(f.read_bytes())
+            if img.pixels is None:
+                unreadable[f] = img.reason or "no pixels"
+                continue
+            for spec in codecs:
+                why = pc.get(pc.parse_spec(spec)[0]).supports(img)
+                if why:
+                    skipped[spec][f] = why
+    return unreadable, skipped
+
+
+def _skipped_in(skipped: dict, groups: dict[str, list[Path]], group: str) -> int:
+    files = [f for fs in groups.values() for f in fs] if group == "all" else groups.get(group, [])
+    return sum(f in skipped for f in files)
+
+
+def table(group: str, per: dict, smallest: dict):
+    """One set's rows as a rich table. Codec specs are never cut (two jxl-ll rows must stay apart in 80 columns)."""
+    from rich.table import Table
+
+    t = Table(title=group)
+    t.add_column("codec", no_wrap=True, min_width=max(len(s) for s in per))
+    for col in ("images", "skipped", "Mpx", "bpsp", "enc MP/s", "dec MP/s", "smallest on", "round trip"):
+        t.add_column(col)
+    for spec, row in per.items():
+        t.add_row(spec, str(row["images"]), str(row["skipped"]), str(row["megapixels"]),
+                  f"{row['bpsp']:.3f}" if row["bpsp"] else "-", _num(row["encode_mps"]), _num(row["decode_mps"]),
+                  str(smallest[spec]), row["round_trip"])
+    return t
+
+
+def _num(x) -> str:
+    return "-" if x is None else str(x)
 
 
 def _warm(spec: str, codec, images, pc) -> None:
@@ -296,7 +345,6 @@ def bench(
 ) -> None:
     """Bits per subpixel, encode/decode MP/s and a round-trip check per codec, beside png, webp-ll and jxl-ll."""
     from rich.progress import Progress
-    from rich.table import Table
 
     from pixark import codec as pc
 
@@ -312,14 +360,13 @@ def bench(
     if json_out:
         emit_json(report)
     for group, per in report["sets"].items():
-        table = Table(title=f"{group}")
-        for col in ("codec", "images", "Mpx", "bpsp", "enc MP/s", "dec MP/s", "smallest on", "round trip"):
-            table.add_column(col)
-        for spec, row in per.items():
-            table.add_row(spec, str(row["images"]), str(row["megapixels"]), f"{row['bpsp']:.3f}" if row["bpsp"] else "-",
-                          str(row["encode_mps"]), str(row["decode_mps"]), str(report["smallest"][group][spec]),
-                          row["round_trip"])
-        err.print(table)
+        results(json_out).print(table(group, per, report["smallest"][group]))
+    for spec, files in report["skipped"].items():
+        err.print(f"[yellow]{spec} skipped {len(files)} image(s)[/yellow] it cannot take (first: "
+                  f"{next(iter(files.items()))[0]}: {next(iter(files.values()))})", highlight=False, soft_wrap=True)
+    if report["unreadable"]:
+        err.print(f"[yellow]{len(report['unreadable'])} file(s) do not decode[/yellow] and were left out",
+                  highlight=False)
     if any(row["failed"] for per in report["sets"].values() for row in per.values()):
         raise fail("round trip failed for some images")
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, fail, out
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm"}
 
@@ -178,13 +178,13 @@ def bench_pipeline_cmd(
                       f"{r['mb_per_s']:.2f}", f"{r['vs_codec'] * 100:+.1f}%",
                       f"{r['speedup_vs_1_worker']:.2f}x" if r["speedup_vs_1_worker"] else "",
                       f"{r['worker_busy'] * 100:.1f}%" if "worker_busy" in r else "")
-    err.print(table)
-    err.print("steady s: workers ready -> last shard committed; total s: the whole command; vs codec: steady time "
+    out.print(table)
+    out.print("steady s: workers ready -> last shard committed; total s: the whole command; vs codec: steady time "
               "against the codec alone in one process; speedup: against 1 worker; busy: workers' own coding time over "
               "steady time x workers", highlight=False)
-    err.print(f"load average during the run: {' '.join(f'{x:.1f}' for x in doc['load_average'])} "
+    out.print(f"load average during the run: {' '.join(f'{x:.1f}' for x in doc['load_average'])} "
               "(other processes on this machine slow every row)", highlight=False)
-    err.print(f"pipeline overhead (1 worker, steady state, vs the codec alone): {doc['pipeline_overhead'] * 100:+.1f}%",
+    out.print(f"pipeline overhead (1 worker, steady state, vs the codec alone): {doc['pipeline_overhead'] * 100:+.1f}%",
               highlight=False)
 
 

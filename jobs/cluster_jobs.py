@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, err, fail, out
 from .submit import (TERMINAL, address_option, connect, exit_code_for, follow_logs, job_doc, normalize_address,
                      reason, redact, report_end, wait_terminal)
 
@@ -55,7 +55,7 @@ def list_jobs(
     table.add_column("entrypoint", overflow="fold")
     for r in rows:
         table.add_row(r["job_id"], r["status"], _when(r["start_time"], "%m-%d %H:%M"), r["entrypoint"])
-    err.print(table)
+    out.print(table)
 
 
 @jobs_app.command("status")
@@ -75,9 +75,9 @@ def status(
         emit_json(doc)
     else:
         for key in ("job_id", "status", "message", "entrypoint", "driver_exit_code", "driver_node_id"):
-            err.print(f"{key:>17}: {doc[key]}", highlight=False, soft_wrap=True)
-        err.print(f"{'started (UTC)':>17}: {_when(doc['start_time'])}", highlight=False)
-        err.print(f"{'ended (UTC)':>17}: {_when(doc['end_time'])}", highlight=False)
+            out.print(f"{key:>17}: {doc[key]}", highlight=False, soft_wrap=True)
+        out.print(f"{'started (UTC)':>17}: {_when(doc['start_time'])}", highlight=False)
+        out.print(f"{'ended (UTC)':>17}: {_when(doc['end_time'])}", highlight=False)
     if wait and exit_code_for(doc):
         raise typer.Exit(exit_code_for(doc))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fsspec
 import typer
 
-from .console import emit_json, err, fail
+from .console import emit_json, err, fail, out
 
 
 def _read(url: str) -> bytes:
@@ -17,8 +17,15 @@ def _read(url: str) -> bytes:
 
 
 def _write(url: str, data: bytes) -> None:
+    """Write one output file. A missing local folder is an error, not something to create: it is usually a typo."""
+    import os
+
     try:
-        with fsspec.open(url, "wb") as f:
+        fs, path = fsspec.core.url_to_fs(url)
+        parent = os.path.dirname(path)
+        if "file" in fs.protocol and parent and not os.path.isdir(parent):
+            raise fail(f"cannot write {url}: the folder {parent} does not exist (create it first)")
+        with fs.open(path, "wb") as f:
             f.write(data)
     except (OSError, ValueError) as exc:
         raise fail(f"cannot write {url}: {exc}")
@@ -36,36 +43,66 @@ def encode(
 
     data = _read(src)
     try:
-        out = pc.encode(data, codec, verify=verify)
+        stream = pc.encode(data, codec, verify=verify)
     except (pc.CodecError, ValueError) as exc:
         raise fail(str(exc))
-    _write(dst, out)
-    meta = pc.info(out)
-    doc = {"source": src, "output": dst, "source_bytes": len(data), "stream_bytes": len(out), "codec": meta["codec"],
-           "params": meta["params"], "bpsp": meta["bpsp"]}
-    emit_json(doc) if json_out else err.print(
-        f"{src} -> {dst}: {len(data):,} -> {len(out):,} bytes with {meta['codec']} ({meta['bpsp']} bpsp)", highlight=False)
+    _write(dst, stream)
+    meta = pc.info(stream)
+    state, why = _state(data, meta["codec"])
+    doc = {"source": src, "output": dst, "source_bytes": len(data), "stream_bytes": len(stream), "codec": meta["codec"],
+           "params": meta["params"], "bpsp": meta["bpsp"], "state": state, "note": why}
+    if state != "ok":
+        err.print(f"[yellow]{state}[/yellow]: {src} {why}; its original bytes are stored (decode gives them back "
+                  "byte-exact)", highlight=False, soft_wrap=True)
+    emit_json(doc) if json_out else out.print(
+        f"{src} -> {dst}: {len(data):,} -> {len(stream):,} bytes with {meta['codec']} ({meta['bpsp']} bpsp)", highlight=False)
+
+
+def _state(data: bytes, codec: str) -> tuple[str, str]:
+    """The archive's name for what happened to a file (manifest status): ok, or kept_unreadable for an image that
+    does not decode and was stored as its bytes; with the reason."""
+    from pixark import codec as pc
+    from pixark.pipeline.coding import damage_reason
+    from pixark.pipeline.manifest import STATUS_KEPT_UNREADABLE, STATUS_OK
+
+    if codec != "store":
+        return STATUS_OK, ""
+    img = pc.load(data)
+    damage = damage_reason(img, data)
+    return (STATUS_KEPT_UNREADABLE, damage) if damage else (STATUS_OK, img.reason or "")
 
 
 def decode(
     src: str = typer.Argument(..., help="pixark stream"),
     dst: str = typer.Argument(..., help="image file to write"),
-    format: str = typer.Option("original", help="original (the source format, metadata kept) or png"),
+    format: str = typer.Option("original", "--format",
+                               help="original (the source format, metadata kept) or png (also converts stored JPEG, "
+                                    "TIFF ...)"),
 ) -> None:
-    """Decode a pixark stream back to an image file (bit-exact pixels, checked)."""
+    """Decode a pixark stream back to an image file (bit-exact pixels, checked). --format png also converts a
+    stored JPEG, TIFF ... (its decoded pixels, ICC profile and EXIF) and says why when it cannot."""
     from pixark import codec as pc
+    from pixark.pipeline.restore import FORMATS, png_of
 
+    if format not in FORMATS:
+        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     try:
-        out = pc.decode(_read(src)).to_file(format)
+        img = pc.decode(_read(src))
+        data = img.to_file("original" if img.pixels is None else format)
     except pc.CodecError as exc:
         raise fail(str(exc))
-    _write(dst, out)
-    err.print(f"{src} -> {dst}: {len(out):,} bytes", highlight=False)
+    if format == "png" and img.pixels is None:
+        try:
+            data = png_of(data)
+        except ValueError as exc:
+            raise fail(f"cannot write {src}'s stored file as PNG: {exc}; use --format original")
+    _write(dst, data)
+    out.print(f"{src} -> {dst}: {len(data):,} bytes", highlight=False)
 
 
 def info(
     src: str = typer.Argument(..., help="pixark stream"),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="print the header as one JSON document on stdout"),
 ) -> None:
     """Show a stream's header without decoding it."""
     from pixark import codec as pc
@@ -78,10 +115,11 @@ def info(
         emit_json(meta)
         return
     for key in sorted(meta):
-        err.print(f"{key:>15}: {meta[key]}", highlight=False)
+        out.print(f"{key:>15}: {meta[key]}", highlight=False)
 
 
-def codecs(json_out: bool = typer.Option(False, "--json")) -> None:
+def codecs(json_out: bool = typer.Option(False, "--json",
+                                         help="print the list as one JSON document on stdout")) -> None:
     """List the codecs this build has, what each supports, and whether learned weights ship."""
     from rich.table import Table
 
@@ -100,13 +138,14 @@ def codecs(json_out: bool = typer.Option(False, "--json")) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], "yes" if r["learned"] else "no", "yes" if r["available"] else "no (no weights)",
-                      ", ".join(f"{k}={v}" for k, v in r["params"].items()), r["summary"])
+                      ", ".join(f"{k}={v}" + (f" ({r['ranges'][k][0]}-{r['ranges'][k][1]})" if k in r.get("ranges", {})
+                                                   else "") for k, v in r["params"].items()), r["summary"])
         for prof in r.get("profiles", []):
             macs = prof.get("macs_per_pixel", prof.get("macs_per_pixel_per_iteration"))
             size = f"{prof.get('params', '?'):,} params, {2 * macs:,.0f} FLOPs/px" if macs else ""
             table.add_row("", "", "weights ship" if prof.get("weights") else "no weights",
                           f"profile={prof['name']}", "; ".join(filter(None, [size, prof.get("note", "")])))
-    err.print(table)
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""Where the CLI writes: human output and progress on stderr (rich), exactly one JSON document on stdout."""
+"""Where the CLI writes: results on stdout (``out``: tables, summaries, reports), progress, logs and errors on
+stderr (``err``); with ``--json`` stdout holds exactly one JSON document and any human summary goes to stderr."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import typer
 from rich.console import Console
 
 err = Console(stderr=True)
+# Results never wrap mid-line when stdout is a file or a pipe (rich would fold long paths at 80 columns there);
+# tables get room to show whole codec names and paths.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+def results(json_out: bool) -> Console:
+    """Where a command's human-readable result goes: stdout, or stderr when stdout carries the --json document."""
+    return err if json_out else out
 
 
 def emit_json(doc) -> None:
@@ -39,7 +48,8 @@ def run_with_progress(label: str, unit: str, job, failure: str):
 
 
 def report(summary: dict, json_out: bool, show) -> None:
-    """One JSON document on stdout, or the human summary on stderr; exit code 1 unless the summary is ok."""
+    """One JSON document on stdout, or the human summary (``show`` prints to ``out``) on stdout; exit code 1
+    unless the summary is ok."""
     if json_out:
         emit_json(summary)
     else:

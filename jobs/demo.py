@@ -103,7 +103,7 @@ def run_demo(out: str, ray_address: str | None = None, quiet: bool = False) -> d
                         RichEvents(quiet=quiet))
         doc["steps"]["archive"] = s
         if not quiet:
-            print_summary(s)
+            print_summary(s, err)
 
         for step in ("verify", "restore", "audit"):
             fns = _optional(step)

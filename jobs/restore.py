@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .console import err, fail, report, run_with_progress
+from .console import fail, out, report, run_with_progress
 
 
 def restore(
@@ -16,18 +16,22 @@ def restore(
         None, "--include", metavar="GLOB", help="restore only image ids matching GLOB (repeatable; '*' crosses '/')"),
     ids: Optional[str] = typer.Option(
         None, "--ids", metavar="FILE", help="restore only the image ids listed in FILE, one per line"),
-    format: str = typer.Option("original", "--format", help="original (source format and metadata) or png"),
-    check_existing: bool = typer.Option(False, "--check-existing",
-                                        help="on resume, hash outputs already in DEST instead of trusting their size"),
+    format: str = typer.Option("original", "--format",
+                               help="original (source format and metadata) or png (images as PNG; stored JPEG, "
+                                    "TIFF ... converted from their decoded pixels)"),
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing",
+        help="trust outputs already in DEST without checking them (fast resume; repairs nothing)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
                                               help="Ray cluster for large restores (default: a local Ray)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
 ) -> None:
     """Write archived images back under DEST in their original format, with their metadata.
 
-    Ranged reads of just the records needed; large restores run on Ray. Rerun to resume: complete outputs are
-    skipped. Exit code 1 when a record could not be restored, a requested id is not in the archive, or the archive
-    is damaged (a missing or changed manifest part, no archive.json): what is intact is still restored.
+    Ranged reads of just the records needed; large restores run on Ray. Outputs already in DEST are checked
+    against the manifest (size, then hash) and rewritten when they differ, so a rerun resumes and repairs.
+    Exit code 1 when a record could not be restored, a requested id is not in the archive, or the archive is
+    damaged (a missing or changed manifest part, no archive.json): what is intact is still restored.
     """
     from pixark.pipeline.restore import FORMATS, restore as run
 
@@ -36,27 +40,27 @@ def restore(
     summary = run_with_progress(
         "restore", "images",
         lambda progress: run(archive, dest, include=include or None, ids=ids, format=format,
-                             ray_address=ray_address, check_existing=check_existing, progress=progress),
+                             ray_address=ray_address, skip_existing=skip_existing, progress=progress),
         f"cannot restore from {archive}")
     report(summary, json_out, show)
 
 
 def show(s: dict) -> None:
-    err.print(f"{s['archive']} -> {s['dest']}: {s['selected']} selected, {s['written']} written "
-              f"({s['bytes_written']:,} bytes), {s['skipped']} already there, {len(s['not_archived'])} not archived "
+    out.print(f"{s['archive']} -> {s['dest']}: {s['selected']} selected, {s['written']} written "
+              f"({s['bytes_written']:,} bytes; {s.get('repaired', 0)} of them repaired), {s['skipped']} already there, {len(s['not_archived'])} not archived "
               f"(failed at archive time), {len(s['errors'])} errors in {s['seconds']} s", highlight=False)
     for r in s["not_archived"][:10]:
-        err.print(f"[yellow]not archived[/yellow] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
+        out.print(f"[yellow]not archived[/yellow] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
     for r in s["errors"][:20]:
-        err.print(f"[red]error[/red] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
+        out.print(f"[red]error[/red] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
     for p in s.get("problems", []):
-        err.print(f"[red]archive damaged[/red] {p}", highlight=False, soft_wrap=True)
+        out.print(f"[red]archive damaged[/red] {p}", highlight=False, soft_wrap=True)
     if s["missing_ids"]:
         shown = ", ".join(s["missing_ids"][:10])
-        err.print(f"[red]{len(s['missing_ids'])} requested ids are not in the archive:[/red] {shown}"
+        out.print(f"[red]{len(s['missing_ids'])} requested ids are not in the archive:[/red] {shown}"
                   f"{' ...' if len(s['missing_ids']) > 10 else ''}", highlight=False, soft_wrap=True)
     if s["selected"] == 0:
-        err.print("[yellow]nothing matched the selection[/yellow]")
+        out.print("[yellow]nothing matched the selection[/yellow]")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .console import err, fail, report, run_with_progress
+from .console import fail, out, report, run_with_progress
 
 
 def verify(
@@ -47,28 +47,30 @@ def verify(
 def show(summary: dict) -> None:
     from rich.table import Table
 
+    from pixark.pipeline.manifest import KEPT
+
     checked = summary["records_checked"]
     what = f"{checked} of {summary['records']} records" if summary["sample"] else f"all {checked} records"
-    err.print(f"verified {what} in {summary['shards']} shards of {summary['archive']} "
+    out.print(f"verified {what} in {summary['shards']} shards of {summary['archive']} "
               f"({summary['seconds']} s)", highlight=False)
     table = Table(title="records by status")
     table.add_column("status")
     table.add_column("records", justify="right")
     for status, n in summary["counts"].items():
-        colour = "green" if status == "ok" else ("yellow" if status == "archive_failed" else "red")
+        colour = "green" if status == "ok" else ("yellow" if status in ("archive_failed", *KEPT) else "red")
         table.add_row(f"[{colour}]{status}[/{colour}]", str(n))
-    err.print(table)
+    out.print(table)
     for p in summary["problems"]:
-        err.print(f"[red]problem:[/red] {p}", highlight=False, soft_wrap=True)
+        out.print(f"[red]problem:[/red] {p}", highlight=False, soft_wrap=True)
     for r in summary["mismatched_records"][:20]:
-        err.print(f"[red]{r['status']}[/red] {r['image_id']} ({r['shard']} @ {r['offset']}): {r['detail']}",
+        out.print(f"[red]{r['status']}[/red] {r['image_id']} ({r['shard']} @ {r['offset']}): {r['detail']}",
                   highlight=False, soft_wrap=True)
     if summary["mismatches"] > 20:
-        err.print(f"... {summary['mismatches'] - 20} more in the report", highlight=False)
+        out.print(f"... {summary['mismatches'] - 20} more in the report", highlight=False)
     verdict = "[green]OK: every checked record decodes bit-exact[/green]" if summary["ok"] else \
         f"[red]FAILED: {summary['mismatches']} record mismatches, {len(summary['problems'])} archive problems[/red]"
-    err.print(verdict)
-    err.print(f"report: {summary['report']['records']}  summary: {summary['report']['summary']}", highlight=False)
+    out.print(verdict)
+    out.print(f"report: {summary['report']['records']}  summary: {summary['report']['summary']}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

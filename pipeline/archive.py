@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import manifest, shards, store
 from .errors import ArchiveConflict, PipelineError, WorkerLost, one_line
-from .sources import ShardPlan, SourceObject, list_sources, plan_shards
+from .sources import ShardPlan, SourceObject, changed_objects, list_sources, plan_shards
 
 ARCHIVE_VERSION = 1
 PLAN_DIR = "plan"
@@ -38,7 +38,7 @@ PLAN_NAME = "plan-{:06d}.parquet"
 # What an unfinished run must share with the rerun that completes it.
 RESUME_KEYS = ("source", "codec", "shard_size", "include", "exclude", "verify")
 PLAN_SCHEMA = pa.schema([("shard", pa.string()), ("image_id", pa.string()), ("source_path", pa.string()),
-                         ("source_url", pa.string()), ("source_bytes", pa.int64())])
+                         ("source_url", pa.string()), ("source_bytes", pa.int64()), ("source_version", pa.string())])
 
 
 @dataclass
@@ -54,6 +54,7 @@ class ArchiveConfig:
     ray_address: str | None = None
     overwrite: bool = False
     extend: bool = False
+    update: bool = False  # also archive sources changed since they were archived, as a new generation
     strict: bool = False
     verify: bool = True  # decode every record and compare pixels before trusting it
     follow_links: bool = True  # archive symlinks to files as those files (False: report them as skipped)
@@ -96,9 +97,9 @@ def _now() -> str:
 
 # ------------------------------------------------------------------------------------------------------ plans
 def _write_plan(fs, root: str, generation: int, config: dict, shard_plans: list[ShardPlan]) -> Plan:
-    rows = [(s.name, o.image_id, o.path, o.url, o.size) for s in shard_plans for o in s.items]
-    table = pa.Table.from_arrays([pa.array([r[i] for r in rows], type=PLAN_SCHEMA.field(i).type) for i in range(5)],
-                                 schema=PLAN_SCHEMA)
+    rows = [(s.name, o.image_id, o.path, o.url, o.size, o.version) for s in shard_plans for o in s.items]
+    table = pa.Table.from_arrays([pa.array([r[i] for r in rows], type=PLAN_SCHEMA.field(i).type)
+                                  for i in range(len(PLAN_SCHEMA))], schema=PLAN_SCHEMA)
     meta = {b"pixark.plan": json.dumps({"generation": generation, "config": config, "created": _now(),
                                         "shards": [s.name for s in shard_plans]}).encode()}
     table = table.replace_schema_metadata(meta)
@@ -120,9 +121,10 @@ def _read_plans(fs, root: str) -> list[Plan]:
         meta = json.loads(table.schema.metadata[b"pixark.plan"])
         by_name: dict[str, ShardPlan] = {name: ShardPlan(name, meta["generation"]) for name in meta["shards"]}
         cols = table.to_pydict()
-        for name, iid, path_, url, size in zip(cols["shard"], cols["image_id"], cols["source_path"],
-                                              cols["source_url"], cols["source_bytes"]):
-            by_name[name].items.append(SourceObject(iid, path_, url, size))
+        versions = cols.get("source_version") or [""] * table.num_rows  # plans written before versions: none
+        for name, iid, path_, url, size, version in zip(cols["shard"], cols["image_id"], cols["source_path"],
+                                                       cols["source_url"], cols["source_bytes"], versions):
+            by_name[name].items.append(SourceObject(iid, path_, url, size, version or ""))
         plans.append(Plan(meta["generation"], path, meta["config"], list(by_name.values())))
     plans.sort(key=lambda p: p.generation)
     return plans
@@ -144,12 +146,19 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
     Raises PipelineError subclasses for what the user must fix; a killed run is finished by calling it again."""
     events = events or Events()
     t0 = time.perf_counter()
-    if cfg.overwrite and cfg.extend:
-        raise PipelineError("--overwrite and --extend contradict each other: pick one")
+    if cfg.overwrite and (cfg.extend or cfg.update):
+        raise PipelineError(f"--overwrite and {'--update' if cfg.update else '--extend'} contradict each other: "
+                            "pick one")
     _check_codec(cfg.codec)
+    if cfg.workers is not None and cfg.workers < 1:
+        raise PipelineError(f"--workers must be at least 1, not {cfg.workers} (leave it out for one per GPU or CPU)")
+    if cfg.gpus_per_worker is not None and cfg.gpus_per_worker <= 0:
+        raise PipelineError(f"--gpus-per-worker must be more than 0, not {cfg.gpus_per_worker}")
     src_fs, src_root = fsspec.core.url_to_fs(cfg.src, **cfg.src_options)
     dest_fs, dest_root = fsspec.core.url_to_fs(cfg.dest, **cfg.dest_options)
     src_root, dest_root = src_root.rstrip("/"), dest_root.rstrip("/")
+    if dest_fs.isfile(dest_root):
+        raise PipelineError(f"destination {cfg.dest} is a file; give a folder (or bucket prefix) for the archive")
     source = src_fs.unstrip_protocol(src_root)
     same_fs = type(src_fs) is type(dest_fs) and src_fs.storage_options == dest_fs.storage_options
     if same_fs and (dest_root == src_root or src_root.startswith(dest_root + "/")):
@@ -182,11 +191,15 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
 
     new_plan = None
     skipped: list[dict] = []  # entries the listing found but cannot archive (FIFOs, non-UTF-8 names ...)
-    if not plans or cfg.extend:
+    changed: list[SourceObject] = []
+    if not plans or cfg.extend or cfg.update:
         objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped, cfg.follow_links)
         _say_skipped(skipped, events)
-        known = {o.image_id for p in plans for s in p.shards for o in s.items}
-        fresh_objects = [o for o in objects if o.image_id not in known]
+        planned = _planned(plans)
+        changed = changed_objects(objects, planned)
+        fresh_objects = [o for o in objects if o.image_id not in planned]
+        if cfg.update:
+            fresh_objects = sorted(fresh_objects + changed, key=lambda o: o.image_id)
         if fresh_objects or not plans:
             next_index = 1 + max((int(s.name.split("-")[1].split(".")[0]) for p in plans for s in p.shards), default=-1)
             shard_plans = plan_shards(fresh_objects, cfg.shard_size, next_index, len(plans))
@@ -195,15 +208,19 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
             pending.append(new_plan)
         if not fresh_objects and plans and meta is not None and not pending:
             return _summary(cfg, dest_fs, dest_root, meta, t0, status="nothing-new", skipped=skipped,
+                            changed=_ids(changed),
                             message=f"no new source objects under {cfg.src}: the archive already holds all "
-                                    f"{meta['totals']['images']} of them")
+                                    f"{meta['totals']['images']} of them" + _changed_hint(changed))
     elif meta is not None and not pending:
         objects = list_sources(src_fs, src_root, cfg.include, cfg.exclude, skip, skipped, cfg.follow_links)
-        known = {o.image_id for p in plans for s in p.shards for o in s.items}
-        n_new = sum(o.image_id not in known for o in objects)
+        planned = _planned(plans)
+        changed = changed_objects(objects, planned)
+        n_new = sum(o.image_id not in planned for o in objects)
         hint = f"; {n_new} new source object(s) are not in it: add them with --extend" if n_new else ""
         return _summary(cfg, dest_fs, dest_root, meta, t0, status="already-complete", skipped=skipped,
-                        message=f"{cfg.dest} is already a complete archive of {cfg.src}: nothing to do{hint}")
+                        changed=_ids(changed),
+                        message=f"{cfg.dest} is already a complete archive of {cfg.src}: nothing to do{hint}"
+                                + _changed_hint(changed))
 
     done_parts = {posixpath.basename(p) for p in store.list_now(dest_fs, posixpath.join(dest_root, "manifests"))}
     all_shards = [s for p in plans for s in p.shards]
@@ -223,9 +240,11 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
     message = ""
     if not all_shards:
         message = f"warning: {cfg.src} holds no objects" + (" matching --include/--exclude" if cfg.include or cfg.exclude else "")
-    status = "extended" if (cfg.extend and new_plan is not None and covered) else ("resumed" if done else "complete")
+    status = ("updated" if cfg.update else "extended") if (new_plan is not None and covered) else \
+        ("resumed" if done else "complete")
     return _summary(cfg, dest_fs, dest_root, meta, t0, status=status, message=message, run=run_info,
-                    shards_written=len(todo), shards_resumed=len(done), skipped=skipped)
+                    shards_written=len(todo), shards_resumed=len(done), skipped=skipped,
+                    changed=[] if cfg.update else _ids(changed), updated=_ids(changed) if cfg.update else [])
 
 
 def _say_skipped(skipped: list[dict], events) -> None:
@@ -235,13 +254,30 @@ def _say_skipped(skipped: list[dict], events) -> None:
         events.message(f"warning: ... and {len(skipped) - 20} more entries not archived (listed in the summary)")
 
 
+def _planned(plans: list[Plan]) -> dict[str, SourceObject]:
+    """image_id -> its entry in the newest plan that holds it (what the archive's current row was made from)."""
+    return {o.image_id: o for p in plans for s in p.shards for o in s.items}
+
+
+def _ids(objects: list[SourceObject]) -> list[str]:
+    return [o.image_id for o in objects]
+
+
+def _changed_hint(changed: list[SourceObject]) -> str:
+    if not changed:
+        return ""
+    shown = ", ".join(o.image_id for o in changed[:10]) + (" ..." if len(changed) > 10 else "")
+    return (f"; {len(changed)} source object(s) changed since they were archived ({shown}): archive them with "
+            "--update (their current records stay as they are until then)")
+
+
 def _check_codec(spec: str) -> None:
     from pixark import codec as pc
 
     try:
-        name, _ = pc.parse_spec(spec)
+        name, params = pc.parse_spec(spec)
         if name != "auto":
-            pc.get(name)
+            pc.get(name).params(params)  # unknown parameters, wrong types and out-of-range values
     except (pc.CodecError, ValueError) as exc:
         raise PipelineError(f"bad --codec {spec!r}: {exc}") from exc
 
@@ -253,6 +289,7 @@ class _OpenShard:
     batches: int
     writer: shards.ShardWriter
     rows: list = field(default_factory=list)
+    held: dict = field(default_factory=dict)  # sha256 of a record -> (its index entry, image_id): duplicates share it
     next_batch: int = 0
     waiting: dict = field(default_factory=dict)  # batch index -> results that arrived out of order
 
@@ -352,10 +389,10 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
                 osh.waiting[bi] = results
                 while osh.next_batch in osh.waiting:  # records go into the shard in plan order
                     for row, record in osh.waiting.pop(osh.next_batch):
-                        row["shard"] = osh.plan.name
+                        row.update(shard=osh.plan.name, generation=osh.plan.generation)
+                        row["status"] = manifest.state(row["status"], record is not None, bool(row.get("pixel_sha256")))
                         if record is not None:
-                            e = osh.writer.add(row["image_id"], record)
-                            row.update(offset=e.offset, length=e.length, record_crc32c=e.crc32c)
+                            _add_record(osh, row, record)
                         osh.rows.append(row)
                     osh.next_batch += 1
                 if osh.next_batch == osh.batches:
@@ -376,13 +413,28 @@ def _execute(cfg: ArchiveConfig, todo: list[ShardPlan], src_fs, dest_fs, dest_ro
     return info
 
 
+def _add_record(osh: _OpenShard, row: dict, record: bytes) -> None:
+    """Append ``row``'s record to the shard, or point the row at an identical record already there: same bytes,
+    or same pixels with the same format and metadata, code to the same record (codecs are deterministic)."""
+    key = hashlib.sha256(record).digest()
+    held = osh.held.get(key)
+    if held is None:
+        e = osh.writer.add(row["image_id"], record)
+        osh.held[key] = (e, row["image_id"])
+        row.update(offset=e.offset, length=e.length, record_crc32c=e.crc32c)
+    else:
+        e, holder = held
+        row.update(offset=e.offset, length=e.length, record_crc32c=e.crc32c, compressed_bytes=0,
+                   duplicate_of=holder)
+
+
 def _commit_shard(dest_fs, dest_root: str, osh: _OpenShard) -> None:
     shard_path = posixpath.join(dest_root, "shards", osh.plan.name)
     try:
         sinfo = osh.writer.commit(dest_fs, shard_path)
     finally:
         osh.writer.abort()
-    records = sum(1 for r in osh.rows if r.get("offset") is not None)
+    records = sum(1 for r in osh.rows if r.get("offset") is not None and not r.get("duplicate_of"))
     table = manifest.to_table(osh.rows, {"shard": osh.plan.name, "shard_bytes": sinfo.shard_bytes,
                                          "shard_sha256": sinfo.sha256, "records": records, "rows": len(osh.rows),
                                          "plan": osh.plan.generation})
@@ -401,7 +453,7 @@ def _write_archive_json(cfg: ArchiveConfig, fs, root: str, source: str, plans: l
         except FileNotFoundError as exc:
             raise PipelineError(f"manifest part {part} is missing after the run: the shard was not recorded") from exc
         m = manifest.part_meta(t)
-        tables.append(t.replace_schema_metadata(None))
+        tables.append(manifest.upgrade(t).replace_schema_metadata(None))
         cols = t.select(["source_bytes", "compressed_bytes"]).to_pydict()
         shard_entries.append({"name": name, "manifest": f"manifests/{manifest.part_name(name)}",
                               "records": m.get("records"), "rows": m.get("rows", t.num_rows),
@@ -409,7 +461,7 @@ def _write_archive_json(cfg: ArchiveConfig, fs, root: str, source: str, plans: l
                               "manifest_sha256": hashlib.sha256(fs.cat_file(part)).hexdigest(),
                               "source_bytes": sum(cols["source_bytes"]),
                               "compressed_bytes": sum(v or 0 for v in cols["compressed_bytes"]), "plan": gen})
-    table = pa.concat_tables(tables) if tables else manifest.SCHEMA.empty_table()
+    table = pa.concat_tables(tables, promote_options="default") if tables else manifest.SCHEMA.empty_table()
     totals = totals_of(table)
     totals["shard_bytes"] = sum(e["bytes"] or 0 for e in shard_entries)
     doc = {
@@ -442,22 +494,35 @@ def _pixark_version() -> str:
 
 
 def totals_of(table: pa.Table) -> dict:
+    """Counts over the current rows (the newest of each image_id); bytes stored count every record once."""
     d = table.select(["status", "source_bytes", "compressed_bytes", "length", "width", "height", "channels",
-                      "image_id", "error"]).to_pydict()
-    n = len(d["status"])
-    failed = [i for i in range(n) if d["status"][i] != manifest.STATUS_OK]
-    with_rec = [i for i in range(n) if d["length"][i] is not None]
+                      "image_id", "error", "duplicate_of", "generation", "pixel_sha256"]).to_pydict()
+    d["status"] = [manifest.state(s, n is not None, bool(p)) for s, n, p in zip(d["status"], d["length"],
+                                                                                d["pixel_sha256"])]
+    current = manifest.current_mask(d["image_id"], d["generation"])
+    rows = [i for i in range(len(current)) if current[i]]
+    n = len(rows)
+    failed = [i for i in rows if d["status"][i] != manifest.STATUS_OK]  # every row that did not code, kept or not
+    with_rec = [i for i in rows if d["length"][i] is not None]
     src_rec = sum(d["source_bytes"][i] for i in with_rec)
     out_rec = sum(d["compressed_bytes"][i] or 0 for i in with_rec)
-    pix = [i for i in with_rec if d["width"][i]]
+    pix = [i for i in with_rec if d["width"][i] and not d["duplicate_of"][i]]
     subpixels = sum(d["width"][i] * d["height"][i] * d["channels"][i] for i in pix)
     pix_bytes = sum(d["compressed_bytes"][i] for i in pix)
+    old = [i for i in range(len(current)) if not current[i]]
     return {
-        "images": n, "ok": n - len(failed), "failed": len(failed), "records": len(with_rec),
-        "source_bytes": sum(d["source_bytes"]), "compressed_bytes": out_rec,
+        "images": n, "ok": n - len(failed),
+        "kept_unreadable": sum(d["status"][i] == manifest.STATUS_KEPT_UNREADABLE for i in failed),
+        "kept_uncoded": sum(d["status"][i] == manifest.STATUS_KEPT_UNCODED for i in failed),
+        "failed": sum(d["status"][i] == manifest.STATUS_FAILED for i in failed),
+        "records": sum(1 for i in with_rec if not d["duplicate_of"][i]),
+        "duplicates": sum(1 for i in with_rec if d["duplicate_of"][i]),
+        "superseded": len(old), "superseded_bytes": sum(d["compressed_bytes"][i] or 0 for i in old),
+        "source_bytes": sum(d["source_bytes"][i] for i in rows), "compressed_bytes": out_rec,
         "ratio": round(src_rec / out_rec, 4) if out_rec else None,
         "recoded": len(pix), "subpixels": subpixels, "bpsp": round(pix_bytes * 8 / subpixels, 4) if subpixels else None,
-        "failures": [{"image_id": d["image_id"][i], "error": d["error"][i]} for i in failed[:50]],
+        "failures": [{"image_id": d["image_id"][i], "status": d["status"][i], "error": d["error"][i]}
+                     for i in failed[:50]],
     }
 
 

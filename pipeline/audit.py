@@ -11,7 +11,7 @@ import math
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
-from . import catalog
+from . import catalog, manifest
 
 BASELINE_CODECS = ("png", "webp-ll", "jxl-ll")
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -23,7 +23,7 @@ ROOT_FOLDER = "(top level)"
 PLOT_FOLDERS = 30  # folders drawn in the savings chart (largest by source bytes)
 CLIP_PERCENT = 100  # savings below -100% are drawn clipped, with their value printed
 _COLUMNS = ["image_id", "source_bytes", "width", "height", "channels", "codec", "compressed_bytes", "shard",
-            "offset", "length", "record_crc32c", "status"]
+            "offset", "length", "record_crc32c", "status", "generation"]
 
 
 def folder_of(image_id: str) -> str:
@@ -112,10 +112,11 @@ def distribution(values: list[float], bins: int = 20) -> dict:
 
 def _rows(arc: catalog.Archive) -> tuple[list[dict], list[dict]]:
     """(rows with a record, rows without one) from the manifests, with subpixels computed. Rows with a record include
-    sources that failed to decode but were kept as their original bytes: they take space in the archive too."""
+    sources that failed to decode but were kept as their original bytes: they take space in the archive too. Only
+    current rows (a duplicate's compressed_bytes is 0: it shares another row's record)."""
     table = catalog.read_manifest(arc, _COLUMNS)
     stored, missing = [], []
-    for r in table.to_pylist():
+    for r in manifest.current_rows(table.to_pylist()):
         for k in ("source_bytes", "compressed_bytes", "width", "height", "channels"):
             r[k] = int(r[k] or 0)
         r["subpixels"] = r["width"] * r["height"] * r["channels"]
@@ -193,7 +194,9 @@ def audit(archive_url: str, baseline_sample: int = 0, plot: str | None = None,
         "archive": archive_url,
         "images": len(ok) + len(missing),
         "archived": len(ok),  # rows with a record (coded, or kept as original bytes)
-        "failed": sum(r["status"] != "ok" for r in ok + missing),  # status failed, with or without a record
+        # kept: original bytes stored for a source that did not decode or code; failed: no record at all
+        "kept": sum(manifest.state(r["status"], True, bool(r["subpixels"])) in manifest.KEPT for r in ok),
+        "failed": len(missing),
         "not_archived": len(missing),  # no record at all: the source could not be read
         "not_archived_source_bytes": sum(r["source_bytes"] for r in missing),
         "totals": overall.as_dict(),

@@ -62,10 +62,11 @@ def open_archive(url: str, storage_options: dict | None = None) -> Archive:
 
 
 def read_manifest(arc: Archive, columns: list[str] | None = None) -> pa.Table:
-    """All visible manifest parts as one table (parts in name order), plus a ``manifest_part`` column."""
+    """All visible manifest parts as one table (parts in name order), plus a ``manifest_part`` column; every part
+    has ``generation`` (filled from the part's plan for parts written before that column)."""
     tables = []
     for name, path in sorted(arc.parts.items()):
-        t = manifest.read_part(arc.fs, path).replace_schema_metadata(None)
+        t = manifest.upgrade(manifest.read_part(arc.fs, path)).replace_schema_metadata(None)
         if columns is not None:
             t = t.select([c for c in columns if c in t.column_names])
         tables.append(t.append_column("manifest_part", pa.array([name] * t.num_rows, pa.string())))

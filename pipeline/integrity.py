@@ -147,9 +147,10 @@ def check_index(arc, shard: str, rows: list[dict]) -> tuple[list[dict], list[dic
     ids = {r["image_id"] for r in rows}
     for r in rows:
         e = by_offset.get(r["offset"])
-        if (e is None or e.image_id != r["image_id"] or e.length != r["length"]
+        holder = r.get("duplicate_of") or r["image_id"]  # a duplicate's row points at its holder's record
+        if (e is None or e.image_id != holder or e.length != r["length"]
                 or r.get("record_crc32c") not in (None, e.crc32c)):
-            there = f" (the index has {e.image_id!r} there)" if e is not None and e.image_id != r["image_id"] else ""
+            there = f" (the index has {e.image_id!r} there)" if e is not None and e.image_id != holder else ""
             bad.append({"image_id": r["image_id"], "detail": f"manifest row does not match shard {shard}'s index "
                         f"(id, offset, length or CRC){there}: the manifest is damaged; not written"})
             if there and e.image_id not in ids:  # the file the record really is: named, not silently missing

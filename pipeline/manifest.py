@@ -13,13 +13,18 @@ import posixpath
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from . import store
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2 added duplicate_of and generation; parts of version 1 read as duplicate_of null and
+# generation = the part's pixark.plan
 STATUS_OK = "ok"
-STATUS_FAILED = "failed"
+STATUS_KEPT_UNREADABLE = "kept_unreadable"  # looks like an image but does not decode: original bytes kept
+STATUS_KEPT_UNCODED = "kept_uncoded"  # decoded, but the codec failed on it: original bytes kept
+STATUS_FAILED = "failed"  # could not be read: no record, the source alone holds it
+KEPT = (STATUS_KEPT_UNREADABLE, STATUS_KEPT_UNCODED)
 
 SCHEMA = pa.schema([
     pa.field("manifest_version", pa.int16(), nullable=False),  # = MANIFEST_VERSION of the writer
@@ -46,12 +51,23 @@ SCHEMA = pa.schema([
     pa.field("encode_seconds", pa.float64()),  # wall time of decode + encode (+ self-check) on the worker
     pa.field("worker", pa.string()),  # host:pid of the worker process that coded it
     pa.field("device", pa.string()),  # cpu, cuda:0 ...
-    pa.field("status", pa.string(), nullable=False),  # ok | failed
-    pa.field("error", pa.string()),  # why status is failed; null when ok
+    pa.field("status", pa.string(), nullable=False),  # ok | kept_unreadable | kept_uncoded | failed (see state())
+    pa.field("error", pa.string()),  # why status is not ok; null when ok
     pa.field("note", pa.string()),  # why a readable object was stored rather than recoded (JPEG, not an image ...)
+    pa.field("duplicate_of", pa.string()),  # image_id whose record this row shares (identical record bytes); null
+    pa.field("generation", pa.int32()),  # plan generation that archived the row; the newest row of an id is current
 ], metadata={b"pixark.manifest_version": str(MANIFEST_VERSION).encode()})
 
 COLUMNS = SCHEMA.names
+
+
+def state(status: str, has_record: bool, has_pixels: bool) -> str:
+    """A row's status named for what it is. The coding step says "failed" for anything that did not code; a row
+    whose original bytes were still stored is kept (restores byte-exact), not failed. Also how readers name rows
+    of version 1 parts, which said "failed" for both."""
+    if status == STATUS_FAILED and has_record:
+        return STATUS_KEPT_UNCODED if has_pixels else STATUS_KEPT_UNREADABLE
+    return status
 
 
 def part_name(shard: str) -> str:
@@ -118,6 +134,38 @@ def part_meta(table: pa.Table) -> dict:
     return out
 
 
+def upgrade(table: pa.Table) -> pa.Table:
+    """``table`` (one part, metadata intact) with the columns of this MANIFEST_VERSION that older parts lack:
+    ``duplicate_of`` null, ``generation`` from the part's ``pixark.plan``."""
+    if "duplicate_of" not in table.column_names:
+        table = table.append_column("duplicate_of", pa.nulls(table.num_rows, pa.string()))
+    plan = int(part_meta(table).get("plan") or 0)
+    if "generation" in table.column_names:
+        if table.column("generation").null_count == 0:
+            return table
+        filled = pa.compute.fill_null(table.column("generation"), pa.scalar(plan, pa.int32()))
+        return table.set_column(table.column_names.index("generation"), "generation", filled)
+    return table.append_column("generation", pa.array([plan] * table.num_rows, pa.int32()))
+
+
+def current_mask(image_ids: list[str], generations: list[int | None]) -> list[bool]:
+    """Which rows are current: for each image_id the row of the newest generation (``pixark archive --update``
+    archives a changed source again; the older rows stay as its history). Within one generation the first row."""
+    best: dict[str, int] = {}
+    for i, (iid, gen) in enumerate(zip(image_ids, generations)):
+        j = best.get(iid)
+        if j is None or (gen or 0) > (generations[j] or 0):
+            best[iid] = i
+    keep = set(best.values())
+    return [i in keep for i in range(len(image_ids))]
+
+
+def current_rows(rows: list[dict]) -> list[dict]:
+    """The current row of each image_id (see current_mask), in their original order."""
+    mask = current_mask([r["image_id"] for r in rows], [r.get("generation") for r in rows])
+    return [r for r, keep in zip(rows, mask) if keep]
+
+
 def read_manifests(url_or_fs, root: str | None = None, storage_options: dict | None = None) -> pa.Table:
     """All complete manifest parts of an archive as one table (parts in name order)."""
     if isinstance(url_or_fs, fsspec.AbstractFileSystem):
@@ -125,7 +173,7 @@ def read_manifests(url_or_fs, root: str | None = None, storage_options: dict | N
     else:
         fs, root = fsspec.core.url_to_fs(str(url_or_fs), **(storage_options or {}))
     paths = [p for p in store.list_now(fs, posixpath.join(root.rstrip("/"), "manifests")) if p.endswith(".parquet")]
-    tables = [read_part(fs, p).replace_schema_metadata(None) for p in paths]
+    tables = [upgrade(read_part(fs, p)).replace_schema_metadata(None) for p in paths]
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables, promote_options="default")

@@ -4,9 +4,11 @@ codec decodes them, and the file is written back under its relative path in its 
 
     summary = restore("s3://bucket/archive", "/data/restored", include="cats/*.png", format="original")
 
-Resumable: each output is written atomically (temp name then rename locally, one PUT on object stores), so an
-existing output is complete; a rerun skips outputs already there (checked by size where the size is known, and by
-content with ``check_existing``). Large restores run as Ray tasks, small ones in this process.
+Repairs and resumes: each output is written atomically (temp name then rename locally, one PUT on object stores).
+An output already in DEST is checked against the manifest (its size where known, then its sha256 for files that
+are the source's bytes, or its decoded pixels' hash for re-encoded images) and rewritten when it differs, so
+restoring over a damaged copy repairs it; ``skip_existing`` trusts any output that exists (fast resume). Large
+restores run as Ray tasks, small ones in this process.
 """
 
 from __future__ import annotations
@@ -18,26 +20,38 @@ from collections import Counter
 
 import fsspec
 
-from . import catalog, integrity, store
+from . import catalog, integrity, manifest, store
 from .errors import PipelineError, one_line
 from .sources import matches
 
 FORMATS = ("original", "png")
-LOCAL_LIMIT = 32  # restores of at most this many records skip Ray's start-up and run in this process
+LOCAL_LIMIT = 32  # restores of at most this many records skip Ray's start-up and run in this process ...
+# ... when their learned-codec records decode here in less time than a local Ray costs (5.4 s to start and about
+# 2.5 s more to stop on a development machine, 2026-12-04, docs/OPERATIONS.md); mspsm decodes about 0.33 MP/s on
+# one core (README "Results": 0.66 MP/s with two processes).
+RAY_START_SECONDS = 8.0
+LEARNED_MP_PER_SECOND = 0.33
 RUN_RECORDS = 64  # records per Ray task
 _COLUMNS = ["image_id", "source_bytes", "source_sha256", "pixel_sha256", "format", "codec", "shard", "offset",
-            "length", "record_crc32c", "status", "error"]
+            "length", "record_crc32c", "status", "error", "generation", "width", "height"]
 
 
 class RestoreError(PipelineError):
     """The restore cannot start: bad arguments, unknown image ids."""
 
 
+def converts(row: dict, format: str) -> bool:
+    """Whether --format png converts this row's stored file: an image kept as its bytes (JPEG, TIFF ...) that was
+    readable at archive time. Files that are not images, or did not decode, are written as they were."""
+    return (format == "png" and not row.get("pixel_sha256") and bool(row.get("format"))
+            and row.get("status") == "ok" and row.get("format") != "PNG")
+
+
 def output_name(row: dict, format: str) -> str:
-    """Relative output path. With --format png, images re-encoded as PNG get a .png suffix; files kept as bytes
-    (JPEG, not images) keep their name because they are written as they were."""
+    """Relative output path. With --format png, images written as PNG (re-encoded or converted from a stored
+    JPEG, TIFF ...) get a .png suffix; files written as they were keep their name."""
     name = row["image_id"]
-    if format == "png" and row.get("pixel_sha256") and not name.lower().endswith(".png"):
+    if format == "png" and (row.get("pixel_sha256") or converts(row, format)) and not name.lower().endswith(".png"):
         name = posixpath.splitext(name)[0] + ".png"
     return name
 
@@ -59,9 +73,39 @@ def safe_relative(image_id: str) -> bool:
 
 def _expected_size(row: dict, format: str) -> int | None:
     """Outputs that are the source's own bytes have a known size; re-encoded outputs do not until decoded."""
+    if converts(row, format):
+        return None
     if not row.get("pixel_sha256") or (format == "original" and row.get("codec") == "store"):
         return row.get("source_bytes")
     return None
+
+
+def png_of(data: bytes) -> bytes:
+    """A PNG of a stored image file (JPEG, TIFF, WebP ...), for --format png: its decoded pixels with its ICC
+    profile, EXIF and resolution. Raises ValueError saying why when PNG cannot hold it."""
+    import io
+
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            raise ValueError(f"a {im.format} of {frames} frames; PNG holds one")
+        if im.mode not in _PNG_MODES:
+            raise ValueError(f"a {im.format} in mode {im.mode}, which PNG cannot hold without changing the pixels")
+        im.load()
+        kwargs = {k: im.info[k] for k in ("icc_profile", "exif", "dpi") if im.info.get(k)}
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", **kwargs)
+    except ValueError:
+        raise
+    except Exception as exc:  # Pillow's errors for damaged or unknown files
+        raise ValueError(f"not readable as an image ({type(exc).__name__}: {exc})") from exc
+    return buf.getvalue()
+
+
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
 
 
 # ----------------------------------------------------------------------------------------------- worker side
@@ -100,10 +144,7 @@ def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str,
         return _res(row, "error", "record fails its CRC32C check: the shard is damaged (run pixark verify)")
     try:
         img = pc.decode(data, device=device)  # checks the container's checksums and the decoded pixels' hash
-        if format == "png" and img.pixels is None:
-            blob, how = img.to_file("original"), "original bytes (no pixels to write as PNG)"
-        else:
-            blob, how = img.to_file(format), format
+        blob = img.to_file("original" if img.pixels is None else format)
     except Exception as exc:  # CodecError, or a failure nobody foresaw: this record's error, not the job's
         return _res(row, "error", f"{type(exc).__name__}: {exc}")
     if img.pixels is None and row.get("source_sha256") and hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
@@ -111,6 +152,11 @@ def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str,
     mismatch = _pixel_mismatch(row, img)
     if mismatch:
         return _res(row, "error", mismatch)
+    how = format
+    if format == "png" and img.pixels is None:
+        blob, how = _stored_as_png(row, blob)
+        if blob is None:
+            return _res(row, "error", how)
     path = posixpath.join(dest_root, row["name"])
     try:
         store.put_bytes(dest_fs, path, blob)
@@ -130,6 +176,17 @@ def _pixel_mismatch(row: dict, img) -> str:
     if want and pc.pixel_sha256(img.pixels) != want:
         return "the record's pixels do not match the manifest's pixel_sha256: the manifest is damaged; not written"
     return ""
+
+
+def _stored_as_png(row: dict, blob: bytes) -> tuple[bytes | None, str]:
+    """(bytes to write, how) for a stored file under --format png; (None, why) when it cannot be converted."""
+    if not converts(row, "png"):
+        why = "not an image" if not row.get("format") else "did not decode at archive time"
+        return blob, f"original bytes ({why}: nothing to convert to PNG)"
+    try:
+        return png_of(blob), f"png (converted from {row['format']})"
+    except ValueError as exc:
+        return None, f"cannot convert to PNG: {exc}; restore it with --format original"
 
 
 def _res(row: dict, status: str, detail: str, nbytes: int = 0) -> dict:
@@ -159,9 +216,9 @@ def select(rows: list[dict], include=None, ids=None) -> tuple[list[dict], list[s
     the archive does not hold)."""
     patterns = [include] if isinstance(include, str) else list(include or [])
     wanted = None if ids is None else set(ids)
-    first: dict[str, dict] = {}
-    for r in rows:
-        first.setdefault(r["image_id"], r)  # duplicates are verify's finding; restore writes each path once
+    # The current row of each path (the newest generation; same-generation duplicates are verify's finding):
+    # restore writes each path once.
+    first = {r["image_id"]: r for r in manifest.current_rows(rows)}
     chosen = [r for r in first.values()
               if matches(r["image_id"], patterns, ())
               and (wanted is None or r["image_id"] in wanted)]
@@ -171,9 +228,10 @@ def select(rows: list[dict], include=None, ids=None) -> tuple[list[dict], list[s
 
 def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str = "original",
             ray_address: str | None = None, storage_options: dict | None = None, dest_options: dict | None = None,
-            check_existing: bool = False, progress=None, local_limit: int = LOCAL_LIMIT) -> dict:
+            skip_existing: bool = False, progress=None, local_limit: int = LOCAL_LIMIT) -> dict:
     """Restore the selected images of ``archive_url`` under ``dest_url``. Returns a summary; ``summary["ok"]`` is
-    False when a record could not be restored or a requested id is not in the archive."""
+    False when a record could not be restored or a requested id is not in the archive. Outputs already in DEST are
+    checked and rewritten when they differ (``repaired``), or trusted as they are with ``skip_existing``."""
     started = time.time()
     if format not in FORMATS:
         raise RestoreError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -185,10 +243,13 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     missing_ids = sorted(set(missing_ids) - {u["image_id"] for u in unverified})
     dest_fs, dest_root = fsspec.core.url_to_fs(dest_url, **(dest_options or {}))
     dest_root = dest_root.rstrip("/")
+    if dest_fs.isfile(dest_root):
+        raise RestoreError(f"destination {dest_url} is a file; give a folder (or bucket prefix) to restore into")
 
     names = output_names(chosen, format)
     results: list[dict] = [_res(u, "error", u["detail"]) for u in unverified]
     todo: list[dict] = []
+    repairs: set[str] = set()
     existing = _existing(dest_fs, dest_root)
     for r in chosen:
         if r.get("offset") is None:
@@ -199,10 +260,12 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
             continue
         r = {**r, "name": names[r["image_id"]]}
         size = existing.get(posixpath.join(dest_root, r["name"]))
-        if size is not None and _complete(dest_fs, dest_root, r, size, format, check_existing):
+        if size is not None and (skip_existing or _intact(dest_fs, dest_root, r, size, format)):
             results.append(_res(r, "skipped", "already restored"))
-        else:
-            todo.append(r)
+            continue
+        if size is not None:
+            repairs.add(r["image_id"])
+        todo.append(r)
 
     done, total = 0, len(todo)
     if progress:
@@ -216,9 +279,8 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         done += len(bad)
         if not by_shard[shard]:
             del by_shard[shard]
-    # Ray's start-up costs seconds: small restores of classical records run here; anything with learned-codec
-    # records (seconds per decode) or many records is spread over the Ray workers.
-    if total <= local_limit and not any(catalog.is_learned(r.get("codec")) for r in todo):
+    in_process = _in_process(todo, local_limit, ray_address)
+    if in_process:
         for shard, mine in sorted(by_shard.items()):
             out = restore_records(arc.fs, arc.shard_path(shard), mine, dest_fs, dest_root, format)
             results += out
@@ -250,6 +312,9 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
             if progress:
                 progress(done, total)
 
+    for r in results:
+        if r["status"] == "written" and r["image_id"] in repairs:
+            r["status"] = "repaired"
     counts = Counter(r["status"] for r in results)
     errors = [{"image_id": r["image_id"], "detail": r["detail"]} for r in results if r["status"] == "error"]
     return {
@@ -259,15 +324,38 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         "ok": not errors and not missing_ids and not checked.problems,
         "problems": checked.problems,
         "selected": len(chosen),
-        "written": counts.get("written", 0),
+        "written": counts.get("written", 0) + counts.get("repaired", 0),
+        "repaired": counts.get("repaired", 0),
+        "repaired_ids": sorted(r["image_id"] for r in results if r["status"] == "repaired")[:100],
         "skipped": counts.get("skipped", 0),
         "not_archived": [{"image_id": r["image_id"], "detail": r["detail"]} for r in results
                          if r["status"] == "not_archived"],
         "errors": errors,
         "missing_ids": missing_ids,
+        "ran": "in-process" if in_process else "ray",
+        "converted": sum(1 for r in results if r["detail"].startswith("png (converted")),
         "bytes_written": sum(r["bytes"] for r in results),
         "seconds": round(time.time() - started, 2),
     }
+
+
+def _in_process(todo: list[dict], local_limit: int, ray_address: str | None) -> bool:
+    """Whether to decode here rather than on Ray: few records, and their learned-codec decodes (seconds each) cost
+    less than starting a local Ray would. With a Ray already at hand (a session in this process, an address),
+    learned-codec records go to its workers, which may have GPUs."""
+    import os
+    import sys
+
+    if len(todo) > local_limit:
+        return False
+    learned = [r for r in todo if catalog.is_learned(r.get("codec"))]
+    if not learned:
+        return True
+    ray = sys.modules.get("ray")
+    if ray_address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+        return False
+    megapixels = sum((r.get("width") or 0) * (r.get("height") or 0) for r in learned) / 1e6
+    return megapixels / LEARNED_MP_PER_SECOND <= RAY_START_SECONDS
 
 
 def _existing(fs, root: str) -> dict[str, int]:
@@ -279,17 +367,24 @@ def _existing(fs, root: str) -> dict[str, int]:
         return {}
 
 
-def _complete(fs, root: str, row: dict, size: int, format: str, check_existing: bool) -> bool:
+def _intact(fs, root: str, row: dict, size: int, format: str) -> bool:
+    """Whether the output already at the row's path is what restore would write: the source's own bytes (size,
+    then sha256), or for re-encoded images a readable image with the archived pixels."""
+    from pixark import codec as pc
+
     expected = _expected_size(row, format)
     if expected is not None and size != expected:
         return False
-    if not check_existing:
-        return True  # written atomically, so it exists only when whole
-    from pixark import codec as pc
-
-    data = fs.cat_file(posixpath.join(root, row["name"]))
+    try:
+        data = fs.cat_file(posixpath.join(root, row["name"]))
+    except OSError:
+        return False
     if expected is not None:
         return hashlib.sha256(data).hexdigest() == row.get("source_sha256")
-    img = pc.load(data)
+    try:
+        img = pc.load(data)
+    except Exception:  # unreadable (truncated, damaged): rewrite it
+        return False
+    if converts(row, format):  # a PNG converted from a stored JPEG ...: no archived pixel hash to compare
+        return img.pixels is not None and img.format == "PNG"
     return img.pixels is not None and img.pixel_sha256() == row.get("pixel_sha256")
-

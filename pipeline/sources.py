@@ -32,6 +32,28 @@ class SourceObject:
     path: str  # path inside the source filesystem
     url: str  # full URL (protocol included)
     size: int
+    version: str = ""  # what the listing says about the object's version (ETag, else mtime); "" when unknown
+
+
+def version_of(info: dict) -> str:
+    """An object's version from its listing entry: the ETag where the store has one (S3, GCS), else the
+    modification time (local disk); "" when the store gives neither."""
+    for key in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "updated"):
+        if info.get(key) is not None:
+            return f"{key}={info[key]}"
+    return ""
+
+
+def changed_objects(objects: list[SourceObject], planned: dict[str, SourceObject]) -> list[SourceObject]:
+    """Listed objects whose size or version differs from what their newest plan recorded (``planned``: image_id
+    -> that entry). A version is compared only where both sides have one (plans written before versions were
+    recorded have none)."""
+    out = []
+    for o in objects:
+        p = planned.get(o.image_id)
+        if p is not None and (o.size != p.size or (o.version and p.version and o.version != p.version)):
+            out.append(o)
+    return out
 
 
 @dataclass
@@ -91,7 +113,8 @@ def list_sources(src_fs: fsspec.AbstractFileSystem, src_root: str, include=(), e
             if skipped is not None:
                 skipped.append({"image_id": printable(rel), "reason": why})
             continue
-        out.append(SourceObject(image_id=rel, path=path, url=src_fs.unstrip_protocol(path), size=int(info.get("size") or 0)))
+        out.append(SourceObject(image_id=rel, path=path, url=src_fs.unstrip_protocol(path),
+                                size=int(info.get("size") or 0), version=version_of(info)))
     out.sort(key=lambda o: o.image_id)
     return out
 

@@ -33,12 +33,14 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import catalog, shards, store
+from . import catalog, manifest, shards, store
 from .errors import CorruptShard, UnsupportedShard, one_line
 
-# Record statuses. Everything except OK and ARCHIVE_FAILED is a mismatch and makes verification fail.
+# Record statuses. Everything except OK, the kept states and ARCHIVE_FAILED is a mismatch and fails verification.
 OK = "ok"
-ARCHIVE_FAILED = "archive_failed"  # the archive job recorded this source as failed; nothing to decode
+ARCHIVE_FAILED = "archive_failed"  # the archive job could not read this source; no record to decode
+# manifest.KEPT (kept_unreadable, kept_uncoded): the archive kept the original bytes of a source that did not
+# decode or code; verify checks those bytes and reports the row by the manifest's state.
 SHARD_MISSING = "shard_missing"
 TRUNCATED = "truncated"  # the record runs past the end of its shard object
 CHECKSUM = "checksum_mismatch"  # record bytes do not match their CRC32C
@@ -59,7 +61,7 @@ REPORT_SCHEMA = pa.schema([
     ("shard", pa.string()), ("offset", pa.int64()),
 ])
 _COLUMNS = ["image_id", "source_url", "source_sha256", "pixel_sha256", "codec", "shard", "offset", "length",
-            "record_crc32c", "status", "error"]
+            "record_crc32c", "status", "error", "duplicate_of", "generation"]
 MAX_LISTED = 100  # mismatching records repeated in the summary (all of them are in records.parquet)
 RUN_BYTES = 16 << 20  # one ranged read per run of adjacent records, at most this much
 RUN_RECORDS = 64  # and at most this many records per task, so progress moves and work spreads
@@ -173,7 +175,8 @@ def check_shard(fs, shard_path: str, rows: list[dict], expected_bytes: int | Non
         seen = set()
         for r in rows:
             e = by_offset.get(r["offset"]) if r.get("offset") is not None else None
-            if e is None or e.image_id != r["image_id"] or e.length != r["length"]:
+            holder = r.get("duplicate_of") or r["image_id"]  # a duplicate shares the record its holder is indexed by
+            if e is None or e.image_id != holder or e.length != r["length"]:
                 got = "nothing" if e is None else f"{e.image_id!r} ({e.length} bytes)"
                 results.append(_result(r, NOT_IN_INDEX, f"manifest says {r['image_id']!r} at offset {r['offset']} "
                                                         f"({r['length']} bytes); the shard index has {got} there"))
@@ -197,8 +200,10 @@ def check_shard(fs, shard_path: str, rows: list[dict], expected_bytes: int | Non
 def _result(row: dict, status: str, detail: str) -> dict:
     out = {"image_id": row["image_id"], "status": status, "detail": detail, "shard": row.get("shard"),
            "offset": row.get("offset")}
-    if row.get("status") == "failed":
-        out["archive_error"] = row.get("error") or "failed"
+    if row.get("status") not in (None, OK):
+        out["archive_state"] = manifest.state(row["status"], row.get("offset") is not None,
+                                              bool(row.get("pixel_sha256")))
+        out["archive_error"] = row.get("error") or out["archive_state"]
     return out
 
 
@@ -268,19 +273,20 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
             if info.get("rows") is not None and name in by_shard and n != info["rows"]:
                 problems.append(f"shard {name}: archive.json counts {info['rows']} rows, its manifest part has {n}")
         images = (arc.meta.get("totals") or {}).get("images")
-        if images is not None and images != len(rows):
-            problems.append(f"archive.json totals {images} images, the manifest parts hold {len(rows)} rows")
+        current = len(manifest.current_rows(rows))
+        if images is not None and images != current:
+            problems.append(f"archive.json totals {images} images, the manifest parts hold {current} current rows")
 
     results: list[dict] = []
     first_seen: dict[str, dict] = {}
     to_check: list[dict] = []
     for r in rows:
-        prev = first_seen.get(r["image_id"])
+        prev = first_seen.get((r["image_id"], r.get("generation")))  # --update's newer generations are not duplicates
         if prev is not None:
             results.append(_result(r, DUPLICATE, f"{r['image_id']!r} is also listed in shard {prev['shard']} at "
                                                  f"offset {prev['offset']}"))
             continue
-        first_seen[r["image_id"]] = r
+        first_seen[(r["image_id"], r.get("generation"))] = r
         if r.get("offset") is not None:
             to_check.append(r)  # failed rows with a record keep the source's original bytes: check those too
         elif r["status"] == "ok":
@@ -352,7 +358,8 @@ def verify(archive_url: str, sample=None, against_source: bool = False, ray_addr
         # A row the index contradicts is reported as such even if its bytes happened to decode.
         res = flagged.pop((res["shard"], res["offset"]), res)
         if res["status"] == OK and res.get("archive_error") is not None:
-            res = {**res, "status": ARCHIVE_FAILED, "detail": f"{res['archive_error']} (original bytes kept, intact)"}
+            res = {**res, "status": res["archive_state"],
+                   "detail": f"{res['archive_error']} (original bytes kept, intact)"}
         results.append(res)
     results += flagged.values()  # unsampled rows the index contradicts are reported too
 

@@ -29,6 +29,7 @@ def connect(address: str | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    _quiet_auth_notice()
     if address:
         try:
             ray.init(address=address, **kwargs)
@@ -40,6 +41,19 @@ def connect(address: str | None) -> bool:
     # a local Ray started for one job runs its workers at normal priority instead.
     ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0}, **kwargs)
     return True
+
+
+def _quiet_auth_notice() -> None:
+    """Ray warns on every ray.init() that it turned on its default token authentication, which leaves the user
+    nothing to do. Drop that one notice; every other Ray warning (token missing, auth disabled ...) still shows."""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _AuthNotice) for f in log.filters):
+        log.addFilter(_AuthNotice())
+
+
+class _AuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def plan_workers(workers: int | None, gpus_per_worker: float | None, resources: dict | None = None

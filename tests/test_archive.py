@@ -11,7 +11,7 @@ import pytest
 from archive_helpers import check_archive, odd_source, write_tree
 from pixark import codec as pc
 from pixark.jobs.archive import archive
-from pixark.pipeline import shards
+from pixark.pipeline import manifest, shards
 from pixark.pipeline.errors import ArchiveConflict, CorruptShard, PipelineError
 from pixark.pipeline.sources import list_sources, matches, parse_size, plan_shards
 
@@ -62,8 +62,10 @@ def test_local_archive_every_object_accounted_and_rerun_is_a_no_op(ray_session, 
     s = archive(str(src), str(dest), codec=CODEC, shard_size="20kB", workers=2)
     assert s["status"] == "complete" and s["images"] == len(files) and s["shards"] > 1
     rows = {r["image_id"]: r for r in check_archive(LOCAL, str(dest), files)}
-    assert rows["broken/truncated.png"]["status"] == "failed" and "truncated" in rows["broken/truncated.png"]["error"]
-    assert rows["broken/damaged.jpg"]["status"] == "failed" and rows["broken/damaged.jpg"]["codec"] == "store"
+    # Damaged images are kept as their original bytes (restore gives them back byte-exact): kept, not failed.
+    assert rows["broken/truncated.png"]["status"] == "kept_unreadable"
+    assert "truncated" in rows["broken/truncated.png"]["error"]
+    assert rows["broken/damaged.jpg"]["status"] == "kept_unreadable" and rows["broken/damaged.jpg"]["codec"] == "store"
     assert rows["notes/readme.txt"]["status"] == "ok" and rows["notes/readme.txt"]["codec"] == "store"
     assert rows["empty.png"]["status"] == "ok" and rows["empty.png"]["source_bytes"] == 0
     assert rows["photos/a photo ü.jpg"]["status"] == "ok" and rows["photos/a photo ü.jpg"]["format"] == "JPEG"
@@ -71,14 +73,16 @@ def test_local_archive_every_object_accounted_and_rerun_is_a_no_op(ray_session, 
     assert recoded and all(r["codec"] != "store" or r["compressed_bytes"] <= r["source_bytes"] + 400 for r in recoded)
     assert all(r["bpsp"] > 0 for r in recoded)
     assert {r["device"] for r in rows.values()} == {"cpu"} and all(r["worker"] for r in rows.values())
-    assert s["failed"] == 2 and {f["image_id"] for f in s["failures"]} == {"broken/truncated.png", "broken/damaged.jpg"}
+    assert s["kept_unreadable"] == 2 and s["failed"] == 0 and s["ok"] == len(files) - 2
+    assert {(f["image_id"], f["status"]) for f in s["failures"]} == {("broken/truncated.png", "kept_unreadable"),
+                                                                     ("broken/damaged.jpg", "kept_unreadable")}
     # A manifest part read with plain pyarrow carries the schema version and its shard's facts.
     part = pq.read_table(dest / "manifests" / "shard-000000.parquet")
-    assert part.schema.metadata[b"pixark.manifest_version"] == b"1"
+    assert part.schema.metadata[b"pixark.manifest_version"] == str(manifest.MANIFEST_VERSION).encode()
     assert len(part.schema.metadata[b"pixark.shard_sha256"]) == 64
     meta = json.loads((dest / "archive.json").read_text())
     assert meta["format"] == "pixark-archive" and meta["config"]["codec"] == CODEC and meta["plans"] == 1
-    assert set(meta["codecs"]) >= {"store"} and meta["totals"]["failed"] == 2
+    assert set(meta["codecs"]) >= {"store"} and meta["totals"]["kept_unreadable"] == 2
     assert not (dest / ".pixark-tmp").exists()
 
     before = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()}

@@ -3,16 +3,20 @@ file back under its relative path in its original format with its metadata, rang
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
+from PIL import Image
 from fsspec.implementations.local import LocalFileSystem
 
-from archive_helpers import odd_source, write_tree
+from archive_helpers import crop_png, odd_source, write_tree
 from pixark import codec as pc
 from pixark.jobs.archive import archive
 from pixark.pipeline import shards
@@ -64,24 +68,38 @@ def test_restore_everything_locally_then_resume(made, tmp_path):
     # Sources that failed at archive time were kept as their original bytes and come back as they were.
     assert tree["broken/truncated.png"] == files["broken/truncated.png"] and tree["empty.png"] == b""
 
-    # Resume: a deleted output and a truncated one are written again, the others are skipped.
+    # Resume and repair: a deleted output is written again; a truncated and a bit-flipped copy of a file kept as
+    # bytes, a truncated and a bit-flipped re-encoded image, and a re-encoded image replaced by other pixels of
+    # the same size are found by checking size and hash, and rewritten in place; the others are left alone.
     (out / "gifs" / "palette.gif").unlink()
     jpg = out / "photos" / "a photo ü.jpg"
     jpg.write_bytes(jpg.read_bytes()[:100])
-    s = restore(str(arc), str(out))
-    assert s["ok"] and s["written"] == 2 and s["skipped"] == len(files) - 2
-    assert_restored(local_tree(out), files)
-
-    # A re-encoded output later replaced by another image is trusted by default (its size is unknown until
-    # decoded), and caught with check_existing, which compares pixel hashes.
+    txt = out / "notes" / "readme.txt"
+    txt.write_bytes(_flip(txt.read_bytes(), 5))
+    pngs = sorted(k for k in files if k.endswith(".png") and pc.load(files[k]).pixels is not None
+                  and not k.startswith("deep/"))
+    cut, flip = out / pngs[0], out / pngs[1]
+    cut.write_bytes(cut.read_bytes()[:-40])
+    flip.write_bytes(_flip(flip.read_bytes(), len(flip.read_bytes()) // 2))
     grey = out / "deep" / "nested" / "dir" / "grey ☃.png"
     other = pc.load(grey.read_bytes())
     flipped = pc.DecodedImage(255 - other.pixels, mode=other.mode, format="PNG", metadata=other.metadata)
     grey.write_bytes(flipped.to_file("png"))
-    assert restore(str(arc), str(out))["written"] == 0
-    s = restore(str(arc), str(out), check_existing=True)
-    assert s["written"] == 1 and s["skipped"] == len(files) - 1
+    damaged = {"photos/a photo ü.jpg", "notes/readme.txt", pngs[0], pngs[1], "deep/nested/dir/grey ☃.png"}
+
+    # --skip-existing trusts what is there: only the missing file comes back.
+    s = restore(str(arc), str(out), skip_existing=True)
+    assert s["ok"] and s["written"] == 1 and s["repaired"] == 0 and s["skipped"] == len(files) - 1
+    s = restore(str(arc), str(out))
+    assert s["ok"] and s["repaired"] == len(damaged) and s["written"] == len(damaged)
+    assert set(s["repaired_ids"]) == damaged and s["skipped"] == len(files) - len(damaged)
     assert_restored(local_tree(out), files)
+    s = restore(str(arc), str(out))
+    assert s["ok"] and s["written"] == 0 and s["skipped"] == len(files)
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]
 
 
 def test_select_by_glob_and_ids_and_png_format(made, tmp_path):
@@ -91,12 +109,21 @@ def test_select_by_glob_and_ids_and_png_format(made, tmp_path):
     assert local_tree(tmp_path / "gifs").keys() == {"gifs/palette.png"}
     assert_restored(local_tree(tmp_path / "gifs"), {"gifs/palette.gif": files["gifs/palette.gif"]}, format="png")
 
-    # JPEG has no pixels in the archive (kept as bytes): with --format png it comes back as it was.
+    # A JPEG is kept as its bytes in the archive; --format png converts it (its decoded pixels as PNG). A text
+    # file and a JPEG that did not decode at archive time have nothing to convert: they come back as they were.
     ids = tmp_path / "ids.txt"
-    ids.write_text("photos/a photo ü.jpg\n# a comment\nnotes/readme.txt\nnot/there.png\n", encoding="utf-8")
+    ids.write_text("photos/a photo ü.jpg\n# a comment\nnotes/readme.txt\nbroken/damaged.jpg\nnot/there.png\n",
+                   encoding="utf-8")
     s = restore(str(arc), str(tmp_path / "some"), ids=str(ids), format="png")
-    assert not s["ok"] and s["missing_ids"] == ["not/there.png"] and s["written"] == 2
-    assert local_tree(tmp_path / "some") == {k: files[k] for k in ("photos/a photo ü.jpg", "notes/readme.txt")}
+    assert not s["ok"] and s["missing_ids"] == ["not/there.png"] and s["written"] == 3 and s["converted"] == 1
+    some = local_tree(tmp_path / "some")
+    assert set(some) == {"photos/a photo ü.png", "notes/readme.txt", "broken/damaged.jpg"}
+    assert some["notes/readme.txt"] == files["notes/readme.txt"]
+    assert some["broken/damaged.jpg"] == files["broken/damaged.jpg"]
+    png = Image.open(io.BytesIO(some["photos/a photo ü.png"]))
+    assert png.format == "PNG"
+    assert np.array_equal(np.asarray(png), np.asarray(Image.open(io.BytesIO(files["photos/a photo ü.jpg"]))))
+    assert restore(str(arc), str(tmp_path / "some"), ids=str(ids), format="png")["skipped"] == 3  # rerun: intact
 
     s = restore(str(arc), str(tmp_path / "both"), include=["deep/*", "*.txt"], ids=["notes/readme.txt"])
     assert s["written"] == 1 and local_tree(tmp_path / "both") == {"notes/readme.txt": files["notes/readme.txt"]}
@@ -205,7 +232,8 @@ def test_cli(made, tmp_path):
     ids.write_text("missing/one.png\n")
     proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "restore", str(arc), str(tmp_path / "o"),
                            "--ids", str(ids)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "missing/one.png" in proc.stderr and "Traceback" not in proc.stderr
+    # The summary is the command's result (stdout); errors that stop it go to stderr.
+    assert proc.returncode == 1 and "missing/one.png" in proc.stdout and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "restore", str(tmp_path / "nothing"),
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "no pixark archive" in proc.stderr and "Traceback" not in proc.stderr
@@ -232,3 +260,20 @@ def test_archive_json_records_each_manifest_part_hash(made):
     meta = json.loads((arc / "archive.json").read_text())
     assert meta["shards"] and all(
         e["manifest_sha256"] == hashlib.sha256((arc / e["manifest"]).read_bytes()).hexdigest() for e in meta["shards"])
+
+
+def test_small_restore_of_learned_records_decodes_in_process(ray_session, dev_images, tmp_path):
+    """A few learned-codec records decode faster here than a local Ray starts: the CLI (no Ray at hand) does not
+    start one."""
+    files = {f"{p.stem}.png": crop_png(p, 48) for p in dev_images[:2]}
+    write_tree(tmp_path / "src", files)
+    s = archive(str(tmp_path / "src"), str(tmp_path / "arc"), codec="mspsm", workers=1)
+    rows = _manifest_rows(tmp_path / "arc")
+    assert {r["codec"] for r in rows} == {"mspsm"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "restore", str(tmp_path / "arc"),
+                           str(tmp_path / "out"), "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and doc["written"] == 2 and doc["ran"] == "in-process"
+    assert_restored(local_tree(tmp_path / "out"), files)
