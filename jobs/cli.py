@@ -7,6 +7,7 @@ import typer
 from . import bench, cluster_jobs, codec_cmds, submit
 from . import archive, bench_pipeline, demo
 from . import audit, restore, selfcheck, verify
+from . import bench_read
 
 app = typer.Typer(
     add_completion=False,
@@ -19,6 +20,7 @@ codec_cmds.register(app)
 # --- job modules register their commands below (one line each; keep this block sorted) ---
 archive.register(app)
 bench_pipeline.register(app)
+bench_read.register(app)
 demo.register(app)
 audit.register(app)
 bench.register(app)
