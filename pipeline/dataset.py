@@ -43,7 +43,7 @@ STATE_VERSION = 1
 ON_ERROR = ("raise", "skip")
 _COLUMNS = ["image_id", "shard", "offset", "length", "record_crc32c", "source_bytes", "source_sha256",
             "pixel_sha256", "format", "width", "height", "channels", "bit_depth", "mode", "codec", "model_id",
-            "status"]
+            "status", "note"]
 # Columns read_pixark gives beside image_id and image.
 META_COLUMNS = ["mode", "format", "width", "height", "channels", "bit_depth", "codec", "source_bytes",
                 "source_sha256", "pixel_sha256"]
@@ -62,9 +62,15 @@ _INDEX_CACHE: dict[tuple, Index] = {}
 _INDEX_CACHE_SIZE = 8
 
 
+# The archive job's note on a file that looks like an image but that Pillow cannot read (coding.code_object).
+_PILLOW_CANNOT_READ = "Pillow cannot read"
+
+
 def is_image(row: dict) -> bool:
-    """Pixels were decoded at archive time, or an intact file kept as bytes that is an image (JPEG, ...)."""
-    return bool(row.get("pixel_sha256")) or (row.get("status") == "ok" and bool(row.get("format")))
+    """Pixels were decoded at archive time, or an intact file kept as bytes that Pillow reads (JPEG, ...)."""
+    if row.get("pixel_sha256"):
+        return True
+    return row.get("status") == "ok" and bool(row.get("format")) and _PILLOW_CANNOT_READ not in (row.get("note") or "")
 
 
 def _index(arc: catalog.Archive) -> Index:

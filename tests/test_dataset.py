@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from archive_helpers import odd_source, write_tree
+from archive_helpers import crop_png, odd_source, write_tree
 from pixark import codec as pc
 from pixark.dataset import Archive, CorruptRecord, DataLoader, NotByteExact, TorchDataset, read_pixark
 from pixark.jobs.archive import archive
@@ -25,7 +25,7 @@ CODEC = "auto:learned=none"
 
 
 def source(dev_images: list[Path]) -> dict[str, bytes]:
-    """odd_source's mix (PNG, JPEG, grey, palette GIF, damaged files, a text file) plus a second crop of each dev
+    """odd_source's mix (PNG, JPEG, grey, palette GIF, damaged files, a text file), a float TIFF, plus a second crop of each dev
     image, all small, so that a 3 kB shard size gives several shards of one to three records."""
     files = odd_source(dev_images, size=48)
     for p in dev_images:
@@ -33,6 +33,10 @@ def source(dev_images: list[Path]) -> dict[str, bytes]:
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="PNG")
         files[f"more/{p.stem}.png"] = buf.getvalue()
+    # a TIFF that Pillow cannot read (float64, several pages): kept as bytes, not one of the images
+    import skimage.data
+
+    files["tiff/float pages.tif"] = (Path(skimage.data.__file__).parent / "multipage_rgb.tif").read_bytes()
     return files
 
 
@@ -82,7 +86,8 @@ def check_archive_api(url: str, files: dict[str, bytes], storage_options=None) -
         except NotByteExact:
             assert pc.load(files[image_id]).pixels is not None, f"{image_id}: kept as bytes, must read back exact"
     # files kept as their bytes always come back byte for byte
-    for image_id in ("photos/a photo ü.jpg", "notes/readme.txt", "empty.png", "broken/truncated.png"):
+    for image_id in ("photos/a photo ü.jpg", "notes/readme.txt", "empty.png", "broken/truncated.png",
+                     "tiff/float pages.tif"):
         assert arc.read_bytes(image_id) == files[image_id]
     with pytest.raises(KeyError, match="no/such.png"):
         arc["no/such.png"]
@@ -248,3 +253,13 @@ def test_s3_archive_every_api_epoch_and_resume(ray_session, s3, s3_server, dev_i
     want = expected_pixels(files)
     assert Counter(r["image_id"] for r in rows) == Counter(list(want))
     assert all(same(r["image"], want[r["image_id"]]) for r in rows)
+
+
+def test_bench_read_reads_every_image_from_each_store(ray_session, dev_images, tmp_path):
+    from pixark.jobs.bench_read import bench_read
+
+    src = tmp_path / "src"
+    write_tree(src, {f"{p.stem}.png": crop_png(p, 32) for p in dev_images[:2]})
+    doc = bench_read(str(src), codecs=("png",), s3=False, repeat=1)
+    assert [(r["run"], r["store"], r["images"]) for r in doc["runs"]] == [("files", "local", 2), ("png", "local", 2)]
+    assert sum(doc["runs"][1]["records"].values()) == 2 and all(r["images_per_s"] > 0 for r in doc["runs"])
