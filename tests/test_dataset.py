@@ -263,3 +263,34 @@ def test_bench_read_reads_every_image_from_each_store(ray_session, dev_images, t
     doc = bench_read(str(src), codecs=("png",), s3=False, repeat=1)
     assert [(r["run"], r["store"], r["images"]) for r in doc["runs"]] == [("files", "local", 2), ("png", "local", 2)]
     assert sum(doc["runs"][1]["records"].values()) == 2 and all(r["images_per_s"] > 0 for r in doc["runs"])
+
+
+def _distributed_rank(rank: int, url: str, init: str, out: str) -> None:
+    """One process of a 2-process gloo group: TorchDataset takes its rank and world size from torch.distributed."""
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        ds = TorchDataset(url, shuffle=True, seed=1)
+        ids = [s["image_id"] for s in ds]
+        Path(out, f"{rank}.json").write_text(json.dumps({"rank": ds.rank, "world_size": ds.world_size, "ids": ids}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_and_world_size_from_torch_distributed(made, tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    url, files = made
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_distributed_rank, args=(url, f"tcp://127.0.0.1:{port}", str(tmp_path)), nprocs=2)
+    docs = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert [(d["rank"], d["world_size"]) for d in docs] == [(0, 2), (1, 2)]
+    assert Counter(docs[0]["ids"] + docs[1]["ids"]) == Counter(list(expected_pixels(files)))
