@@ -6,7 +6,7 @@ import typer
 
 from . import bench, cluster_jobs, codec_cmds, submit
 from . import archive, bench_pipeline, demo
-from . import audit, restore, selfcheck, verify
+from . import audit, bench_read, restore, selfcheck, verify
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +21,7 @@ archive.register(app)
 audit.register(app)
 bench.register(app)
 bench_pipeline.register(app)
+bench_read.register(app)
 cluster_jobs.register(app)
 demo.register(app)
 restore.register(app)
