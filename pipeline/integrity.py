@@ -81,7 +81,7 @@ def _part_problem(arc, path: str, entry: dict, columns: list[str], out: Checked)
         if entry.get("manifest_sha256"):
             if hashlib.sha256(arc.fs.cat_file(path)).hexdigest() != entry["manifest_sha256"]:
                 return "does not match the sha256 archive.json records for it (damaged or changed)"
-        table = manifest.read_part(arc.fs, path)
+        table = manifest.upgrade(manifest.read_part(arc.fs, path))  # older versions gain the new columns
         if entry and isinstance(entry.get("rows"), int) and table.num_rows != entry["rows"]:
             return f"has {table.num_rows} rows, archive.json says {entry['rows']}"
         missing = [c for c in columns if c not in table.column_names]
@@ -96,7 +96,7 @@ def _part_problem(arc, path: str, entry: dict, columns: list[str], out: Checked)
         why = _row_problem(r, shard)
         if why:
             return f"has a damaged row ({why})"
-    records = sum(r["offset"] is not None for r in rows)
+    records = sum(r["offset"] is not None and not r.get("duplicate_of") for r in rows)  # duplicates share one
     if entry and isinstance(entry.get("records"), int) and records != entry["records"]:
         return f"has {records} records, archive.json says {entry['records']}"
     out.rows += rows
@@ -130,8 +130,10 @@ def _reject(arc, shard: str, why: str, out: Checked) -> None:
 def _check_totals(meta: dict, entries: list[dict], out: Checked) -> None:
     totals = meta.get("totals") if isinstance(meta.get("totals"), dict) else {}
     rows = sum(e["rows"] for e in entries if isinstance(e.get("rows"), int))
-    if isinstance(totals.get("images"), int) and totals["images"] != rows:
-        out.problems.append(f"archive.json counts {totals['images']} images but its shard list {rows} rows: "
+    superseded = totals.get("superseded") if isinstance(totals.get("superseded"), int) else 0  # older generations
+    if isinstance(totals.get("images"), int) and totals["images"] + superseded != rows:
+        out.problems.append(f"archive.json counts {totals['images']} images (and {superseded} superseded rows) but "
+                            f"its shard list {rows} rows: "
                             "archive.json is damaged")
 
 

@@ -33,7 +33,7 @@ RAY_START_SECONDS = 8.0
 LEARNED_MP_PER_SECOND = 0.33
 RUN_RECORDS = 64  # records per Ray task
 _COLUMNS = ["image_id", "source_bytes", "source_sha256", "pixel_sha256", "format", "codec", "shard", "offset",
-            "length", "record_crc32c", "status", "error", "generation", "width", "height"]
+            "length", "record_crc32c", "status", "error", "generation", "duplicate_of", "width", "height"]
 
 
 class RestoreError(PipelineError):
