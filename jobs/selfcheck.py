@@ -21,7 +21,6 @@ import typer
 
 from .console import emit_json, err, fail
 
-SUFFIXES = {".png", ".jxl", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 _DEVICE = {"name": "cpu"}
 _PIXELS: dict = {}
 
@@ -43,10 +42,11 @@ def learned_specs() -> list[str]:
 
 
 def list_images(dirs: list[str], limit: int) -> list[Path]:
+    from pixark.codec.training.data import list_images as under
+
     files = []
     for d in dirs:
-        p = Path(d)
-        files += sorted(f for f in (p.rglob("*") if p.is_dir() else [p]) if f.suffix.lower() in SUFFIXES)
+        files += [Path(f) for f in under(d)] if Path(d).is_dir() else [Path(d)]
     return files[:limit]
 
 
