@@ -21,7 +21,7 @@ import typer
 from .console import emit_json, err, fail, results
 
 BASELINES = ["png", "webp-ll", "jxl-ll:effort=7", "jxl-ll:effort=9"]
-IMAGE_SUFFIXES = {".png", ".bmp", ".ppm", ".pgm", ".gif", ".tga"}
+IMAGE_SUFFIXES = {".png", ".bmp", ".ppm", ".pgm", ".gif", ".tga", ".jxl"}  # lossless sources (dev/clic2025 is .jxl)
 
 
 @dataclass
@@ -74,6 +74,22 @@ def collect(dirs: list[str], limit: int | None) -> dict[str, list[Path]]:
     if limit:
         groups = {k: v[:limit] for k, v in groups.items()}
     return {k: v for k, v in groups.items() if v}
+
+
+def _load(f: Path):
+    """The image a file holds. The archive keeps JPEG XL files as their bytes (recoding would not give the file
+    back), but a lossless .jxl is a set of pixels to measure codecs on, as the training data loader reads it."""
+    import pixark.codec as pc
+
+    if f.suffix.lower() != ".jxl":
+        return pc.load(f.read_bytes())
+    import imagecodecs
+
+    try:
+        px = np.asarray(imagecodecs.jpegxl_decode(f.read_bytes()))
+    except Exception as e:  # a damaged file is reported as unreadable, like any other
+        return pc.DecodedImage(None, reason=f"JPEG XL does not decode: {e}")
+    return pc.DecodedImage.from_array(px)
 
 
 def _code(img, spec: str, pc) -> tuple[bytes, float, bool, float]:
@@ -171,7 +187,7 @@ def _skips(groups: dict[str, list[Path]], codecs: list[str], pc) -> tuple[dict, 
     unreadable, skipped = {}, {spec: {} for spec in codecs}
     for files in groups.values():
         for f in files:
-            img = pc.load(f.read_bytes())
+            img = _load(f)
             if img.pixels is None:
                 unreadable[f] = img.reason or "no pixels"
                 continue
@@ -214,7 +230,7 @@ def _warm(spec: str, codec, images, pc) -> None:
 
 
 def _run_serial(groups, codecs, progress, pc) -> dict:
-    images = {f: pc.load(f.read_bytes()) for files in groups.values() for f in files}
+    images = {f: _load(f) for files in groups.values() for f in files}
     images = {f: img for f, img in images.items() if img.pixels is not None}
     results: dict[str, dict[str, Tally]] = {}
     for spec in codecs:
@@ -243,7 +259,7 @@ def _worker(rank: int, groups: dict, codecs: list[str], barrier, queue, counters
     try:
         from pixark import codec as pc
 
-        loaded = {g: [(str(f), pc.load(f.read_bytes())) for f in files] for g, files in groups.items()}
+        loaded = {g: [(str(f), _load(f)) for f in files] for g, files in groups.items()}
         for spec in codecs:
             codec = pc.get(pc.parse_spec(spec)[0])
             _warm(spec, codec, (img for items in loaded.values() for _, img in items), pc)

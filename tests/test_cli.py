@@ -191,6 +191,21 @@ def test_bench_skips_images_a_codec_does_not_take(tmp_path, workers):
     assert all(r["round_trip"] == "ok" for r in rows.values())
 
 
+def test_bench_reads_lossless_jpeg_xl_sources(tmp_path):
+    """dev/clic2025 is stored as lossless .jxl: bench must measure those images, not pass over them."""
+    import imagecodecs
+
+    (tmp_path / "s").mkdir()
+    arr = photo_array(40)
+    (tmp_path / "s" / "a.jxl").write_bytes(imagecodecs.jpegxl_encode(arr, lossless=True))
+    (tmp_path / "s" / "b.png").write_bytes(png_bytes(arr[::-1].copy()))
+    (tmp_path / "s" / "cut.jxl").write_bytes((tmp_path / "s" / "a.jxl").read_bytes()[:30])
+    report = json.loads(pixark("bench", tmp_path, "-c", "png", "--json").stdout)
+    row = report["sets"][f"{tmp_path.name}/s"]["png"]
+    assert row["images"] == 2 and row["round_trip"] == "ok" and row["megapixels"] > 0
+    assert list(report["unreadable"]) == [str(tmp_path / "s" / "cut.jxl")]
+
+
 def test_bench_names_what_it_skipped_and_refuses_a_folder_of_broken_files(tmp_path):
     (tmp_path / "s").mkdir()
     Image.fromarray(photo_array(32)).save(tmp_path / "s" / "rgb.png")
