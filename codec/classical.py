@@ -45,7 +45,8 @@ def _plane(pixels: np.ndarray) -> np.ndarray:
 
 class Store(Codec):
     name = "store"
-    summary = "the original file bytes, unchanged (raw pixels for arrays); anything, never larger than the file"
+    summary = ("the original file bytes, unchanged (raw pixels for arrays); anything; the file plus the container "
+               "header (about 200 bytes)")
     keeps_original = True
     defaults = {"raw": 0}
     ranges = {"raw": (0, 1)}

@@ -69,10 +69,12 @@ def show(r: dict) -> None:
     out.print(table("by codec", r["by_codec"], "codec"))
     out.print(table("by folder", r["by_folder"], "folder"))
     out.print(table("by image size", r["by_size"], "size"))
-    d = r["bpsp_distribution"]
-    if d["count"]:
-        q = "  ".join(f"{k}={v:.3f}" for k, v in d["quantiles"].items())
-        out.print(f"bits per subpixel over {d['count']} images: mean {d['mean']:.3f}  {q}", highlight=False)
+    for key, what in (("bpsp_distribution", "8-bit"), ("bpsp_distribution_16bit", "deeper than 8-bit")):
+        d = r.get(key) or {"count": 0}
+        if d["count"]:
+            q = "  ".join(f"{k}={v:.3f}" for k, v in d["quantiles"].items())
+            out.print(f"bits per subpixel over {d['count']} {what} images: mean {d['mean']:.3f}  {q}",
+                      highlight=False)
     base = r.get("baseline")
     if base:
         t = Table(title=f"baseline: {base['images']} sampled images re-encoded")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 
 from . import bench, cluster_jobs, codec_cmds, submit
@@ -37,6 +39,27 @@ def train(ctx: typer.Context) -> None:
     from .train import main as train_main  # imports torch: only when training
 
     raise typer.Exit(train_main(ctx.args))
+
+
+def _reflow(text: str) -> str:
+    """A docstring's paragraphs as single lines: this typer keeps the source's line breaks after the first
+    paragraph, and the terminal wraps again, so sentences broke mid-line. Lists (lines starting with '-') keep
+    theirs."""
+    paras = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if any(ln.lstrip().startswith("-") for ln in p.splitlines()) else " ".join(p.split())
+                       for p in paras)
+
+
+def _reflow_help(t: typer.Typer) -> None:
+    for info in t.registered_commands:
+        text = info.help or (info.callback and info.callback.__doc__)
+        if text:
+            info.help = _reflow(text)
+    for group in t.registered_groups:
+        _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from archive_helpers import odd_source, write_tree
 from pixark.jobs.archive import archive
-from pixark.pipeline.audit import BASELINE_CODECS, audit, baseline_sample, distribution, quantile, size_bucket
+from pixark.pipeline.audit import BASELINE_CODECS, _bpsp, audit, baseline_sample, distribution, quantile, size_bucket
 from pixark.pipeline.catalog import ArchiveError
 
 pytestmark = pytest.mark.ray
@@ -53,7 +53,12 @@ def test_totals_and_groups_agree_with_the_manifest(made):
     assert set(r["by_folder"]) == {posixpath.dirname(k) or "(top level)" for k in files}
     assert {"(top level)", "deep/nested/dir", "broken"} <= set(r["by_folder"])
     assert r["by_folder"]["notes"]["bpsp"] is None  # a text file has no subpixels
-    assert set(r["by_size"]) == {"<0.1 MP", "no pixels"}  # 64x64 crops, plus files kept as bytes
+    # 64x64 crops; files kept as bytes by format (a JPEG is not "no pixels"), and files that are not images
+    assert set(r["by_size"]) == {"<0.1 MP"} | {f"{x['format']} files, not decoded" if x["format"] else "not images"
+                                               for x in rows if not x["width"]}
+    assert r["by_size"]["JPEG files, not decoded"]["images"] == 2  # a photo and a damaged one
+    assert r["by_size"]["not images"]["images"] == 2  # the text file and the empty file
+    assert r["bpsp_distribution_16bit"]["count"] == 0
 
     d = r["bpsp_distribution"]
     with_pixels = [x for x in rows if x["width"]]
@@ -89,7 +94,14 @@ def test_baseline_sample_and_plot(made, tmp_path):
 
 
 def test_helpers():
-    assert size_bucket(0, 0) == "no pixels" and size_bucket(64, 64) == "<0.1 MP"
+    assert size_bucket(0, 0) == "not images" and size_bucket(0, 0, "TIFF") == "TIFF files, not decoded"
+    assert size_bucket(64, 64) == "<0.1 MP"
+    # 16-bit images (about twice the bits) get their own distribution, not a second hump in the 8-bit one
+    rows = [{"compressed_bytes": 100, "subpixels": 400, "bit_depth": 8},
+            {"compressed_bytes": 500, "subpixels": 400, "bit_depth": 16},
+            {"compressed_bytes": 9, "subpixels": 0, "bit_depth": None}]
+    assert _bpsp(rows, 8)["count"] == 1 and _bpsp(rows, 8)["mean"] == 2.0
+    assert _bpsp(rows, 16)["count"] == 1 and _bpsp(rows, 16)["mean"] == 10.0
     assert size_bucket(1000, 1000) == "1-4 MP" and size_bucket(5000, 5000) == ">=16 MP"
     assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5 and quantile([5.0], 0.95) == 5.0
     d = distribution([2.0, 2.0, 2.0])
