@@ -208,3 +208,34 @@ def test_workers_coding_path_gives_the_records_of_one_by_one(tmp_path):
         got = coding.code_objects(fs, items, "auto", True, batch_pixels=budget)
         assert strip(got) == want, budget
         assert all(r["encode_seconds"] >= 0 for r, _ in got)
+
+
+def test_verify_and_restore_decode_a_run_together_and_a_damaged_record_fails_alone(tmp_path):
+    """Records of small mspsm images back to back in one shard: verify and restore decode the run together; the
+    record damaged inside its payload (CRC32C not given, so the decoder must catch it) is the only finding."""
+    import fsspec
+
+    import pixark.codec as pc
+    from pixark.pipeline import catalog, restore, verify
+
+    _shipped()
+    imgs = [_photo(16, 16 + k, k) for k in range(4)]
+    recs = pc.encode_many(imgs, "mspsm")
+    bad = bytearray(recs[2])
+    bad[-12] ^= 0x55
+    recs[2] = bytes(bad)
+    rows, off = [], 0
+    for k, (px, rec) in enumerate(zip(imgs, recs)):
+        rows.append({"image_id": f"i{k}", "name": f"i{k}.png", "codec": "mspsm", "offset": off, "length": len(rec),
+                     "pixel_sha256": pc.pixel_sha256(px), "width": px.shape[1], "height": px.shape[0],
+                     "format": "PNG", "status": "ok"})
+        off += len(rec)
+    (tmp_path / "shard").write_bytes(b"".join(recs))
+    fs = fsspec.filesystem("file")
+    assert catalog.batches(rows, 64) == [rows]  # small learned records: one task
+    assert [len(b) for b in catalog.batches(rows, 64, learned_pixels=600)] == [2, 2]  # 256 + 272, 288 + 304
+    got = verify.check_records(fs, str(tmp_path / "shard"), rows)
+    assert [r["status"] for r in got] == [verify.OK, verify.OK, verify.CORRUPT, verify.OK]
+    out = restore.restore_records(fs, str(tmp_path / "shard"), rows, fs, str(tmp_path / "out"), "png")
+    assert [r["status"] for r in out] == ["written", "written", "error", "written"]
+    assert pc.decode(recs[0]).pixels.tobytes() == pc.load((tmp_path / "out" / "i0.png").read_bytes()).pixels.tobytes()
