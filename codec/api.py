@@ -34,17 +34,42 @@ def encode(image, codec: str = "auto", verify: bool = False, device: str | None 
     With ``verify`` the result is decoded and compared with the input before it is returned.
     ``device`` ('cpu', 'cuda', 'cuda:N'; None = cpu) is where a learned codec runs its network; classical codecs
     ignore it. The stream is the same whatever the device."""
-    img = load(image)
+    return encode_many([image], codec, verify, device, **params)[0]
+
+
+def encode_many(images, codec: str = "auto", verify: bool = False, device: str | None = None,
+                return_exceptions: bool = False, **params) -> list:
+    """``encode`` of each of ``images`` (same arguments), each container byte-identical to ``encode``'s, but a
+    learned codec codes the images together (same-size tiles share network batches: small images code several
+    times faster). With ``return_exceptions`` an image that fails gives its exception in its place and the others
+    their containers; without, the first failure is raised."""
     registry.check_device(device)  # a misspelt device is an error even when no learned codec runs
     name, spec_params = registry.parse_spec(codec)
     params = {**spec_params, **params}
-    if name == "auto":
-        data = _auto(img, device, **params)
-    else:
-        data = _encode_with(img, registry.get(name), params, device)
+    imgs: list = []
+    for image in images:
+        try:
+            imgs.append(load(image))
+        except Exception as exc:
+            imgs.append(exc)
+    out: list = list(imgs)
+    ok = [n for n, img in enumerate(imgs) if not isinstance(img, Exception)]
+    todo = [imgs[n] for n in ok]
+    got = _auto_many(todo, device, **params) if name == "auto" else \
+        _encode_many_with(todo, registry.get(name), params, device)
     if verify:
-        _verify(img, data, device)
-    return data
+        got = _verify_many(todo, got, device)
+    for n, g in zip(ok, got):
+        out[n] = g
+    return _results(out, return_exceptions)
+
+
+def _results(out: list, return_exceptions: bool) -> list:
+    if not return_exceptions:
+        for item in out:
+            if isinstance(item, Exception):
+                raise item
+    return out
 
 
 def _device_kw(codec: registry.Codec, device: str | None) -> dict:
@@ -53,10 +78,37 @@ def _device_kw(codec: registry.Codec, device: str | None) -> dict:
 
 
 def _encode_with(img: DecodedImage, codec: registry.Codec, params: dict, device: str | None = None) -> bytes:
-    reason = codec.supports(img)
-    if reason:
-        raise UnsupportedImage(f"codec {codec.name!r} cannot code this image: {reason}")
-    enc = codec.encode(img, **params, **_device_kw(codec, device))
+    out = _encode_many_with([img], codec, params, device)[0]
+    if isinstance(out, Exception):
+        raise out
+    return out
+
+
+def _encode_many_with(imgs: list[DecodedImage], codec: registry.Codec, params: dict,
+                      device: str | None = None) -> list:
+    """Containers (or per-image exceptions) of ``imgs`` coded by ``codec`` in one ``codec.encode_many`` call."""
+    out: list = []
+    for img in imgs:
+        reason = codec.supports(img)
+        out.append(UnsupportedImage(f"codec {codec.name!r} cannot code this image: {reason}") if reason else None)
+    todo = [n for n, o in enumerate(out) if o is None]
+    if not todo:
+        return out
+    try:
+        kw = _device_kw(codec, device)
+    except Exception as exc:
+        for n in todo:
+            out[n] = exc
+        return out
+    for n, enc in zip(todo, codec.encode_many([imgs[n] for n in todo], **params, **kw)):
+        try:
+            out[n] = enc if isinstance(enc, Exception) else _pack(imgs[n], codec, enc)
+        except Exception as exc:
+            out[n] = exc
+    return out
+
+
+def _pack(img: DecodedImage, codec: registry.Codec, enc: registry.Encoded) -> bytes:
     original_kept = codec.keeps_original and not enc.params.get("raw")
     meta = img.metadata
     info = dict(meta.info)
@@ -104,47 +156,118 @@ def candidates(img: DecodedImage, learned: str = "proven", **params) -> list[tup
     return out
 
 
-def _auto(img: DecodedImage, device: str | None = None, **params) -> bytes:
-    """Smallest of the candidates, never larger than storing the file as it is."""
-    best = None
-    for name, p in candidates(img, **params):
+def _auto_many(imgs: list[DecodedImage], device: str | None = None, **params) -> list:
+    """Per image the smallest of its candidates, never larger than storing the file as it is (or the exception
+    that stopped it). Each candidate codes all the images that list it in one call; per image the candidates are
+    then weighed in their order, exactly as one image alone would be."""
+    cands: list = []
+    for img in imgs:
         try:
-            data = _encode_with(img, registry.get(name), p, device)
-        except DeviceError:  # the device asked for is unusable: say so rather than quietly code without it
-            raise
-        except CodecError:  # e.g. a learned model's size limit: the other candidates and store remain
+            cands.append(candidates(img, **params))
+        except Exception as exc:
+            cands.append(exc)
+    users: dict = {}  # (name, params) -> images that try it
+    for n, cs in enumerate(cands):
+        for name, p in [] if isinstance(cs, Exception) else cs:
+            users.setdefault((name, tuple(sorted(p.items()))), []).append(n)
+    coded: dict = {}
+    for (name, p), idx in users.items():
+        coded.update({(name, p, n): r for n, r in
+                      zip(idx, _encode_many_with([imgs[n] for n in idx], registry.get(name), dict(p), device))})
+    out: list = []
+    for n, (img, cs) in enumerate(zip(imgs, cands)):
+        if isinstance(cs, Exception):
+            out.append(cs)
             continue
-        if best is None or len(data) < len(best):
-            best = data
-    stored = _encode_with(img, registry.get("store"), {})
-    return stored if best is None or len(stored) <= len(best) else best
+        best = None
+        for name, p in cs:
+            data = coded[(name, tuple(sorted(p.items())), n)]
+            # the device asked for is unusable: say so rather than quietly code without it; other codec errors
+            # (e.g. a learned model's size limit): the other candidates and store remain
+            if isinstance(data, DeviceError) or (isinstance(data, Exception) and not isinstance(data, CodecError)):
+                best = data
+                break
+            if isinstance(data, Exception):
+                continue
+            if best is None or len(data) < len(best):
+                best = data
+        if isinstance(best, Exception):
+            out.append(best)
+            continue
+        try:
+            stored = _encode_with(img, registry.get("store"), {})
+        except Exception as exc:
+            out.append(exc)
+            continue
+        out.append(stored if best is None or len(stored) <= len(best) else best)
+    return out
 
 
-def _verify(img: DecodedImage, data: bytes, device: str | None = None) -> None:
-    back = decode(data, device)
-    if img.pixels is not None and (back.pixels is None or pixel_sha256(back.pixels) != img.pixel_sha256()):
-        raise CorruptStream("encoder self-check failed: the stream does not decode to the input pixels")
+def _verify_many(imgs: list[DecodedImage], datas: list, device: str | None = None) -> list:
+    """``datas`` with each container that does not decode to its image's pixels replaced by the error."""
+    todo = [n for n, d in enumerate(datas) if not isinstance(d, Exception)]
+    back = decode_many([datas[n] for n in todo], device, return_exceptions=True)
+    out = list(datas)
+    for n, b in zip(todo, back):
+        img = imgs[n]
+        if isinstance(b, Exception):
+            out[n] = b
+        elif img.pixels is not None and (b.pixels is None or pixel_sha256(b.pixels) != img.pixel_sha256()):
+            out[n] = CorruptStream("encoder self-check failed: the stream does not decode to the input pixels")
+    return out
 
 
 def decode(data: bytes, device: str | None = None) -> DecodedImage:
     """Decode a container. Damaged input raises CorruptStream, streams this build cannot read UnsupportedStream;
     pixels are always checked against the hash the encoder stored. ``device`` as in ``encode`` (a bad one is a
     ValueError, never reported as a damaged stream)."""
+    return decode_many([data], device)[0]
+
+
+def decode_many(datas, device: str | None = None, return_exceptions: bool = False) -> list:
+    """``decode`` of each container, learned-codec payloads of the same weights decoded together (as
+    ``encode_many``). With ``return_exceptions`` a container that fails gives its exception in its place (a
+    damaged one never costs the others, and never gives wrong pixels: every result is checked against its stored
+    pixel hash); without, the first failure is raised."""
     registry.check_device(device)
-    header, blobs, payload = container.unpack(data)
-    codec = registry.get(header.codec)
-    if header.codec_version not in codec.versions:
-        raise UnsupportedStream(
-            f"codec {header.codec!r} payload version {header.codec_version} is not supported "
-            f"(this build reads {codec.versions}); upgrade pixark"
-        )
-    kw = _device_kw(codec, device)  # checked before decoding: a missing GPU is not a damaged payload
-    try:
-        pixels = codec.decode(payload, header, **kw)
-    except CodecError:
-        raise
-    except Exception as exc:  # a damaged payload can make any decoder library fail in its own way
-        raise CorruptStream(f"{header.codec} payload does not decode: {type(exc).__name__}: {exc}") from exc
+    out: list = []
+    opened: dict = {}  # codec name -> indices of containers it decodes
+    for n, data in enumerate(datas):
+        try:
+            header, blobs, payload = container.unpack(data)
+            codec = registry.get(header.codec)
+            if header.codec_version not in codec.versions:
+                raise UnsupportedStream(
+                    f"codec {header.codec!r} payload version {header.codec_version} is not supported "
+                    f"(this build reads {codec.versions}); upgrade pixark"
+                )
+            out.append((header, blobs, payload, codec))
+            opened.setdefault(codec.name, []).append(n)
+        except Exception as exc:
+            out.append(exc)
+    for idx in opened.values():
+        codec = out[idx[0]][3]
+        try:
+            kw = _device_kw(codec, device)  # checked before decoding: a missing GPU is not a damaged payload
+        except Exception as exc:
+            for n in idx:
+                out[n] = exc
+            continue
+        pixels = codec.decode_many([out[n][2] for n in idx], [out[n][0] for n in idx], **kw)
+        for n, px in zip(idx, pixels):
+            try:
+                out[n] = _decoded(*out[n], px)
+            except Exception as exc:
+                out[n] = exc
+    return _results(out, return_exceptions)
+
+
+def _decoded(header: Header, blobs: dict, payload: bytes, codec: registry.Codec, pixels) -> DecodedImage:
+    """The decoded image, once its pixels (or the exception its codec raised) are known."""
+    if isinstance(pixels, CodecError):
+        raise pixels
+    if isinstance(pixels, Exception):  # a damaged payload can make any decoder library fail in its own way
+        raise CorruptStream(f"{header.codec} payload does not decode: {type(pixels).__name__}: {pixels}") from pixels
     if header.pixel_sha256:
         if pixels is None or pixel_sha256(pixels) != header.pixel_sha256:
             raise CorruptStream("decoded pixels do not match the stored pixel hash: the stream is damaged")

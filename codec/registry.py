@@ -51,6 +51,29 @@ class Codec:
         """Pixels (HxWxC) from a payload; None for a stored file that has no pixels."""
         raise NotImplementedError
 
+    def encode_many(self, images: list[DecodedImage], **params) -> list:
+        """``encode`` of each image (same ``params``): per image its ``Encoded`` or the exception it raised, so one
+        bad image costs only itself. Learned codecs override it to share network batches across images (the same
+        payloads, fewer network calls); this default codes them one by one."""
+        out: list = []
+        for image in images:
+            try:
+                out.append(self.encode(image, **params))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def decode_many(self, payloads: list[bytes], headers: list[Header], **kw) -> list:
+        """``decode`` of each (payload, header): per payload its pixels (or None) or the exception it raised. As
+        ``encode_many``: learned codecs batch, this default decodes one by one."""
+        out: list = []
+        for payload, header in zip(payloads, headers):
+            try:
+                out.append(self.decode(payload, header, **kw))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
     def available(self) -> bool:
         """Ready to use (for learned codecs: weights are installed)."""
         return True

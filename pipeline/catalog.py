@@ -144,20 +144,70 @@ def is_learned(codec: str | None) -> bool:
         return False
 
 
-def batches(rows: list[dict], max_records: int) -> list[list[dict]]:
+# Decoded pixels a task holds at once (``decode_many``): about 12 MB of 8-bit RGB, whatever the records' sizes.
+DECODE_PIXELS = 1 << 22
+
+
+def decode_many(rows: list[dict], datas: list[bytes], device: str | None = None) -> list:
+    """``pixark.codec.decode_many`` of a task's records (learned codecs share network calls across them), in
+    groups of at most DECODE_PIXELS by the manifest rows' width and height (a record of unknown size alone): per
+    record its DecodedImage or the exception decoding it raised (an error of a whole call, such as a bad device,
+    is each of its records')."""
+    from pixark import codec as pc
+
+    out: list = []
+    group: list = []
+    pixels = 0
+
+    def flush():
+        try:
+            out.extend(pc.decode_many(group, device=device, return_exceptions=True))
+        except Exception as exc:
+            out.extend([exc] * len(group))
+        group.clear()
+
+    for row, data in zip(rows, datas):
+        px = (row.get("width") or 0) * (row.get("height") or 0) or DECODE_PIXELS
+        if group and pixels + px > DECODE_PIXELS:
+            flush()
+            pixels = 0
+        group.append(data)
+        pixels += px
+    if group:
+        flush()
+    return out
+
+
+# Pixels of learned-codec records one decode task holds: small images decode together (their network calls
+# shared, docs/MSPSM.md "Batched coding"), large ones (1 Mpx and up: seconds each) still one per task.
+LEARNED_TASK_PIXELS = 1 << 20
+
+
+def batches(rows: list[dict], max_records: int, learned_pixels: int = LEARNED_TASK_PIXELS) -> list[list[dict]]:
     """Rows of one shard -> task inputs in offset order (so adjacent records share a ranged read): up to
-    ``max_records`` classical records per task, but one task per learned-codec record so slow decodes spread over
-    every worker instead of queueing behind each other in one task."""
+    ``max_records`` classical records per task; learned-codec records, whose decodes are slow, up to
+    ``learned_pixels`` pixels (by the manifest's width and height; at least one record) and ``max_records`` per
+    task, so large ones spread over every worker instead of queueing behind each other in one task and small
+    ones decode together."""
     out: list[list[dict]] = []
     current: list[dict] = []
+    learned: list[dict] = []
+    pixels = 0
     for r in sorted(rows, key=lambda r: r["offset"]):
         if is_learned(r.get("codec")):
-            out.append([r])
+            px = (r.get("width") or 0) * (r.get("height") or 0) or learned_pixels  # unknown: a task of its own
+            if learned and (pixels + px > learned_pixels or len(learned) == max_records):
+                out.append(learned)
+                learned, pixels = [], 0
+            learned.append(r)
+            pixels += px
             continue
         current.append(r)
         if len(current) == max_records:
             out.append(current)
             current = []
+    if learned:
+        out.append(learned)
     if current:
         out.append(current)
     return out

@@ -97,32 +97,83 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
+# Decoded pixels an archive batch codes together (``code_objects``): small images share the learned codec's
+# network calls (docs/MSPSM.md, "Batched coding"), and at most about this many pixels are held at once.
+BATCH_PIXELS = 1 << 22
+
+
 def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, verify: bool,
                 device: str | None = None) -> tuple[dict, bytes | None]:
     """(manifest row without shard/offset fields, record bytes or None). ``device``: where a learned codec runs
     its network ('cuda:N' on a GPU worker; None = cpu); the record is the same bytes either way."""
-    t0 = time.perf_counter()
+    return code_objects(fs, [(image_id, path, url, size)], codec, verify, device)[0]
+
+
+def code_objects(fs, items: list[tuple[str, str, str, int]], codec: str, verify: bool, device: str | None = None,
+                 batch_pixels: int | None = None) -> list[tuple[dict, bytes | None]]:
+    """``code_object`` of each (image_id, path, url, size), in order, with the same rows and records, but the
+    images with pixels are coded together (``pixark.codec.encode_many``) in groups of up to ``batch_pixels``
+    pixels (default BATCH_PIXELS; an image larger than that alone). A row's ``encode_seconds`` is its own reading
+    and decoding plus its pixels' share of its group's coding time."""
+    budget = BATCH_PIXELS if batch_pixels is None else batch_pixels
+    out: list = [None] * len(items)
+    group: list = []  # (index, row, img, data, seconds so far)
+
+    def flush():
+        if not group:
+            return
+        t0 = time.perf_counter()
+        records = pc.encode_many([g[2] for g in group], codec, verify=verify, device=device, return_exceptions=True)
+        took = time.perf_counter() - t0
+        total = sum(g[2].height * g[2].width for g in group) or 1
+        for (n, row, img, data, spent), record in zip(group, records):
+            out[n] = _finish(row, img, data, record, codec, spent + took * img.height * img.width / total)
+        group.clear()
+
+    for n, (image_id, path, url, size) in enumerate(items):
+        t0 = time.perf_counter()
+        row, img, data = _read(fs, path, image_id, url, size)
+        if img is None:
+            row["encode_seconds"] = time.perf_counter() - t0
+            out[n] = row, None
+        elif img.pixels is None:
+            out[n] = _finish(row, img, data, None, codec, time.perf_counter() - t0)
+        else:
+            if group and sum(g[2].height * g[2].width for g in group) + img.height * img.width > budget:
+                flush()
+            group.append((n, row, img, data, time.perf_counter() - t0))
+    flush()
+    return out
+
+
+def _read(fs, path: str, image_id: str, url: str, size: int) -> tuple[dict, pc.DecodedImage | None, bytes]:
+    """The row so far, the loaded image (None: the object cannot be read; the row says why) and its bytes."""
     row: dict = {"image_id": image_id, "source_url": url, "source_bytes": size, "status": "ok"}
     try:
         data = fs.cat_file(path)
     except Exception as exc:  # vanished, permission denied, network: recorded, never fatal for the job
-        row.update(status="failed", error=f"cannot read source: {type(exc).__name__}: {exc}", compressed_bytes=0,
-                   encode_seconds=time.perf_counter() - t0)
-        return row, None
+        row.update(status="failed", error=f"cannot read source: {type(exc).__name__}: {exc}", compressed_bytes=0)
+        return row, None, b""
     row["source_sha256"] = hashlib.sha256(data).hexdigest()
     if len(data) != size:
         row["source_bytes"] = len(data)  # changed since the listing: record what was archived
     img = pc.load(data)
     row["format"] = img.format or ""
-    record = None
     if img.pixels is not None:
         row.update(pixel_sha256=img.pixel_sha256(), width=img.width, height=img.height, channels=img.channels,
                    bit_depth=img.bit_depth, mode=img.mode)
-        try:
-            record = pc.encode(img, codec, verify=verify, device=device)
-        except Exception as exc:  # a codec bug or an image it cannot take: keep the bytes, flag the row
-            row.update(status="failed", error=f"codec {codec} failed: {type(exc).__name__}: {exc}; original bytes stored")
-    else:
+    return row, img, data
+
+
+def _finish(row: dict, img: pc.DecodedImage, data: bytes, record, codec: str, seconds: float
+            ) -> tuple[dict, bytes]:
+    """The row and record of a read object, given its coded ``record`` (None for an object without pixels, or the
+    exception the codec raised)."""
+    t0 = time.perf_counter()
+    if isinstance(record, Exception):  # a codec bug or an image it cannot take: keep the bytes, flag the row
+        row.update(status="failed", error=f"codec {codec} failed: {type(record).__name__}: {record}; original bytes stored")
+        record = None
+    elif img.pixels is None:
         damage = damage_reason(img, data)
         if damage:
             row.update(status="failed", error=damage)
@@ -150,5 +201,5 @@ def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, v
     subpixels = (row.get("width") or 0) * (row.get("height") or 0) * (row.get("channels") or 0)
     row.update(codec=head["codec"], codec_params=json.dumps(head["params"], sort_keys=True), model_id=head["model_id"],
                compressed_bytes=len(record), bpsp=(len(record) * 8 / subpixels) if subpixels else None,
-               encode_seconds=time.perf_counter() - t0)
+               encode_seconds=seconds + time.perf_counter() - t0)
     return row, record

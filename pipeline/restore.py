@@ -120,8 +120,12 @@ def restore_records(archive_fs, shard_path: str, rows: list[dict], dest_fs, dest
         except FileNotFoundError:
             out += [_res(r, "error", f"shard {posixpath.basename(shard_path)} is missing") for r in run]
             continue
-        for row, data in zip(run, datas):
-            out.append(restore_record(row, data, dest_fs, dest_root, format, device))
+        # the run's records decode together (learned codecs share network calls), then each is written alone
+        pre = [_precheck(row, data) for row, data in zip(run, datas)]
+        todo = [n for n, p in enumerate(pre) if p is None]
+        for n, img in zip(todo, catalog.decode_many([run[n] for n in todo], [datas[n] for n in todo], device)):
+            pre[n] = _write(run[n], img, dest_fs, dest_root, format)
+        out += pre
     return out
 
 
@@ -134,16 +138,27 @@ def _restore_records_task(archive_fs, shard_path: str, rows: list[dict], dest_fs
 
 
 def restore_record(row: dict, data: bytes, dest_fs, dest_root: str, format: str, device: str | None = None) -> dict:
-    import crc32c
+    return _precheck(row, data) or _write(row, catalog.decode_many([row], [data], device)[0], dest_fs, dest_root,
+                                          format)
 
-    from pixark import codec as pc
+
+def _precheck(row: dict, data: bytes) -> dict | None:
+    """The result of a record that fails before decoding (truncated, bad CRC32C), else None."""
+    import crc32c
 
     if len(data) != row["length"]:
         return _res(row, "error", f"record truncated: {len(data)} of {row['length']} bytes in the shard")
     if row.get("record_crc32c") is not None and crc32c.crc32c(data) != row["record_crc32c"]:
         return _res(row, "error", "record fails its CRC32C check: the shard is damaged (run pixark verify)")
+    return None
+
+
+def _write(row: dict, img, dest_fs, dest_root: str, format: str) -> dict:
+    """Write a record's file, given its decoded image (the container's checksums and the decoded pixels' hash
+    checked) or the exception decoding it raised."""
     try:
-        img = pc.decode(data, device=device)  # checks the container's checksums and the decoded pixels' hash
+        if isinstance(img, Exception):
+            raise img
         blob = img.to_file("original" if img.pixels is None else format)
     except Exception as exc:  # CodecError, or a failure nobody foresaw: this record's error, not the job's
         return _res(row, "error", f"{type(exc).__name__}: {exc}")

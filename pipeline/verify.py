@@ -60,8 +60,8 @@ REPORT_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("status", pa.string()), ("detail", pa.string()),
     ("shard", pa.string()), ("offset", pa.int64()),
 ])
-_COLUMNS = ["image_id", "source_url", "source_sha256", "pixel_sha256", "codec", "shard", "offset", "length",
-            "record_crc32c", "status", "error", "duplicate_of", "generation"]
+_COLUMNS = ["image_id", "source_url", "source_sha256", "pixel_sha256", "codec", "width", "height", "shard", "offset",
+            "length", "record_crc32c", "status", "error", "duplicate_of", "generation"]
 MAX_LISTED = 100  # mismatching records repeated in the summary (all of them are in records.parquet)
 RUN_BYTES = 16 << 20  # one ranged read per run of adjacent records, at most this much
 RUN_RECORDS = 64  # and at most this many records per task, so progress moves and work spreads
@@ -79,8 +79,12 @@ def check_records(fs, shard_path: str, rows: list[dict], against_source: bool = 
         except FileNotFoundError:
             out += [_result(r, SHARD_MISSING, f"shard object {shard_path} does not exist") for r in run]
             continue
-        for row, data in zip(run, datas):
-            out.append(check_record(row, data, against_source, source_options, device))
+        # the run's records decode together (learned codecs share network calls), then each is judged alone
+        pre = [_precheck(row, data) for row, data in zip(run, datas)]
+        todo = [n for n, p in enumerate(pre) if p is None]
+        for n, img in zip(todo, catalog.decode_many([run[n] for n in todo], [datas[n] for n in todo], device)):
+            pre[n] = _judge(run[n], img, against_source, source_options)
+        out += pre
     return out
 
 
@@ -94,8 +98,12 @@ def _check_records_task(fs, shard_path: str, rows: list[dict], against_source: b
 
 def check_record(row: dict, data: bytes, against_source: bool = False, source_options: dict | None = None,
                  device: str | None = None) -> dict:
-    from pixark import codec as pc
+    return _precheck(row, data) or _judge(row, catalog.decode_many([row], [data], device)[0], against_source,
+                                          source_options)
 
+
+def _precheck(row: dict, data: bytes) -> dict | None:
+    """The result of a record that fails before decoding (truncated, bad CRC32C), else None."""
     import crc32c
 
     if len(data) < row["length"]:
@@ -104,14 +112,19 @@ def check_record(row: dict, data: bytes, against_source: bool = False, source_op
                                        "of them exist: the shard is truncated")
     if row.get("record_crc32c") is not None and crc32c.crc32c(data) != row["record_crc32c"]:
         return _result(row, CHECKSUM, f"CRC32C {crc32c.crc32c(data):08x} != manifest {row['record_crc32c']:08x}")
-    try:
-        img = pc.decode(data, device=device)
-    except pc.UnsupportedStream as exc:
-        return _result(row, UNSUPPORTED, str(exc))
-    except pc.CodecError as exc:
-        return _result(row, CORRUPT, str(exc))
-    except Exception as exc:  # a decoder failing in a way nobody foresaw is still a finding, not a crashed job
-        return _result(row, CORRUPT, f"decoder raised {type(exc).__name__}: {exc}")
+    return None
+
+
+def _judge(row: dict, img, against_source: bool = False, source_options: dict | None = None) -> dict:
+    """The result of a record given its decoded image, or the exception its decode raised."""
+    from pixark import codec as pc
+
+    if isinstance(img, pc.UnsupportedStream):
+        return _result(row, UNSUPPORTED, str(img))
+    if isinstance(img, pc.CodecError):
+        return _result(row, CORRUPT, str(img))
+    if isinstance(img, Exception):  # a decoder failing in a way nobody foresaw is still a finding, not a crashed job
+        return _result(row, CORRUPT, f"decoder raised {type(img).__name__}: {img}")
     if img.pixels is not None:
         got = pc.pixel_sha256(img.pixels)
         if row.get("pixel_sha256") and got != row["pixel_sha256"]:

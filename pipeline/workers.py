@@ -15,7 +15,7 @@ import time
 
 import ray
 
-from .coding import code_object
+from .coding import code_objects
 from .errors import PipelineError, one_line
 from .store import storage_env
 
@@ -126,13 +126,12 @@ class CodecWorker:
         return {"worker": self.worker, "device": self.device, "pid": os.getpid(), "warmup_error": self.warmup_error}
 
     def code(self, items: list[tuple[str, str, str, int]]) -> list[tuple[dict, bytes | None]]:
-        out = []
-        for image_id, path, url, size in items:
-            if self.slow:
-                time.sleep(self.slow)
-            row, record = code_object(self.fs, path, image_id, url, size, self.codec, self.verify, self.torch_device)
+        if self.slow:
+            time.sleep(self.slow * len(items))
+        # the batch's images are coded together: small ones share the learned codec's network calls
+        out = code_objects(self.fs, items, self.codec, self.verify, self.torch_device)
+        for row, _ in out:
             row.update(worker=self.worker, device=self.device)
-            out.append((row, record))
         return out
 
 

@@ -92,10 +92,10 @@ def test_bitstreams_identical_across_threads_and_tile_batches(inet):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        a = coder.encode(inet, px, tile=24, tile_batch=1)
+        a = coder.encode(inet, px, tile=24, tile_batch=1, batch_pixels=0)
         torch.set_num_threads(2)
-        b = coder.encode(inet, px, tile=24, tile_batch=5)
-        c = coder.encode(inet, px, tile=24, tile_batch=2)
+        b = coder.encode(inet, px, tile=24, tile_batch=5, batch_pixels=0)
+        c = coder.encode(inet, px, tile=24, tile_batch=2)  # all six in one batch (BATCH_PIXELS)
     finally:
         torch.set_num_threads(old)
     assert a == b == c

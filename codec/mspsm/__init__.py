@@ -67,25 +67,70 @@ class MspsmCodec(Codec):
         return p
 
     def encode(self, image: DecodedImage, device: str | None = None, **params) -> Encoded:
+        out = self.encode_many([image], device=device, **params)[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def encode_many(self, images: list[DecodedImage], device: str | None = None, **params) -> list:
+        """Same-size tiles of all ``images`` share network batches (``coder.encode_many``): each payload is the one
+        ``encode`` writes for that image alone. If the shared call fails (a bug, a device out of memory), the
+        images are coded again one by one, so each gets its own result or error as ``encode`` gives it."""
         from . import coder
 
-        p = self._check(params)
-        device = check_device(device, available=True)
-        net, model_id = load_profile(p["profile"])
-        h, w = image.pixels.shape[:2]
-        tile = coder.balanced_tile(h, w, p["tile"])
-        payload = coder.encode(net, image.pixels, tile=tile, tile_batch=p["tile_batch"], device=device)
-        return Encoded(payload=payload, params={"profile": p["profile"], "tile": tile}, model_id=model_id)
+        try:
+            p = self._check(params)
+            device = check_device(device, available=True)
+            net, model_id = load_profile(p["profile"])
+        except Exception as exc:  # the same for every image
+            return [exc] * len(images)
+        try:
+            tiles = [coder.balanced_tile(*im.pixels.shape[:2], p["tile"]) for im in images]
+            payloads = coder.encode_many(net, [im.pixels for im in images], tile=tiles, tile_batch=p["tile_batch"],
+                                         device=device)
+        except Exception as exc:
+            if len(images) == 1:
+                return [exc]
+            return [self.encode_many([im], device=device, **params)[0] for im in images]
+        return [Encoded(payload=d, params={"profile": p["profile"], "tile": t}, model_id=model_id)
+                for d, t in zip(payloads, tiles)]
 
     def decode(self, payload: bytes, header: Header, device: str | None = None) -> np.ndarray:
+        out = self.decode_many([payload], [header], device=device)[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def decode_many(self, payloads: list[bytes], headers: list[Header], device: str | None = None) -> list:
+        """Payloads of the same weights decode together (``coder.decode_many``: a damaged one fails alone). If a
+        shared call fails as a whole (a device out of memory), its payloads are decoded again one by one."""
         from . import coder
 
-        device = check_device(device, available=True)
-        profile = header.params.get("profile", M.DEFAULT_PROFILE)
-        net, _ = load_profile(profile, header.model_id or None)
-        if coder.parse_head(payload)[1:3] != (header.height, header.width):
-            raise CorruptStream("mspsm payload size does not match the container header")
-        return coder.decode(net, payload, tile_batch=self.defaults["tile_batch"], device=device)
+        out: list = [None] * len(payloads)
+        try:
+            device = check_device(device, available=True)
+        except Exception as exc:
+            return [exc] * len(payloads)
+        groups: dict = {}  # (profile, model id) -> indices
+        for n, (payload, header) in enumerate(zip(payloads, headers)):
+            try:
+                if coder.parse_head(payload)[1:3] != (header.height, header.width):
+                    raise CorruptStream("mspsm payload size does not match the container header")
+            except Exception as exc:
+                out[n] = exc
+                continue
+            groups.setdefault((header.params.get("profile", M.DEFAULT_PROFILE), header.model_id or None), []).append(n)
+        for (profile, model_id), idx in groups.items():
+            try:
+                net, _ = load_profile(profile, model_id)
+                got = coder.decode_many(net, [payloads[n] for n in idx], tile_batch=self.defaults["tile_batch"],
+                                        device=device)
+            except Exception as exc:
+                got = [exc] if len(idx) == 1 else \
+                    [self.decode_many([payloads[n]], [headers[n]], device=device)[0] for n in idx]
+            for n, g in zip(idx, got):
+                out[n] = g
+        return out
 
 
 register(MspsmCodec())

@@ -25,7 +25,7 @@ from .. import tiling
 from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chain, chain_symbols, chain_values, \
     used_cells
 from ..entropy import Decoder, Encoder, cost, normalize
-from ..errors import CorruptStream, UnsupportedStream
+from ..errors import CorruptStream, DeviceError, UnsupportedStream
 from ..image import MAX_PIXELS
 from ..nn.quant import run_on
 from . import model as M
@@ -691,34 +691,53 @@ def _run_tiles_mixture(net, tiles, shape, coders, check_reference=False, stats=N
 
 def encode(net: M.IntNet, pixels: np.ndarray, tile: int = DEFAULT_TILE, tile_batch: int = 2,
            check_reference: bool = False, stats: dict | None = None, device: str = "cpu",
-           version: int | None = None) -> bytes:
-    """``version``: the payload version to write (default: the newest the profile can use; K > 1 writes 1)."""
-    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-        raise ValueError("mspsm codes HxWx3 uint8 pixels")
-    h, w = pixels.shape[:2]
-    if h < 1 or w < 1 or tile < 1:
-        raise ValueError("empty image or bad tile size")
-    grid = tiling.grid(h, w, tile, tile)
+           version: int | None = None, batch_pixels: int | None = None) -> bytes:
+    """One image's payload: ``encode_many`` of one image. ``version``: the payload version to write (default: the
+    newest the profile can use; K > 1 writes 1)."""
+    return encode_many(net, [pixels], tile, tile_batch, check_reference, stats, device, version, batch_pixels)[0]
+
+
+def encode_many(net: M.IntNet, images, tile=DEFAULT_TILE, tile_batch: int = 2, check_reference: bool = False,
+                stats: dict | None = None, device: str = "cpu", version: int | None = None,
+                batch_pixels: int | None = None) -> list[bytes]:
+    """The payloads of several images, each byte-identical to ``encode`` of that image alone: tiles are coded
+    independently, so same-size tiles of all the images share network batches (``_batches``: bounded by
+    ``tile_batch`` tiles or ``batch_pixels`` pixels, whichever allows more). ``tile``: one tile side for every
+    image, or one per image. Small images gain most: each network call has a fixed cost."""
+    images = list(images)
+    tiles = [tile] * len(images) if isinstance(tile, (int, np.integer)) else [int(t) for t in tile]
+    if len(tiles) != len(images):
+        raise ValueError(f"{len(tiles)} tile sides for {len(images)} images")
     if version is None:
         version = PAYLOAD_VERSIONS[-1] if net.p.mixtures == 1 else 1
     if version not in PAYLOAD_VERSIONS or (version > 1 and net.p.mixtures > 1):
         raise ValueError(f"mspsm cannot write payload version {version} for this profile")
-    streams: list[bytes] = [b""] * len(grid)
+    grids = []
+    for pixels, t in zip(images, tiles):
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise ValueError("mspsm codes HxWx3 uint8 pixels")
+        h, w = pixels.shape[:2]
+        if h < 1 or w < 1 or t < 1:
+            raise ValueError("empty image or bad tile size")
+        grids.append(tiling.grid(h, w, t, t))
+    streams: list[list[bytes]] = [[b""] * len(g) for g in grids]
     keys = net.p.scales * net.p.groups
-    for idxs in _batches(grid, tile_batch):
-        ty, tx, th, tw = grid[idxs[0]]
-        batch = np.stack([pixels[grid[k][0]:grid[k][0] + th, grid[k][1]:grid[k][1] + tw] for k in idxs])
-        # version 4 chooses the shifts on the whole tile: it codes the tile when it is done
-        tile_coder = _TileRecorder if version >= 4 else _TileEncoder
-        coders = [tile_coder(version, keys, count=stats is not None) for _ in idxs]
-        run_tiles(net, batch, (len(idxs), th, tw), coders, check_reference=check_reference, stats=stats,
+    # version 4 chooses the shifts on the whole tile: it codes the tile when it is done
+    tile_coder = _TileRecorder if version >= 4 else _TileEncoder
+    for (th, tw, _), batch in _batches(grids, [version] * len(images), tile_batch, batch_pixels):
+        px = np.stack([images[n][y:y + th, x:x + tw] for n, k in batch for y, x in [grids[n][k][:2]]])
+        coders = [tile_coder(version, keys, count=stats is not None) for _ in batch]
+        run_tiles(net, px, (len(batch), th, tw), coders, check_reference=check_reference, stats=stats,
                   device=device)
-        for k, cd in zip(idxs, coders):
-            streams[k] = cd.finish()
+        for (n, k), cd in zip(batch, coders):
+            streams[n][k] = cd.finish()
             if stats is not None:
                 stats["bits"] = stats.get("bits", 0.0) + cd.bits
-    head = MAGIC + struct.pack("<BIIII", version, h, w, tile, len(grid))
-    return head + struct.pack(f"<{len(grid)}I", *[len(s) for s in streams]) + b"".join(streams)
+    out = []
+    for pixels, t, ss in zip(images, tiles, streams):
+        head = MAGIC + struct.pack("<BIIII", version, *pixels.shape[:2], t, len(ss))
+        out.append(head + struct.pack(f"<{len(ss)}I", *[len(s) for s in ss]) + b"".join(ss))
+    return out
 
 
 def parse_head(payload: bytes) -> tuple[int, int, int, int, int]:
@@ -739,35 +758,88 @@ def parse_head(payload: bytes) -> tuple[int, int, int, int, int]:
     return ver, h, w, tile, n
 
 
-def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cpu") -> np.ndarray:
-    ver, h, w, tile, n = parse_head(payload)
-    if ver >= 2 and net.p.mixtures > 1:
-        raise CorruptStream(f"mspsm payload version {ver} (scale correction) is for K = 1 profiles only")
-    grid = tiling.grid(h, w, tile, tile)
-    off = 21 + 4 * n
-    lens = struct.unpack_from(f"<{n}I", payload, 21)
-    if off + sum(lens) != len(payload):
-        raise CorruptStream("mspsm payload length does not match its tile table")
-    starts = np.concatenate([[off], off + np.cumsum(lens)])
-    out = np.zeros((h, w, 3), np.uint8)
-    for idxs in _batches(grid, tile_batch):
-        ty, tx, th, tw = grid[idxs[0]]
-        coders = [_TileDecoder(Decoder(payload[starts[k]:starts[k + 1]]), ver, net.p.scales * net.p.groups)
-                  for k in idxs]
-        px = run_tiles(net, None, (len(idxs), th, tw), coders, device=device)
-        for k, t in zip(idxs, px):
-            y, x = grid[k][:2]
-            out[y:y + th, x:x + tw] = t
+def decode(net: M.IntNet, payload: bytes, tile_batch: int = 2, device: str = "cpu",
+           batch_pixels: int | None = None) -> np.ndarray:
+    """One payload's pixels: ``decode_many`` of one payload, its error raised."""
+    out = decode_many(net, [payload], tile_batch, device, batch_pixels)[0]
+    if isinstance(out, Exception):
+        raise out
     return out
 
 
-def _batches(grid, tile_batch):
-    """Indices of same-size tiles, in raster order, at most tile_batch per batch."""
-    by_shape: dict = {}
-    for k, (_, _, th, tw) in enumerate(grid):
-        by_shape.setdefault((th, tw), []).append(k)
+def decode_many(net: M.IntNet, payloads, tile_batch: int = 2, device: str = "cpu",
+                batch_pixels: int | None = None) -> list:
+    """The pixels of several payloads, same-size tiles of the same payload version sharing network batches (as
+    ``encode_many``). Per payload: its (H,W,3) uint8 pixels, or the exception that payload raised (a damaged
+    payload costs only itself; its tiles are left out of later batches). A batch that fails is decoded again tile
+    by tile, so a damaged tile cannot fail the tiles of other payloads beside it. ``DeviceError`` (the device,
+    not a payload) is raised."""
+    payloads = list(payloads)
+    out: list = [None] * len(payloads)
+    grids: list = [[] for _ in payloads]
+    streams: list = [None] * len(payloads)
+    versions = [0] * len(payloads)
+    for n, payload in enumerate(payloads):
+        try:
+            ver, h, w, tile, nt = parse_head(payload)
+            if ver >= 2 and net.p.mixtures > 1:
+                raise CorruptStream(f"mspsm payload version {ver} (scale correction) is for K = 1 profiles only")
+            off = 21 + 4 * nt
+            lens = struct.unpack_from(f"<{nt}I", payload, 21)
+            if off + sum(lens) != len(payload):
+                raise CorruptStream("mspsm payload length does not match its tile table")
+        except Exception as exc:
+            out[n] = exc
+            continue
+        grids[n], versions[n] = tiling.grid(h, w, tile, tile), ver
+        starts = np.concatenate([[off], off + np.cumsum(lens)])
+        streams[n] = [payload[starts[k]:starts[k + 1]] for k in range(nt)]
+        out[n] = np.zeros((h, w, 3), np.uint8)
+    keys = net.p.scales * net.p.groups
+
+    def run(shape, batch):
+        th, tw, ver = shape
+        coders = [_TileDecoder(Decoder(streams[n][k]), ver, keys) for n, k in batch]
+        for (n, k), t in zip(batch, run_tiles(net, None, (len(batch), th, tw), coders, device=device)):
+            y, x = grids[n][k][:2]
+            out[n][y:y + th, x:x + tw] = t
+
+    for shape, batch in _batches(grids, versions, tile_batch, batch_pixels):
+        batch = [(n, k) for n, k in batch if not isinstance(out[n], Exception)]
+        if not batch:
+            continue
+        try:
+            run(shape, batch)
+        except DeviceError:
+            raise
+        except Exception:  # some tile is damaged: find which, alone, and keep the others
+            for nk in batch:
+                if not isinstance(out[nk[0]], Exception):
+                    try:
+                        run(shape, [nk])
+                    except DeviceError:
+                        raise
+                    except Exception as exc:
+                        out[nk[0]] = exc
+    return out
+
+
+# Pixels per network batch that small tiles may fill (a batch holds ``tile_batch`` tiles, or more while they total
+# no more than this): 1 Mpx, half the memory of the default 2 tiles of 1024 x 1024, 256 tiles of 64 x 64.
+BATCH_PIXELS = 1 << 20
+
+
+def _batches(grids, versions, tile_batch: int, batch_pixels: int | None = None):
+    """[((th, tw, version), [(image, tile index), ...]), ...]: the tiles of every image grouped by size and payload
+    version (run_tiles codes one kind at a time), in order of first appearance, each group cut into batches of
+    max(tile_batch, batch_pixels // tile pixels) tiles. Streams never depend on the batching."""
+    limit = BATCH_PIXELS if batch_pixels is None else batch_pixels
+    by_kind: dict = {}
+    for n, (grid, ver) in enumerate(zip(grids, versions)):
+        for k, (_, _, th, tw) in enumerate(grid):
+            by_kind.setdefault((th, tw, ver), []).append((n, k))
     out = []
-    for ks in by_shape.values():
-        for a in range(0, len(ks), max(1, tile_batch)):
-            out.append(ks[a:a + max(1, tile_batch)])
-    return sorted(out)
+    for (th, tw, ver), ks in by_kind.items():
+        size = max(1, tile_batch, limit // (th * tw))
+        out += [((th, tw, ver), ks[a:a + size]) for a in range(0, len(ks), size)]
+    return out

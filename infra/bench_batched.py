@@ -1,0 +1,126 @@
+"""Batched coding against one image at a time (issue 27): small crops of dev photos coded with mspsm through the
+codec API, ``pixark.codec.encode`` / ``decode`` per image against ``encode_many`` / ``decode_many`` of all of them,
+and the archive workers' coding path (``pipeline.coding``: read a PNG, code with ``auto``, self-check) per object
+against a whole batch. Every batched result is checked equal to the one-by-one result before its time is printed.
+
+    nice python infra/bench_batched.py [--src ../shared/data/dev/cid22] [--sizes 64,128] [--counts 16,64]
+                                       [--threads 1] [--pipeline 64] [--device cpu] [--json out.json]
+
+Crops: the centre crop of each photo of ``--src`` (sorted by name); for more crops than photos, further crops of
+the same photos shifted right by the crop size. Times are the best of ``--repeat`` runs after a warm-up (model
+load, numba compile); MP/s counts image pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def crops(src: str, size: int, count: int) -> list[np.ndarray]:
+    from pixark.codec.training import list_images, load_rgb
+
+    paths = sorted(list_images(src))
+    out = []
+    for k in range(count):
+        im = load_rgb(paths[k % len(paths)])
+        y, x = (im.shape[0] - size) // 2, (im.shape[1] - size) // 2 + size * (k // len(paths))
+        x = min(x, im.shape[1] - size)
+        out.append(np.ascontiguousarray(im[y:y + size, x:x + size]))
+    return out
+
+
+def best(fn, repeat: int):
+    times, result = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), result
+
+
+def codec_rows(imgs: list[np.ndarray], repeat: int, device: str = "cpu") -> dict:
+    import pixark.codec as pc
+
+    mp = sum(i.shape[0] * i.shape[1] for i in imgs) / 1e6
+    t_enc1, one = best(lambda: [pc.encode(i, "mspsm", device=device) for i in imgs], repeat)
+    t_encn, many = best(lambda: pc.encode_many(imgs, "mspsm", device=device), repeat)
+    assert many == one, "encode_many differs from encode"
+    t_dec1, back1 = best(lambda: [pc.decode(d, device=device).pixels for d in one], repeat)
+    t_decn, backn = best(lambda: [d.pixels for d in pc.decode_many(one, device=device)], repeat)
+    assert all(np.array_equal(a, b) and np.array_equal(a, i) for a, b, i in zip(back1, backn, imgs))
+    return {"images": len(imgs), "size": imgs[0].shape[0], "megapixels": round(mp, 4),
+            "bytes": sum(map(len, one)),
+            "encode_one_by_one_s": round(t_enc1, 2), "encode_many_s": round(t_encn, 2),
+            "decode_one_by_one_s": round(t_dec1, 2), "decode_many_s": round(t_decn, 2),
+            "encode_one_by_one_mps": round(mp / t_enc1, 3), "encode_many_mps": round(mp / t_encn, 3),
+            "decode_one_by_one_mps": round(mp / t_dec1, 3), "decode_many_mps": round(mp / t_decn, 3)}
+
+
+def pipeline_row(imgs: list[np.ndarray], repeat: int, device: str = "cpu") -> dict:
+    """The workers' coding path without Ray: ``code_object`` per file against ``code_objects`` of all of them."""
+    import fsspec
+    from PIL import Image
+
+    from pixark.pipeline import coding
+
+    fs = fsspec.filesystem("file")
+    with tempfile.TemporaryDirectory() as tmp:
+        items = []
+        for k, px in enumerate(imgs):
+            p = Path(tmp) / f"{k:04d}.png"
+            Image.fromarray(px).save(p)
+            items.append((f"id{k}", str(p), f"file://{p}", p.stat().st_size))
+        t1, one = best(lambda: [coding.code_object(fs, p, i, u, s, "auto", True, device) for i, p, u, s in items],
+                       repeat)
+        tn, many = best(lambda: coding.code_objects(fs, items, "auto", True, device), repeat)
+    strip = [({k: v for k, v in r.items() if k != "encode_seconds"}, rec) for r, rec in one]
+    assert strip == [({k: v for k, v in r.items() if k != "encode_seconds"}, rec) for r, rec in many]
+    mp = sum(i.shape[0] * i.shape[1] for i in imgs) / 1e6
+    return {"images": len(imgs), "size": imgs[0].shape[0], "codecs": sorted({r["codec"] for r, _ in one}),
+            "one_by_one_s": round(t1, 2), "batched_s": round(tn, 2),
+            "one_by_one_mps": round(mp / t1, 3), "batched_mps": round(mp / tn, 3)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--src", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "dev" / "cid22"))
+    ap.add_argument("--sizes", default="64,128")
+    ap.add_argument("--counts", default="16,64")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--pipeline", type=int, default=64, help="files of 64x64 for the workers' path (0: skip)")
+    ap.add_argument("--device", default="cpu", help="where the network runs: cpu, cuda, cuda:N")
+    ap.add_argument("--json", default="")
+    a = ap.parse_args(argv)
+    import torch
+
+    import pixark.codec as pc
+
+    torch.set_num_threads(a.threads)
+    warm = crops(a.src, 32, 2)
+    # model load and numba compile, outside the times
+    pc.decode_many(pc.encode_many(warm, "mspsm", device=a.device), device=a.device)
+    rows = []
+    for size in map(int, a.sizes.split(",")):
+        for count in map(int, a.counts.split(",")):
+            rows.append(codec_rows(crops(a.src, size, count), a.repeat, a.device))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    result = {"threads": a.threads, "device": a.device, "src": a.src, "codec": rows}
+    if a.pipeline:
+        result["pipeline"] = pipeline_row(crops(a.src, 64, a.pipeline), a.repeat, a.device)
+        print(json.dumps(result["pipeline"]), file=sys.stderr, flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
