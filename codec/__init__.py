@@ -6,6 +6,7 @@
 """
 
 from . import classical  # noqa: F401  (registers store, png, webp-ll, jxl-ll)
+from . import jpeg  # noqa: F401  (registers lepton)
 from .api import candidates, decode, encode, info, load
 from .container import VERSION as FORMAT_VERSION
 from .errors import CodecError, CorruptStream, DeviceError, UnsupportedImage, UnsupportedStream

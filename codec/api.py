@@ -85,8 +85,9 @@ def candidates(img: DecodedImage, learned: str = "proven", **params) -> list[tup
     costs the user bytes."""
     if learned not in LEARNED_CHOICES:
         raise ValueError(f"auto: learned={learned!r}; choose from {', '.join(LEARNED_CHOICES)}")
-    if img.pixels is None:
-        return [("store", {})]
+    if img.pixels is None:  # a file kept as bytes: a JPEG can be recompressed byte-exact, anything else stored
+        lepton = registry.get("lepton")
+        return [("lepton", {})] if lepton.supports(img) is None else [("store", {})]
     out = []
     if img.is_rgb8:
         names = {"proven": AUTO_LEARNED, "none": (),
@@ -124,6 +125,8 @@ def _verify(img: DecodedImage, data: bytes, device: str | None = None) -> None:
     back = decode(data, device)
     if img.pixels is not None and (back.pixels is None or pixel_sha256(back.pixels) != img.pixel_sha256()):
         raise CorruptStream("encoder self-check failed: the stream does not decode to the input pixels")
+    if img.pixels is None and img.original is not None and back.original != img.original:
+        raise CorruptStream("encoder self-check failed: the stream does not give back the input file's bytes")
 
 
 def decode(data: bytes, device: str | None = None) -> DecodedImage:
@@ -141,6 +144,7 @@ def decode(data: bytes, device: str | None = None) -> DecodedImage:
     kw = _device_kw(codec, device)  # checked before decoding: a missing GPU is not a damaged payload
     try:
         pixels = codec.decode(payload, header, **kw)
+        original = codec.original_bytes(payload, header)
     except CodecError:
         raise
     except Exception as exc:  # a damaged payload can make any decoder library fail in its own way
@@ -155,7 +159,6 @@ def decode(data: bytes, device: str | None = None) -> DecodedImage:
         icc_profile=blobs.get("icc"), exif=blobs.get("exif"), palette=blobs.get("palette"),
         palette_mode=info.pop("palette_mode", ""), info=info,
     )
-    original = payload if codec.keeps_original and not header.params.get("raw") else None
     return DecodedImage(pixels, mode=header.mode, format=header.format, metadata=meta, original=original)
 
 
