@@ -7,6 +7,8 @@ Policy (docs/FORMAT.md, "Manifests", status rules):
   smaller than the file gives way to storing the file (invariant: never larger than storing it);
 - no pixels (JPEG, TIFF, animation, not an image, empty) -> stored as original bytes (codec ``store``), status ok
   with a note; but a file that looks like an image and does not decode is failed (its bytes are still stored).
+  An intact JPEG under ``auto`` (or ``lepton``) is recompressed byte-exact by Lepton when that is smaller (no
+  note); when Lepton refuses it, the note says why it was stored.
 
 The codec API answers "can these pixels be recoded?" but not "is this stored JPEG intact?"; ``damage_reason``
 fills that gap with a full Pillow decode of files kept as bytes (pipeline-side, no change to pixark.codec).
@@ -97,6 +99,19 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
+def _recompress_jpeg(img: pc.DecodedImage, verify: bool) -> tuple[bytes | None, str | None]:
+    """(lepton record, None), or (None, why the JPEG stays stored as its bytes): Lepton refused it, or its stream
+    is not smaller than storing the file (never larger than the file)."""
+    try:
+        record = pc.encode(img, "lepton", verify=verify)
+    except pc.CodecError as exc:
+        return None, f"JPEG kept as original bytes: {exc}"
+    stored = pc.encode(img, "store")
+    if len(stored) <= len(record):
+        return None, f"lepton output ({len(record)} bytes) is not smaller than the file: kept as original bytes"
+    return record, None
+
+
 def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, verify: bool,
                 device: str | None = None) -> tuple[dict, bytes | None]:
     """(manifest row without shard/offset fields, record bytes or None). ``device``: where a learned codec runs
@@ -138,6 +153,8 @@ def code_object(fs, path: str, image_id: str, url: str, size: int, codec: str, v
                 row["note"] = "not an image: kept as original bytes"
             else:
                 row["note"] = img.reason
+            if codec.partition(":")[0] in ("auto", "lepton") and img.format == "JPEG":
+                record, row["note"] = _recompress_jpeg(img, verify)
     if record is None:
         record = pc.encode(img, "store")
     elif codec.partition(":")[0] != "auto":

@@ -222,3 +222,42 @@ def test_helper_process_codes_like_the_library(jpegs):
         assert helper.call("d", payload) == data  # an error leaves the helper usable
     finally:
         helper.close()
+
+
+@pytest.mark.ray
+def test_archive_of_jpegs_restores_byte_identical_files(ray_session, jpegs, sources, tmp_path):
+    from pixark.jobs.archive import archive
+    from pixark.pipeline import manifest
+    from pixark.pipeline.restore import restore
+    from pixark.pipeline.verify import verify
+    from fsspec.implementations.local import LocalFileSystem
+
+    files = dict(jpegs)
+    refused = _refused(sources)
+    files["refused/cmyk.jpg"] = refused["cmyk"]
+    files["refused/411.jpg"] = refused["4:1:1"]
+    # damaged JPEGs (Pillow's full decode fails at archive time) are kept as their bytes before Lepton sees them
+    files["broken/no-eoi.jpg"] = refused["no end marker"]
+    files["broken/truncated.jpg"] = jpegs[next(iter(jpegs))][:3000]
+    for rel, data in files.items():
+        (tmp_path / "src" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / rel).write_bytes(data)
+    s = archive(str(tmp_path / "src"), str(tmp_path / "archive"), shard_size="200kB", workers=2)
+    assert s["images"] == len(files)
+    rows = {r["image_id"]: r for r in manifest.read_manifests(LocalFileSystem(), str(tmp_path / "archive")).to_pylist()}
+    for rel in jpegs:
+        assert rows[rel]["codec"] == "lepton" and rows[rel]["status"] == "ok" and rows[rel]["note"] is None, rel
+        assert rows[rel]["compressed_bytes"] < rows[rel]["source_bytes"]
+    for rel in ("refused/cmyk.jpg", "refused/411.jpg"):
+        assert rows[rel]["codec"] == "store" and rows[rel]["status"] == "ok", rel
+        assert rows[rel]["note"].startswith("JPEG kept as original bytes: Lepton cannot take"), rows[rel]["note"]
+    for rel in ("broken/no-eoi.jpg", "broken/truncated.jpg"):
+        assert rows[rel]["status"] == "kept_unreadable" and rows[rel]["codec"] == "store", rel
+    report = verify(str(tmp_path / "archive"))
+    assert report["ok"] is True, report
+    restore(str(tmp_path / "archive"), str(tmp_path / "out"))
+    out = {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in (tmp_path / "out").rglob("*")
+           if p.is_file()}
+    assert out == files
+    lepton = sum(r["compressed_bytes"] for r in rows.values() if r["codec"] == "lepton")
+    assert lepton < 0.95 * sum(len(jpegs[k]) for k in jpegs)  # small crops: the container header weighs here
