@@ -261,3 +261,18 @@ def test_archive_of_jpegs_restores_byte_identical_files(ray_session, jpegs, sour
     assert out == files
     lepton = sum(r["compressed_bytes"] for r in rows.values() if r["codec"] == "lepton")
     assert lepton < 0.95 * sum(len(jpegs[k]) for k in jpegs)  # small crops: the container header weighs here
+
+
+def test_bench_jpeg_measures_every_method_byte_exact(jpegs, tmp_path):
+    from pixark.jobs.bench_jpeg import made_from, measure
+
+    files = list(jpegs.items())[:3]
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "p.png")
+    files += made_from(str(tmp_path), 0)
+    doc = measure(files)
+    assert doc["files"] == 7 and [r["file"] for r in doc["rows"]][3:] == [
+        "p.png:q75-420", "p.png:q75-444", "p.png:q90-420", "p.png:q90-444"]
+    assert doc["lepton"]["byte_exact"] == doc["lepton"]["coded"] == 7
+    assert doc["lepton"]["bytes"] < doc["store"]["bytes"]
+    if doc["jxl_available"]:
+        assert doc["jxl"]["byte_exact"] == doc["jxl"]["coded"] == 7
