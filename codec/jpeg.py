@@ -12,12 +12,13 @@ Fork safety: the library keeps a Rust thread pool that a forked child inherits w
 a child forked after its parent used Lepton waits forever (torch DataLoader workers, multiprocessing fork pools).
 ``run`` therefore calls the library directly only in the first process that used it here (or one that never had
 a user before it); any other process sends its calls to a helper process of its own (codec/lepton_helper.py,
-started with ``python -I``: a fresh interpreter, never a fork of a used pool).
+started with ``python -P``: a fresh interpreter, never a fork of a used pool).
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import os
 import re
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 from .container import Header
-from .errors import CorruptStream, UnsupportedImage
+from .errors import CorruptStream, UnsupportedImage, UnsupportedStream
 from .image import DecodedImage
 from .registry import Codec, Encoded, register
 
@@ -93,7 +94,8 @@ class _Helper:
     def __init__(self):
         self.owner = os.getpid()
         self.lock = threading.Lock()
-        self.proc = subprocess.Popen([sys.executable, "-I", str(_HELPER)], stdin=subprocess.PIPE,
+        # -P: codec/ must not come first on the helper's sys.path (its module names would shadow others)
+        self.proc = subprocess.Popen([sys.executable, "-P", str(_HELPER)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, bufsize=0, close_fds=True)
         self.wfd = self.proc.stdin.fileno()
         self.rfd = self.proc.stdout.fileno()
@@ -162,7 +164,9 @@ def _close_helper() -> None:
         _helper.close()
 
 
+@functools.lru_cache(maxsize=1)
 def library_version() -> str:
+    """The installed lepton-jpeg-python version, '' when it is not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -212,6 +216,9 @@ class Lepton(Codec):
 
     def original_bytes(self, payload: bytes, header: Header) -> bytes:
         size, sha = _check(payload, header)
+        if not self.available():  # an intact stream this build cannot read: not a damaged one
+            raise UnsupportedStream(f"decoding a lepton stream needs {LEPTON_PACKAGE}: pip install "
+                                    f"{LEPTON_PACKAGE}=={LEPTON_VERSION}")
         try:
             data = run("d", payload)
         except LeptonError as exc:

@@ -2,7 +2,7 @@
 
 lepton_jpeg_python keeps a Rust thread pool that a forked child inherits without its threads, so a call there
 waits forever for workers that do not exist. A process forked after its parent used Lepton sends its calls here
-instead: a fresh interpreter (started with ``python -I``, no fork of a used pool) whose pool is its own.
+instead: a fresh interpreter (started with ``python -P``, no fork of a used pool) whose pool is its own.
 
 Protocol on stdin/stdout, integers little-endian, plain bytes (never pickled):
     request:  op (1 byte: b"c" compress, b"d" decompress) | length u64 | data

@@ -146,6 +146,15 @@ def test_damaged_payloads_raise_corrupt_stream(jpegs):
         pc.decode(stream[:-30] + bytes([stream[-30] ^ 1]) + stream[-29:])
 
 
+def test_without_the_library_jpegs_are_stored_and_lepton_streams_unsupported(jpegs, monkeypatch):
+    data = jpegs[next(iter(jpegs))]
+    stream = pc.encode(data, "lepton")
+    monkeypatch.setattr(jpeg.Lepton, "available", lambda self: False)
+    assert pc.info(pc.encode(data))["codec"] == "store"
+    with pytest.raises(pc.UnsupportedStream, match="pip install lepton-jpeg-python==0.5.8"):
+        pc.decode(stream)
+
+
 def _in_forked_child(work, timeout: float = 60.0) -> bytes:
     """Run ``work()`` (returning bytes) in a child made by os.fork; its result through a pipe. A child that does
     not finish within ``timeout`` is killed and the test fails (the hang this guards against)."""
