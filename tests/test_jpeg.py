@@ -229,6 +229,10 @@ def test_helper_process_codes_like_the_library(jpegs):
         with pytest.raises(jpeg.LeptonError, match="Decompression failed"):
             helper.call("d", b"not a lepton file")
         assert helper.call("d", payload) == data  # an error leaves the helper usable
+        helper.proc.kill()
+        helper.proc.wait()
+        with pytest.raises(jpeg.LeptonError, match="helper process failed"):  # an error, never a hang
+            helper.call("d", payload)
     finally:
         helper.close()
 
