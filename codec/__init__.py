@@ -7,6 +7,7 @@
 """
 
 from . import classical  # noqa: F401  (registers store, png, webp-ll, jxl-ll)
+from . import jpeg  # noqa: F401  (registers lepton)
 from .api import candidates, decode, decode_many, encode, encode_many, info, load
 from .container import VERSION as FORMAT_VERSION
 from .errors import CodecError, CorruptStream, DeviceError, UnsupportedImage, UnsupportedStream

@@ -137,8 +137,9 @@ def candidates(img: DecodedImage, learned: str = "proven", **params) -> list[tup
     costs the user bytes."""
     if learned not in LEARNED_CHOICES:
         raise ValueError(f"auto: learned={learned!r}; choose from {', '.join(LEARNED_CHOICES)}")
-    if img.pixels is None:
-        return [("store", {})]
+    if img.pixels is None:  # a file kept as bytes: a JPEG can be recompressed byte-exact, anything else stored
+        lepton = registry.get("lepton")
+        return [("lepton", {})] if lepton.supports(img) is None else [("store", {})]
     out = []
     if img.is_rgb8:
         names = {"proven": AUTO_LEARNED, "none": (),
@@ -214,6 +215,8 @@ def _verify_many(imgs: list[DecodedImage], datas: list, device: str | None = Non
             out[n] = b
         elif img.pixels is not None and (b.pixels is None or pixel_sha256(b.pixels) != img.pixel_sha256()):
             out[n] = CorruptStream("encoder self-check failed: the stream does not decode to the input pixels")
+        elif img.pixels is None and img.original is not None and b.original != img.original:
+            out[n] = CorruptStream("encoder self-check failed: the stream does not give back the input file's bytes")
     return out
 
 
@@ -268,6 +271,12 @@ def _decoded(header: Header, blobs: dict, payload: bytes, codec: registry.Codec,
         raise pixels
     if isinstance(pixels, Exception):  # a damaged payload can make any decoder library fail in its own way
         raise CorruptStream(f"{header.codec} payload does not decode: {type(pixels).__name__}: {pixels}") from pixels
+    try:
+        original = codec.original_bytes(payload, header)
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CorruptStream(f"{header.codec} payload does not decode: {type(exc).__name__}: {exc}") from exc
     if header.pixel_sha256:
         if pixels is None or pixel_sha256(pixels) != header.pixel_sha256:
             raise CorruptStream("decoded pixels do not match the stored pixel hash: the stream is damaged")
@@ -278,7 +287,6 @@ def _decoded(header: Header, blobs: dict, payload: bytes, codec: registry.Codec,
         icc_profile=blobs.get("icc"), exif=blobs.get("exif"), palette=blobs.get("palette"),
         palette_mode=info.pop("palette_mode", ""), info=info,
     )
-    original = payload if codec.keeps_original and not header.params.get("raw") else None
     return DecodedImage(pixels, mode=header.mode, format=header.format, metadata=meta, original=original)
 
 

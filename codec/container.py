@@ -29,6 +29,9 @@ VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 MAX_HEADER = 1 << 24  # 16 MiB of JSON: large PNG text chunks fit, a bad length cannot ask for more
 _PREFIX = struct.Struct("<4sHI")
+# Codecs whose streams may hold a file kept as its bytes, with no pixel hash: store (the bytes themselves) and
+# lepton (a JPEG recompressed; its params carry the file's sha256, which its decoder checks).
+FILE_CODECS = ("store", "lepton")
 
 
 @dataclass
@@ -158,9 +161,9 @@ def _check(h: Header, version: int = VERSION) -> None:
     _check_info(h.info)
     if h.height * h.width > MAX_PIXELS:
         raise CorruptStream(f"implausible image size {h.width}x{h.height} in header")
-    if not h.pixel_sha256:  # only a stored file with no pixels has no pixel hash: nothing to decode, no size
-        if h.codec != "store" or h.params.get("raw") or h.height or h.width or h.channels or h.bit_depth:
-            raise CorruptStream("container header lacks the pixel hash (only a stored non-image may)")
+    if not h.pixel_sha256:  # only a file kept as its bytes has no pixel hash: nothing to decode, no size
+        if h.codec not in FILE_CODECS or h.params.get("raw") or h.height or h.width or h.channels or h.bit_depth:
+            raise CorruptStream("container header lacks the pixel hash (only a file kept as its bytes may)")
         return
     if not _SHA256.fullmatch(h.pixel_sha256):
         raise CorruptStream("container header has a malformed pixel hash")

@@ -35,7 +35,9 @@ class Codec:
     version: int = 1
     versions: tuple[int, ...] = (1,)
     learned: bool = False
-    keeps_original = False  # payload is the original file bytes (store)
+    # The stream gives back the original file's bytes (store: the payload itself; lepton: recompressed), so it
+    # carries none of the metadata blobs recoded images need; ``original_bytes`` returns them.
+    keeps_original = False
     summary: str = ""
     defaults: dict = {}
     ranges: dict = {}  # integer parameter -> (lowest, highest) it takes
@@ -73,6 +75,10 @@ class Codec:
             except Exception as exc:
                 out.append(exc)
         return out
+
+    def original_bytes(self, payload: bytes, header: Header) -> bytes | None:
+        """The original file's bytes from a payload of a ``keeps_original`` codec (checked), else None."""
+        return payload if self.keeps_original and not header.params.get("raw") else None
 
     def available(self) -> bool:
         """Ready to use (for learned codecs: weights are installed)."""

@@ -8,7 +8,7 @@ import typer
 
 from . import bench, cluster_jobs, codec_cmds, submit
 from . import archive, bench_pipeline, demo
-from . import audit, bench_read, restore, selfcheck, verify
+from . import audit, bench_jpeg, bench_read, restore, selfcheck, verify
 
 app = typer.Typer(
     add_completion=False,
@@ -22,6 +22,7 @@ codec_cmds.register(app)
 archive.register(app)
 audit.register(app)
 bench.register(app)
+bench_jpeg.register(app)
 bench_pipeline.register(app)
 bench_read.register(app)
 cluster_jobs.register(app)

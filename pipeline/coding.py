@@ -7,6 +7,8 @@ Policy (docs/FORMAT.md, "Manifests", status rules):
   smaller than the file gives way to storing the file (invariant: never larger than storing it);
 - no pixels (JPEG, TIFF, animation, not an image, empty) -> stored as original bytes (codec ``store``), status ok
   with a note; but a file that looks like an image and does not decode is failed (its bytes are still stored).
+  An intact JPEG under ``auto`` (or ``lepton``) is recompressed byte-exact by Lepton when that is smaller (no
+  note); when Lepton refuses it, the note says why it was stored.
 
 The codec API answers "can these pixels be recoded?" but not "is this stored JPEG intact?"; ``damage_reason``
 fills that gap with a full Pillow decode of files kept as bytes (pipeline-side, no change to pixark.codec).
@@ -97,6 +99,19 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
+def _recompress_jpeg(img: pc.DecodedImage, verify: bool) -> tuple[bytes | None, str | None]:
+    """(lepton record, None), or (None, why the JPEG stays stored as its bytes): Lepton refused it, or its stream
+    is not smaller than storing the file (never larger than the file)."""
+    try:
+        record = pc.encode(img, "lepton", verify=verify)
+    except pc.CodecError as exc:
+        return None, f"JPEG kept as original bytes: {exc}"
+    stored = pc.encode(img, "store")
+    if len(stored) <= len(record):
+        return None, f"lepton output ({len(record)} bytes) is not smaller than the file: kept as original bytes"
+    return record, None
+
+
 # Decoded pixels an archive batch codes together (``code_objects``): small images share the learned codec's
 # network calls (docs/MSPSM.md, "Batched coding"), and at most about this many pixels are held at once.
 BATCH_PIXELS = 1 << 22
@@ -127,7 +142,7 @@ def code_objects(fs, items: list[tuple[str, str, str, int]], codec: str, verify:
         took = time.perf_counter() - t0
         total = sum(g[2].height * g[2].width for g in group) or 1
         for (n, row, img, data, spent), record in zip(group, records):
-            out[n] = _finish(row, img, data, record, codec, spent + took * img.height * img.width / total)
+            out[n] = _finish(row, img, data, record, codec, verify, spent + took * img.height * img.width / total)
         group.clear()
 
     for n, (image_id, path, url, size) in enumerate(items):
@@ -137,7 +152,7 @@ def code_objects(fs, items: list[tuple[str, str, str, int]], codec: str, verify:
             row["encode_seconds"] = time.perf_counter() - t0
             out[n] = row, None
         elif img.pixels is None:
-            out[n] = _finish(row, img, data, None, codec, time.perf_counter() - t0)
+            out[n] = _finish(row, img, data, None, codec, verify, time.perf_counter() - t0)
         else:
             if group and sum(g[2].height * g[2].width for g in group) + img.height * img.width > budget:
                 flush()
@@ -165,7 +180,7 @@ def _read(fs, path: str, image_id: str, url: str, size: int) -> tuple[dict, pc.D
     return row, img, data
 
 
-def _finish(row: dict, img: pc.DecodedImage, data: bytes, record, codec: str, seconds: float
+def _finish(row: dict, img: pc.DecodedImage, data: bytes, record, codec: str, verify: bool, seconds: float
             ) -> tuple[dict, bytes]:
     """The row and record of a read object, given its coded ``record`` (None for an object without pixels, or the
     exception the codec raised)."""
@@ -189,6 +204,8 @@ def _finish(row: dict, img: pc.DecodedImage, data: bytes, record, codec: str, se
                 row["note"] = "not an image: kept as original bytes"
             else:
                 row["note"] = img.reason
+            if codec.partition(":")[0] in ("auto", "lepton") and img.format == "JPEG":
+                record, row["note"] = _recompress_jpeg(img, verify)
     if record is None:
         record = pc.encode(img, "store")
     elif codec.partition(":")[0] != "auto":

@@ -67,6 +67,11 @@ def made(ray_session, dev_images, tmp_path_factory):
     assert s["shards"] >= 6
     # several shards for 2 ranks x 2 workers, and shards of several images (resume keeps a prefix of each)
     assert max(len(ids) for ids in Archive(str(root / "archive")).index.images.values()) >= 2
+    # The JPEG is a lepton record, read here first: every DataLoader test below forks its workers after this
+    # process has used Lepton (whose thread pool does not survive fork), whichever tests run.
+    arc = Archive(str(root / "archive"))
+    assert arc.row("photos/a photo ü.jpg")["codec"] == "lepton"
+    assert arc.read_bytes("photos/a photo ü.jpg") == files["photos/a photo ü.jpg"]
     return str(root / "archive"), files
 
 
