@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import manifest, shards, store
 from .errors import ArchiveConflict, PipelineError, WorkerLost, one_line
-from .sources import ShardPlan, SourceObject, changed_objects, list_sources, plan_shards
+from .sources import ShardPlan, SourceObject, changed_objects, content_keys, list_sources, plan_shards
 
 ARCHIVE_VERSION = 1
 PLAN_DIR = "plan"
@@ -202,7 +202,8 @@ def run_archive(cfg: ArchiveConfig, events: Events | None = None) -> dict:
             fresh_objects = sorted(fresh_objects + changed, key=lambda o: o.image_id)
         if fresh_objects or not plans:
             next_index = 1 + max((int(s.name.split("-")[1].split(".")[0]) for p in plans for s in p.shards), default=-1)
-            shard_plans = plan_shards(fresh_objects, cfg.shard_size, next_index, len(plans))
+            shard_plans = plan_shards(fresh_objects, cfg.shard_size, next_index, len(plans),
+                                      content_keys(src_fs, fresh_objects))
             new_plan = _write_plan(dest_fs, dest_root, len(plans), want, shard_plans)
             plans.append(new_plan)
             pending.append(new_plan)

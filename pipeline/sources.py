@@ -5,15 +5,18 @@ Listing walks SRC recursively through fsspec, keeps files (not directory markers
 SRC, and sorts by that relative path (code point order, so the order does not depend on locale or on the store's
 listing order). Entries it cannot archive (FIFOs, sockets, devices, symlinks to folders or to nothing, names that
 are not UTF-8) are reported with the reason, never dropped without a word.
-Planning cuts the sorted list into shards by cumulative source bytes.
+Planning cuts the sorted list into shards by cumulative source bytes, byte-identical files (``content_keys``) in
+one shard, where they share one record.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import posixpath
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -146,21 +149,68 @@ def _unarchivable(fs, path: str, rel: str, kind: str, follow_links: bool = True)
     return f"not a regular file ({what})"
 
 
-def plan_shards(objects: list[SourceObject], shard_size: int, first_index: int = 0, generation: int = 0) -> list[ShardPlan]:
+HEAD_BYTES = 1 << 16  # of a file, hashed first when looking for copies: most same-size files differ early
+
+
+def content_keys(fs, objects: list[SourceObject], threads: int = 8) -> dict[str, str]:
+    """image_id -> sha256 of the bytes, for each object that another one may be a byte-identical copy of: only
+    objects of the same size can be, and of those only ones whose first HEAD_BYTES agree are read whole. Objects
+    that cannot be read now are left out (the coding step reads and reports them)."""
+
+    def groups(objs, key):
+        by: dict = {}
+        with ThreadPoolExecutor(threads) as ex:
+            for o, k in zip(objs, ex.map(key, objs)):
+                if k is not None:
+                    by.setdefault(k, []).append(o)
+        return [g for g in by.values() if len(g) > 1]
+
+    def digest(o, end=None):
+        try:
+            return o.size, hashlib.sha256(fs.cat_file(o.path, start=0, end=end)).hexdigest()
+        except Exception:  # noqa: BLE001 - vanished or unreadable: not grouped, coded and reported as usual
+            return None
+
+    heads: dict = {}
+
+    def head(o):
+        heads[o.image_id] = digest(o, HEAD_BYTES)  # of the whole file when it is no longer
+        return heads[o.image_id]
+
+    same_size = [o for g in groups(objects, lambda o: o.size or None) for o in g]
+    same_head = [o for g in groups(same_size, head) for o in g]
+    big = [o for o in same_head if o.size > HEAD_BYTES]
+    with ThreadPoolExecutor(threads) as ex:
+        whole = dict(zip([o.image_id for o in big], ex.map(digest, big)))
+    keys = {o.image_id: whole.get(o.image_id, heads[o.image_id]) for o in same_head}
+    return {i: k[1] for i, k in keys.items() if k is not None}
+
+
+def plan_shards(objects: list[SourceObject], shard_size: int, first_index: int = 0, generation: int = 0,
+                content: dict[str, str] | None = None) -> list[ShardPlan]:
     """Consecutive runs of the sorted objects, each up to ``shard_size`` source bytes (an object larger than that
-    gets a shard of its own). Names continue from ``first_index`` so --extend never reuses a name."""
+    gets a shard of its own). Names continue from ``first_index`` so --extend never reuses a name. ``content``
+    (``content_keys``): an object with the same bytes as an earlier one joins that one's shard, where the two
+    share one record (the archive stores identical records of a shard once)."""
     if shard_size <= 0:
         raise PipelineError("shard size must be positive")
     shards: list[ShardPlan] = []
+    home: dict[str, ShardPlan] = {}  # content key -> the shard of its first object
     cur: ShardPlan | None = None
     total = 0
     for obj in objects:
+        key = (content or {}).get(obj.image_id)
+        if key in home and len(home[key].items) < MAX_RECORDS_PER_SHARD:
+            home[key].items.append(obj)
+            continue
         if cur is None or (cur.items and (total + obj.size > shard_size or len(cur.items) >= MAX_RECORDS_PER_SHARD)):
             cur = ShardPlan(SHARD_NAME.format(first_index + len(shards)), generation)
             shards.append(cur)
             total = 0
         cur.items.append(obj)
         total += obj.size
+        if key is not None:
+            home.setdefault(key, cur)
     return shards
 
 

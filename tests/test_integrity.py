@@ -80,6 +80,32 @@ def test_duplicates_share_one_record_and_restore_to_every_path(ray_session, dup_
             assert pc.load(out[rel]).pixel_sha256() == pc.load(data).pixel_sha256()
 
 
+def test_copies_far_apart_in_the_listing_share_one_record_across_shards(ray_session, dev_images, tmp_path):
+    """Shards are runs of the sorted listing; a copy of a file elsewhere in the tree would start another shard's
+    record. The planner puts byte-identical files in one shard (same size, same first bytes, same hash), where
+    they share one record; a file of the same size with other bytes does not join them."""
+    a, b, c = crop_png(dev_images[0], 320), crop_png(dev_images[1]), crop_png(dev_images[2])
+    assert len(a) > 1 << 16
+    twin = bytearray(a)
+    twin[-20] ^= 1  # same size, same first 64 kB: only the whole-file hash tells it apart
+    files = {"a.png": a, "b.png": b, "m/c.png": c, "z/copy of a.png": a, "z/twin.png": bytes(twin)}
+    write_tree(tmp_path / "src", files)
+    arc = tmp_path / "arc"
+    s = archive(str(tmp_path / "src"), str(arc), codec=CODEC, workers=1, shard_size=max(map(len, files.values())))
+    rows = {r["image_id"]: r for r in _rows(arc)}
+    assert rows["z/copy of a.png"]["duplicate_of"] == "a.png"
+    assert rows["z/copy of a.png"]["shard"] == rows["a.png"]["shard"]
+    assert rows["z/twin.png"]["duplicate_of"] is None
+    assert rows["b.png"]["shard"] != rows["a.png"]["shard"]  # the copy came from another shard's run
+    assert s["records"] == 4 and s["duplicates"] == 1
+    v = verify(str(arc))
+    assert v["ok"], (v["problems"], v["mismatched_records"])
+    r = restore(str(arc), str(tmp_path / "out"))
+    assert r["ok"] and r["written"] == 5
+    assert _tree(tmp_path / "out") == files
+
+
+
 def test_changed_source_is_named_then_archived_by_update(ray_session, dup_source, tmp_path):
     src, files = dup_source
     arc = tmp_path / "arc"
