@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 
 import typer
 
@@ -51,16 +52,33 @@ def _reflow(text: str) -> str:
                        for p in paras)
 
 
-def _reflow_help(t: typer.Typer) -> None:
+# Shown for an option without its own metavar: this typer would show the Python type (<str>, <bool>, <list[str]>)
+# on every option; a flag takes no value, so it shows none.
+_METAVARS = {bool: "", int: "INTEGER", float: "NUMBER", str: "TEXT"}
+
+
+def _metavar(annotation) -> str | None:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]  # Optional[X], List[X]
+    return _METAVARS.get(args[0] if args else annotation)
+
+
+def _tidy_help(t: typer.Typer) -> None:
     for info in t.registered_commands:
         text = info.help or (info.callback and info.callback.__doc__)
         if text:
             info.help = _reflow(text)
+        if info.callback is None:
+            continue
+        hints = typing.get_type_hints(info.callback)
+        for name, param in inspect.signature(info.callback).parameters.items():
+            opt = param.default
+            if isinstance(opt, typer.models.OptionInfo) and opt.metavar is None and name in hints:
+                opt.metavar = _metavar(hints[name])
     for group in t.registered_groups:
-        _reflow_help(group.typer_instance)
+        _tidy_help(group.typer_instance)
 
 
-_reflow_help(app)
+_tidy_help(app)
 
 
 def main() -> None:

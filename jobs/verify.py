@@ -51,7 +51,8 @@ def show(summary: dict) -> None:
 
     checked = summary["records_checked"]
     what = f"{checked} of {summary['records']} records" if summary["sample"] else f"all {checked} records"
-    out.print(f"verified {what} in {summary['shards']} shards of {summary['archive']} "
+    n = summary["shards"]
+    out.print(f"verified {what} in {n} shard{'' if n == 1 else 's'} of {summary['archive']} "
               f"({summary['seconds']} s)", highlight=False)
     table = Table(title="records by status")
     table.add_column("status")

@@ -167,6 +167,22 @@ def test_info_refuses_a_cut_stream_and_json_options_have_help(tmp_path):
         assert "JSON document" in pixark(cmd, "--help").stdout
 
 
+def test_help_reads_as_sentences_without_python_types():
+    """Help paragraphs are not broken where the source's lines break, and options show what they take (GLOB,
+    TEXT, nothing for a flag), not Python types (<str>, <bool>, <list[str]>)."""
+    proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "restore", "--help"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
+    text = proc.stdout
+    description = [ln.strip() for ln in text.split("╭")[0].splitlines()[2:]]
+    paragraphs = [p.split("\n") for p in "\n".join(description).strip().split("\n\n")]
+    assert len(paragraphs) >= 2 and len(paragraphs[1]) >= 2
+    for p in paragraphs:  # every line but a paragraph's last runs to the terminal's width (100 columns)
+        assert all(len(ln) > 80 for ln in p[:-1]), p
+    option_lines = [ln for ln in text.splitlines() if ln.lstrip("│ ").startswith("--") and "--help" not in ln]
+    assert option_lines and not [ln for ln in option_lines if "<" in ln], option_lines
+    assert any("--skip-existing " in ln and "TEXT" not in ln for ln in option_lines)
+
+
 def test_results_on_stdout_progress_on_stderr(folder, tmp_path):
     """`pixark info x > f` and the like write the result into f; nothing but the JSON document with --json."""
     src = folder / "set a" / "one photo.png"
