@@ -125,7 +125,7 @@ def archive_cmd(
     update: bool = typer.Option(False, "--update",
                                 help="add new source objects and archive changed ones again (a new generation)"),
     strict: bool = typer.Option(False, "--strict",
-                                help="exit 2 when any object did not code (kept as original bytes, or failed)"),
+                                help="exit 2 when any object did not code (kept as original bytes, or failed) or was not archived (skipped)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="decode each record and compare pixels before trusting it"),
     no_follow: bool = typer.Option(False, "--no-follow", help="do not archive symlinks to files (they are reported as skipped)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
@@ -150,6 +150,9 @@ def archive_cmd(
     if strict and s["images"] != s["ok"]:
         raise fail(f"{s['images'] - s['ok']} object(s) did not code: {_kept(s)} kept as original bytes, "
                    f"{s['failed']} failed (--strict)", code=2)
+    if strict and s.get("skipped"):  # found by the listing, not archived: as much a loss as a failed row
+        raise fail(f"{len(s['skipped'])} entries under the source were not archived (listed above: names that are "
+                   "not UTF-8, FIFOs, symlinks not followed ...) (--strict)", code=2)
 
 
 def register(app: typer.Typer) -> None:

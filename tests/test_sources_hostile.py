@@ -92,3 +92,18 @@ def test_archive_and_restore_a_hostile_tree(ray_session, tmp_path):
     assert r["ok"] and r["written"] == 3
     for name, src in ((LONG, tmp_path / "src" / LONG), ("link.png", tmp_path / "elsewhere" / "target.png")):
         assert pc.load((tmp_path / "out" / name).read_bytes()).pixel_sha256() == pc.load(src.read_bytes()).pixel_sha256()
+
+
+@pytest.mark.ray
+def test_strict_archive_exits_2_when_the_listing_skipped_entries(tmp_path):
+    """A name that is not UTF-8 or a FIFO is reported and left out; a --strict run must not end with exit 0."""
+    import subprocess
+    import sys
+
+    hostile_tree(tmp_path)
+    cmd = [sys.executable, "-m", "pixark.jobs.cli", "archive", str(tmp_path / "src"), str(tmp_path / "arc"),
+           "--workers", "1", "--codec", "png"]
+    proc = subprocess.run(cmd + ["--strict"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "4 entries under the source were not archived" in proc.stderr, proc.stderr
+    assert "caf\\xe9.png" in proc.stdout + proc.stderr  # named, escaped
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode == 0  # rerun, not strict
