@@ -69,7 +69,10 @@ def _tidy_help(t: typer.Typer) -> None:
             info.help = _reflow(text)
         if info.callback is None:
             continue
-        hints = typing.get_type_hints(info.callback)
+        try:
+            hints = typing.get_type_hints(info.callback)
+        except (NameError, TypeError):  # a hint only a type checker can resolve: keep typer's labels
+            continue
         for name, param in inspect.signature(info.callback).parameters.items():
             opt = param.default
             if isinstance(opt, typer.models.OptionInfo) and opt.metavar is None and name in hints:
