@@ -66,8 +66,10 @@ class NoPixels(Enum):
 def pixel_sha256(pixels: np.ndarray) -> str:
     """Hash of a pixel array that names its shape and dtype (little-endian samples), so equal hashes mean equal images."""
     arr = np.ascontiguousarray(pixels)
-    prefix = f"{arr.shape}:{arr.dtype.name}:".encode()
-    return hashlib.sha256(prefix + arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
+    h = hashlib.sha256(f"{arr.shape}:{arr.dtype.name}:".encode())
+    # the samples as they lie in memory, not copied (tobytes and a concatenation each copied the whole image)
+    h.update(np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False)).view(np.uint8).reshape(-1))
+    return h.hexdigest()
 
 
 @dataclass
