@@ -125,6 +125,12 @@ def _load(name: str) -> None:
             pass
 
 
+def is_learned(name: str) -> bool:
+    """Whether ``name`` is a learned codec, without importing it: the learned codecs import torch, and a driver
+    that only sizes decode tasks by codec should not pay for that (about 240 MB)."""
+    return name in _LAZY or (name in _CODECS and _CODECS[name].learned)
+
+
 def get(name: str) -> Codec:
     _load(name)
     if name not in _CODECS:

@@ -135,13 +135,11 @@ def decode_task(task, rows: list[dict], gpus: float):
 
 
 def is_learned(codec: str | None) -> bool:
-    """Records of learned codecs decode orders of magnitude slower than classical ones (seconds, not milliseconds)."""
-    from pixark import codec as pc
+    """Records of learned codecs decode orders of magnitude slower than classical ones (seconds, not milliseconds).
+    An unknown codec counts as classical (its decoder will say what is wrong)."""
+    from pixark.codec import registry
 
-    try:
-        return bool(codec) and pc.get(codec).learned
-    except pc.CodecError:  # unknown codec: the decoder will say so; cost it like a classical one
-        return False
+    return bool(codec) and registry.is_learned(codec)
 
 
 # Decoded pixels a task holds at once (``decode_many``): about 12 MB of 8-bit RGB, whatever the records' sizes.

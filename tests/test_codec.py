@@ -280,3 +280,20 @@ def test_auto_keeps_the_smallest_candidate(monkeypatch):
     assert names[0] == "png" and "jxl-ll" in names
     sizes = {n: len(pc.encode(img, n)) for n in names}
     assert len(pc.encode(img, "auto")) == min(min(sizes.values()), len(pc.encode(img, "store")))
+
+
+def test_sizing_decode_tasks_by_codec_does_not_import_torch():
+    """A driver that only asks which records are learned (to size decode tasks) stays light: learned codecs are
+    known by name without importing them (they import torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from pixark.pipeline import catalog, restore, verify\n"
+            "rows = [{'codec': c, 'offset': i, 'width': 64, 'height': 64} for i, c in enumerate(['mspsm', 'png', 'msr'])]\n"
+            "assert [catalog.is_learned(r['codec']) for r in rows] == [True, False, True]\n"
+            "assert catalog.is_learned('no-such-codec') is False and catalog.is_learned(None) is False\n"
+            "catalog.batches(rows, 8)\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
