@@ -254,11 +254,10 @@ def draw(report: dict, url: str) -> None:
     ax1.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax1.set_xlabel("bits per subpixel")
     ax1.set_ylabel("images")
-    ax1.set_title(f"bpsp distribution ({dist['count']} 8-bit images)")
     deep = report.get("bpsp_distribution_16bit") or {}
-    if deep.get("count"):
-        ax1.text(0.99, 0.99, f"{deep['count']} images of more than 8 bits not drawn (median "
-                 f"{deep['quantiles']['p50']:.2f} bpsp)", ha="right", va="top", transform=ax1.transAxes, fontsize=8)
+    apart = (f"; {deep['count']} deeper not drawn, median {deep['quantiles']['p50']:.2f}" if deep.get("count")
+             else "")
+    ax1.set_title(f"bpsp distribution ({dist['count']} 8-bit images{apart})")
 
     labels, values, colors = [], [], []
     # The biggest folders by source bytes; a bar per folder stops being readable after a few dozen.
