@@ -100,16 +100,12 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 def _recompress_jpeg(img: pc.DecodedImage, verify: bool) -> tuple[bytes | None, str | None]:
-    """(lepton record, None), or (None, why the JPEG stays stored as its bytes): Lepton refused it, or its stream
-    is not smaller than storing the file (never larger than the file)."""
+    """(lepton record, None), or (None, why Lepton refused the JPEG). ``_finish`` weighs the record against
+    storing the file, as it does a forced codec's."""
     try:
-        record = pc.encode(img, "lepton", verify=verify)
+        return pc.encode(img, "lepton", verify=verify), None
     except pc.CodecError as exc:
         return None, f"JPEG kept as original bytes: {exc}"
-    stored = pc.encode(img, "store")
-    if len(stored) <= len(record):
-        return None, f"lepton output ({len(record)} bytes) is not smaller than the file: kept as original bytes"
-    return record, None
 
 
 # Decoded pixels an archive batch codes together (``code_objects``): small images share the learned codec's
@@ -208,11 +204,13 @@ def _finish(row: dict, img: pc.DecodedImage, data: bytes, record, codec: str, ve
                 record, row["note"] = _recompress_jpeg(img, verify)
     if record is None:
         record = pc.encode(img, "store")
-    elif codec.partition(":")[0] != "auto":
-        # `auto` already never exceeds storing the file; a forced codec can. Nothing grows in the archive.
+    elif codec.partition(":")[0] != "auto" or img.pixels is None:
+        # `auto` already never exceeds storing the file; a forced codec, or Lepton on a JPEG, can. Nothing grows in
+        # the archive.
         stored = pc.encode(img, "store")
         if len(stored) <= len(record):
-            row["note"] = f"{codec} output ({len(record)} bytes) is not smaller than the file: kept as original bytes"
+            name = "lepton" if img.pixels is None else codec
+            row["note"] = f"{name} output ({len(record)} bytes) is not smaller than the file: kept as original bytes"
             record = stored
     head = pc.info(record)
     subpixels = (row.get("width") or 0) * (row.get("height") or 0) * (row.get("channels") or 0)
