@@ -25,6 +25,8 @@ import warnings
 from pixark import codec as pc
 from pixark.codec.image import NoPixels
 
+from . import store
+
 # Leading bytes of image formats: a file starting like this that Pillow cannot read is a damaged image, not a
 # non-image object.
 _IMAGE_MAGICS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM",
@@ -161,7 +163,7 @@ def _read(fs, path: str, image_id: str, url: str, size: int) -> tuple[dict, pc.D
     """The row so far, the loaded image (None: the object cannot be read; the row says why) and its bytes."""
     row: dict = {"image_id": image_id, "source_url": url, "source_bytes": size, "status": "ok"}
     try:
-        data = fs.cat_file(path)
+        data = fs.cat_file(store.os_name(fs, path))
     except Exception as exc:  # vanished, permission denied, network: recorded, never fatal for the job
         row.update(status="failed", error=f"cannot read source: {type(exc).__name__}: {exc}", compressed_bytes=0)
         return row, None, b""

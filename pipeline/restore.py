@@ -174,7 +174,7 @@ def _write(row: dict, img, dest_fs, dest_root: str, format: str) -> dict:
             return _res(row, "error", how)
     path = posixpath.join(dest_root, row["name"])
     try:
-        store.put_bytes(dest_fs, path, blob)
+        store.put_bytes(dest_fs, store.os_name(dest_fs, path), blob)
     except OSError as exc:
         return _res(row, "error", f"cannot write {path}: {exc}")
     return _res(row, "written", how, len(blob))
@@ -377,7 +377,7 @@ def _existing(fs, root: str) -> dict[str, int]:
     """Sizes of what DEST already holds (one listing, not one request per file)."""
     store.fresh(fs, root)
     try:
-        return {p: int(d.get("size") or 0) for p, d in fs.find(root, detail=True).items()}
+        return {store.text_name(p): int(d.get("size") or 0) for p, d in fs.find(root, detail=True).items()}
     except FileNotFoundError:
         return {}
 
@@ -391,7 +391,7 @@ def _intact(fs, root: str, row: dict, size: int, format: str) -> bool:
     if expected is not None and size != expected:
         return False
     try:
-        data = fs.cat_file(posixpath.join(root, row["name"]))
+        data = fs.cat_file(store.os_name(fs, posixpath.join(root, row["name"])))
     except OSError:
         return False
     if expected is not None:

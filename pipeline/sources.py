@@ -3,8 +3,9 @@
 Listing walks SRC recursively through fsspec, keeps files (not directory markers) and symlinks to files, applies
 --include/--exclude globs to the path relative to SRC, leaves out the archive's own destination when it lies inside
 SRC, and sorts by that relative path (code point order, so the order does not depend on locale or on the store's
-listing order). Entries it cannot archive (FIFOs, sockets, devices, symlinks to folders or to nothing, names that
-are not UTF-8) are reported with the reason, never dropped without a word.
+listing order). Names that are not UTF-8 are archived under ``store.text_name`` and restored with their bytes.
+Entries it cannot archive (FIFOs, sockets, devices, symlinks to folders or to nothing) are reported with the
+reason, never dropped without a word.
 Planning cuts the sorted list into shards by cumulative source bytes, byte-identical files (``content_keys``) in
 one shard, where they share one record.
 """
@@ -116,7 +117,8 @@ def list_sources(src_fs: fsspec.AbstractFileSystem, src_root: str, include=(), e
             if skipped is not None:
                 skipped.append({"image_id": printable(rel), "reason": why})
             continue
-        out.append(SourceObject(image_id=rel, path=path, url=src_fs.unstrip_protocol(path),
+        out.append(SourceObject(image_id=store.text_name(rel), path=store.text_name(path),
+                                url=store.text_name(src_fs.unstrip_protocol(path)),
                                 size=int(info.get("size") or 0), version=version_of(info)))
     out.sort(key=lambda o: o.image_id)
     return out
@@ -129,10 +131,9 @@ def printable(name: str) -> str:
 
 def _unarchivable(fs, path: str, rel: str, kind: str, follow_links: bool = True) -> str:
     """Why an entry the listing found cannot be archived, or '' when it can (a file, or a symlink to a file)."""
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return "file name is not valid UTF-8: rename it to archive it (manifests and restores need text names)"
+    if store.has_reserved(rel):
+        return (f"file name holds characters {store.RESERVED}, which pixark uses for bytes that are not UTF-8: "
+                "rename it to archive it")
     if kind == "file":
         return ""
     try:
@@ -167,7 +168,7 @@ def content_keys(fs, objects: list[SourceObject], threads: int = 8) -> dict[str,
 
     def digest(o, end=None):
         try:
-            return o.size, hashlib.sha256(fs.cat_file(o.path, start=0, end=end)).hexdigest()
+            return o.size, hashlib.sha256(fs.cat_file(store.os_name(fs, o.path), start=0, end=end)).hexdigest()
         except Exception:  # noqa: BLE001 - vanished or unreadable: not grouped, coded and reported as usual
             return None
 

@@ -47,6 +47,30 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+# File names that are not UTF-8 (a Latin-1 name on an old disk): Python holds each byte that does not decode as a
+# surrogate escape U+DC80..U+DCFF, which Parquet (UTF-8 only) and terminals refuse. pixark carries such a name as
+# text with each of those bytes as the private-use character U+F780..U+F7FF (as SFM carries the characters NTFS
+# forbids), and turns them back into the bytes where it opens or writes a file on a local disk, so a restore
+# gives back the original name. Names that hold those characters themselves are not archived (``RESERVED``).
+_AS_TEXT = {0xDC80 + b: 0xF780 + b for b in range(128)}
+_AS_OS = {v: k for k, v in _AS_TEXT.items()}
+RESERVED = "U+F780..U+F7FF"
+
+
+def text_name(name: str) -> str:
+    """A name as pixark carries it (manifests, plans, messages): valid UTF-8 whatever bytes the file system held."""
+    return name.translate(_AS_TEXT)
+
+
+def os_name(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The path to open on ``fs``: a local disk's names get their original bytes back (``text_name`` undone)."""
+    return path.translate(_AS_OS) if is_local(fs) else path
+
+
+def has_reserved(name: str) -> bool:
+    return any(0xF780 <= ord(ch) <= 0xF7FF for ch in name)
+
+
 def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
     return bool(protocols(fs) & OBJECT_STORES)
 

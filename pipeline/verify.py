@@ -150,7 +150,7 @@ def _against_source(row: dict, img, source_options: dict | None) -> str:
 
     try:
         fs, path = fsspec.core.url_to_fs(row["source_url"], **(source_options or {}))
-        data = fs.cat_file(path)
+        data = fs.cat_file(store.os_name(fs, path))
     except FileNotFoundError:
         return f"source {row['source_url']} no longer exists"
     except Exception as exc:
