@@ -127,6 +127,36 @@ def test_hostile_stream_is_refused_cheaply(name):
     assert peak < 64 << 20, f"{name}: {peak / 2**20:.0f} MiB allocated before refusing"
 
 
+_PEAK = """
+import resource, sys
+import pixark.codec as pc
+from pixark.codec.mspsm import load_profile
+load_profile("{profile}")  # weights and torch's own start-up: the same in both runs
+pc.decode(pc.encode(pc.DecodedImage.from_array(__import__("numpy").zeros((8, 8, 3), "uint8")), "mspsm"))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    pc.decode(open(sys.argv[1], "rb").read())
+except pc.CorruptStream:
+    pass
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+
+
+def test_hostile_mspsm_stream_peak_memory_counts_torch_too():
+    """tracemalloc does not see torch's tensors: the process's peak resident memory must not grow either."""
+    import subprocess
+
+    if "mspsm-tile-16384.pxk" not in FIXTURES:
+        pytest.skip("no mspsm weights")
+    from pixark.codec.mspsm import model as M
+
+    out = subprocess.run([sys.executable, "-c", _PEAK.format(profile=M.DEFAULT_PROFILE),
+                          str(HOSTILE / "mspsm-tile-16384.pxk")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    grew_kib = int(out.stdout.split()[-1])
+    assert grew_kib < 64 << 10, f"peak resident memory grew by {grew_kib / 1024:.0f} MiB before refusing"
+
+
 @pytest.mark.parametrize("name", [n for n in FIXTURES if n.startswith("header-")])
 def test_info_refuses_malformed_headers_too(name):
     with pytest.raises(pc.CorruptStream):
