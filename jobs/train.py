@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads of torch")
     ap.add_argument("--loader-workers", type=int, default=0, help="threads cutting crops ahead of the step (0: in "
                     "the step, reproducibly); also decode the training images at the start")
+    ap.add_argument("--jpeg", type=float, default=0.0, help="fraction of crops passed through JPEG (quality 70-100, "
+                    "4:4:4/4:2:2/4:2:0) first: pixels with a JPEG history")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--dev-minutes", type=float, default=10.0)
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
             r = train(codec=a.codec, profile=a.profile, data=a.data, dev=a.dev, out=a.out, steps=a.steps,
                       minutes=a.minutes, resume=a.resume, batch=a.batch, lr=a.lr, crop=a.crop, threads=a.threads,
                       seed=a.seed, ckpt_minutes=a.ckpt_minutes, dev_minutes=a.dev_minutes, export_to=a.export_to,
-                      init=a.init, bf16=a.bf16, device=a.device, loader_workers=a.loader_workers, log=log)
+                      init=a.init, bf16=a.bf16, device=a.device, loader_workers=a.loader_workers, jpeg=a.jpeg, log=log)
     except CodecError as e:
         print(f"pixark train: {e}", file=sys.stderr)
         return 2

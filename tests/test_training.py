@@ -78,9 +78,23 @@ def test_augmentation_is_the_dihedral_group():
     turns = [np.rot90(c, r) for r in range(4)]
     assert mine == {t.tobytes() for t in turns + [t[:, ::-1] for t in turns]} and len(mine) == 8
     s = CropSampler.__new__(CropSampler)
-    s.imgs, s.weights, s.crop = [c], np.array([1.0]), 16
+    s.imgs, s.weights, s.crop, s.jpeg = [c], np.array([1.0]), 16, 0.0
     seen = {b.transpose(1, 2, 0).tobytes() for b in s.batch(200, np.random.default_rng(1))}
     assert seen == mine
+
+
+def test_a_share_of_crops_gets_a_jpeg_history():
+    """With jpeg=0.5 about half the crops come back from a JPEG pass: near the source (quality >= 70) but not it."""
+    y, x = np.mgrid[0:32, 0:32]
+    c = np.stack([y * 7 % 256, x * 5 % 256, (y + x) * 3 % 256], -1).astype(np.uint8)
+    s = CropSampler.__new__(CropSampler)
+    s.imgs, s.weights, s.crop, s.jpeg = [c], np.array([1.0]), 32, 0.5
+    mine = {dihedral(c, k).tobytes() for k in range(8)}
+    crops = [b.transpose(1, 2, 0) for b in s.batch(200, np.random.default_rng(2))]
+    passed = [b for b in crops if b.tobytes() not in mine]
+    assert 70 <= len(passed) <= 130, len(passed)
+    near = [min(np.abs(b.astype(int) - dihedral(c, k).astype(int)).mean() for k in range(8)) for b in passed]
+    assert max(near) < 12, max(near)
 
 
 def test_loader_workers_fill_batches_ahead(data):

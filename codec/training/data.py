@@ -62,13 +62,31 @@ def dihedral(c: np.ndarray, k: int) -> np.ndarray:
     return c
 
 
+def jpeg_history(c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A crop as it comes back from one pass through a JPEG encoder and decoder (Pillow's libjpeg): quality 70..100,
+    chroma 4:4:4, 4:2:2 or 4:2:0, the 8x8 grid at the crop's origin as at an image's. Most photo collections went
+    through JPEG once (camera, phone, web); their pixels hold smooth chroma and block structure that downscaled or
+    never-compressed training photos lack, and on such pixels the model lost 5-50 % against JPEG XL
+    (docs/MSPSM.md)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(c)).save(buf, "JPEG", quality=int(rng.integers(70, 101)),
+                                                  subsampling=int(rng.integers(3)))
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 class CropSampler:
     """Random ``crop`` x ``crop`` crops of images decoded once and kept in memory. An image is drawn with
     probability proportional to its pixels, so every pixel of the training set is equally likely to be in a crop
     (a 2048-pixel photo is not outweighed by many small files); each crop gets a random one of the 8 symmetries
-    of the square (flips and 90-degree turns: a photo seen mirrored or turned is still a photo)."""
+    of the square (flips and 90-degree turns: a photo seen mirrored or turned is still a photo), and a fraction
+    ``jpeg`` of them a pass through JPEG first (``jpeg_history``)."""
 
-    def __init__(self, paths: list[str], crop: int, workers: int = 1, log=None):
+    def __init__(self, paths: list[str], crop: int, workers: int = 1, log=None, jpeg: float = 0.0):
         with ThreadPoolExecutor(max(1, workers)) as ex:
             imgs = list(ex.map(load_rgb, paths))
         self.imgs = [im for im in imgs if im.shape[0] >= crop and im.shape[1] >= crop]
@@ -77,7 +95,7 @@ class CropSampler:
         px = np.array([im.shape[0] * im.shape[1] for im in self.imgs], np.float64)
         self.weights = px / px.sum()
         self.pixels = int(px.sum())
-        self.crop = crop
+        self.crop, self.jpeg = crop, jpeg
         if log and len(self.imgs) < len(imgs):
             log(f"{len(imgs) - len(self.imgs)} images smaller than {crop}x{crop} skipped")
 
@@ -89,7 +107,10 @@ class CropSampler:
             im = self.imgs[j]
             y = rng.integers(im.shape[0] - self.crop + 1)
             x = rng.integers(im.shape[1] - self.crop + 1)
-            out[i] = dihedral(im[y:y + self.crop, x:x + self.crop], int(rng.integers(8)))
+            c = im[y:y + self.crop, x:x + self.crop]
+            if self.jpeg and rng.random() < self.jpeg:
+                c = jpeg_history(c, rng)
+            out[i] = dihedral(c, int(rng.integers(8)))
         return out.transpose(0, 3, 1, 2)
 
 

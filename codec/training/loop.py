@@ -51,12 +51,12 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
           minutes: float | None = None, resume: bool = False, batch: int | None = None, lr: float | None = None,
           crop: int = 128, threads: int = 2, seed: int = 0, ckpt_minutes: float = 5.0,
           dev_minutes: float = 10.0, export_to: str | None = None, init: str | None = None, bf16: bool = False,
-          device: str = "cpu", loader_workers: int = 0, log=print) -> dict:
+          device: str = "cpu", loader_workers: int = 0, jpeg: float = 0.0, log=print) -> dict:
     """Train ``codec``/``profile`` on ``device``; stop after ``steps`` steps or ``minutes`` of training time
     (whichever first; both counted over resumed runs). ``init``: a checkpoint (or weights file,
     ``_init_source``) of this or another profile of the same codec to warm-start a new run from
     (``Net.warm_start``; ignored on resume, the run's own checkpoint wins). ``loader_workers``: threads cutting
-    crops ahead of the step. Returns a summary dict. Exports the integer model at the end when ``export_to`` (a
+    crops ahead of the step; ``jpeg``: the fraction of crops passed through JPEG first (``data.jpeg_history``). Returns a summary dict. Exports the integer model at the end when ``export_to`` (a
     weights .npz path) is given. TrainingError when it cannot start."""
     hooks = trainable(codec)
     dev_ = _device(device)
@@ -97,6 +97,7 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
         if lr is None and meta.get("lr"):  # the run's own schedule, not the profile default
             lr0 = meta["lr"]
         bf16 = bf16 or bool(meta.get("bf16"))
+        jpeg = jpeg or float(meta.get("jpeg") or 0.0)
         say(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained, "
             f"saved on {meta.get('device', 'cpu')})")
     elif init:
@@ -122,13 +123,13 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
     paths = list_images(data)
     if not paths:
         raise TrainingError(f"no images under {data}")
-    sampler = CropSampler(paths, crop, workers=max(1, loader_workers), log=say)
+    sampler = CropSampler(paths, crop, workers=max(1, loader_workers), log=say, jpeg=jpeg)
     loader = Loader(sampler, batch, seed + state["step"], loader_workers, dev_)
     devx = dev_crops(dev, 8, 256) if dev else None
     devx = devx.to(dev_) if devx is not None else None
     say(f"train codec={codec} profile={profile} images={len(sampler.imgs)} ({sampler.pixels / 1e6:.1f} Mpx) "
         f"batch={batch} crop={crop} lr={lr0} steps={steps} minutes={minutes} threads={threads} bf16={int(bf16)} "
-        f"device={dev_} loader_workers={loader_workers} params={sum(p.numel() for p in net.parameters())}")
+        f"device={dev_} loader_workers={loader_workers} jpeg={jpeg} params={sum(p.numel() for p in net.parameters())}")
     net.bf16 = bf16
 
     def lr_at(progress: float) -> float:
@@ -146,7 +147,7 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
 
     def save():
         meta = {"codec": codec, "profile": profile, "state": state, "minutes": minutes, "data": data,
-                "batch": batch, "crop": crop, "lr": lr0, "bf16": bf16, "device": str(dev_)}
+                "batch": batch, "crop": crop, "lr": lr0, "bf16": bf16, "device": str(dev_), "jpeg": jpeg}
         checkpoint.save(ckpt_path, meta, net.state_dict(), opt.state_dict())
 
     def dev_eval():
@@ -204,7 +205,7 @@ def train(codec: str = "mspsm", profile: str = "cpu", data: str = "../shared/dat
     save()
     say(f"done step {state['step']} elapsed_min {state['elapsed'] / 60:.1f} dev_bpsp_est {d}")
     summary = {"codec": codec, "profile": profile, "steps": state["step"], "minutes": state["elapsed"] / 60,
-               "dev_bpsp_est": d, "data": data, "batch": batch, "crop": crop, "lr": lr0, "device": str(dev_)}
+               "dev_bpsp_est": d, "data": data, "batch": batch, "crop": crop, "lr": lr0, "device": str(dev_), "jpeg": jpeg}
     if export_to:
         net.to("cpu")
         card = os.path.splitext(export_to)[0] + ".md"
