@@ -24,7 +24,8 @@ from .errors import UnsupportedImage
 MAX_PIXELS = 1 << 28
 
 # Formats whose single-frame pixels (plus the metadata kept below) are the whole content, so recoding is lossless.
-# Anything else (JPEG, lossy WebP, TIFF with its tags, animations, ...) is kept as its original bytes.
+# Anything else (JPEG, lossy WebP, animations, ...) is kept as its original bytes. TIFF has its own reader and
+# writer (tiff.py: pixels plus a recipe of its layout and tags), for the TIFFs it can rewrite.
 RECODABLE_FORMATS = {"PNG", "BMP", "PPM", "GIF", "TGA"}
 
 # Pillow mode -> (channels, dtype). Modes ending in ';16' are pixark's names for 16-bit colour PNGs, which
@@ -122,6 +123,14 @@ class DecodedImage:
     def pixel_sha256(self) -> str:
         return "" if self.pixels is None else pixel_sha256(self.pixels)
 
+    @property
+    def bytes_exact(self) -> bool:
+        """A decoded TIFF whose ``to_file()`` rewrite was checked, when it was read, to be the source file byte for
+        byte (``info["tiff"]["exact"]``; the flag travels in the container header, so a decoded record says it
+        too). False for every other image."""
+        recipe = self.metadata.info.get("tiff")
+        return self.pixels is not None and isinstance(recipe, dict) and recipe.get("exact") is True
+
     # ----------------------------------------------------------------------------------------------- reading
     @classmethod
     def from_array(cls, pixels: np.ndarray, mode: str | None = None) -> "DecodedImage":
@@ -160,6 +169,10 @@ class DecodedImage:
             return self.original
         if self.pixels is None:
             raise UnsupportedImage(f"no pixels to write ({self.reason or 'not an image'})")
+        if format == "original" and self.format == "TIFF" and "tiff" in self.metadata.info:
+            from . import tiff
+
+            return tiff.write(self.pixels, self.metadata.info["tiff"], self.metadata.icc_profile)
         fmt = self.format if format == "original" and self.format in RECODABLE_FORMATS else "PNG"
         if self.mode.endswith(";16") and self.mode != "I;16":
             if fmt != "PNG":
@@ -210,6 +223,12 @@ def _sniff_format(data: bytes) -> str:
 
 
 def _read(data: bytes) -> DecodedImage:
+    from . import tiff
+
+    if tiff.is_tiff(data):  # tifffile, not Pillow: 16-bit colour, and the tags to write the file back
+        arr, mode, recipe, icc = tiff.read(data)
+        return DecodedImage(arr, mode=mode, format="TIFF", metadata=Metadata(icc_profile=icc, info={"tiff": recipe}),
+                            original=data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

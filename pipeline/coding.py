@@ -5,7 +5,7 @@ Policy (docs/FORMAT.md, "Manifests", status rules):
 - pixels decoded -> the configured codec (default ``auto``), self-checked when ``verify``; if the codec fails, the
   original bytes are stored and the row is failed with the codec's error; a forced codec whose stream is not
   smaller than the file gives way to storing the file (invariant: never larger than storing it);
-- no pixels (JPEG, TIFF, animation, not an image, empty) -> stored as original bytes (codec ``store``), status ok
+- no pixels (JPEG, a TIFF codec/tiff.py does not rewrite, animation, not an image, empty) -> stored as original bytes (codec ``store``), status ok
   with a note; but a file that looks like an image and does not decode is failed (its bytes are still stored).
   An intact JPEG under ``auto`` (or ``lepton``) is recompressed byte-exact by Lepton when that is smaller (no
   note); when Lepton refuses it, the note says why it was stored.
