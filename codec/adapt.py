@@ -120,19 +120,30 @@ def chain_values(symbols: np.ndarray, step: int, centre: int) -> np.ndarray:
     return np.cumsum(step * (np.asarray(symbols, np.int64) - centre))
 
 
+@numba.njit(cache=True, nogil=True)
 def best_chain(acc: np.ndarray, trans: np.ndarray, start: int) -> np.ndarray:
     """Options k_1..k_n minimising sum_i acc[i, k_i] + trans[k_(i-1), k_i], k_0 = ``start``: a shortest path
-    (Viterbi), exact for integer costs. For side information sent as differences from the value before."""
+    (Viterbi), exact for integer costs. For side information sent as differences from the value before. Ties go
+    to the first option (numpy's argmin), which the streams depend on. Compiled: an mspsm tile runs it ~160 times."""
+    n, k = acc.shape
     best = trans[start] + acc[0]
-    back = []
-    for row in acc[1:]:
-        tot = best[:, None] + trans
-        back.append(tot.argmin(axis=0))
-        best = tot.min(axis=0) + row
-    path = [int(best.argmin())]
-    for b in reversed(back):
-        path.append(int(b[path[-1]]))
-    return np.array(path[::-1])
+    back = np.zeros((n, k), np.int64)
+    for i in range(1, n):
+        nxt = np.empty_like(best)
+        for b in range(k):
+            arg, low = 0, best[0] + trans[0, b]
+            for a in range(1, k):
+                v = best[a] + trans[a, b]
+                if v < low:
+                    arg, low = a, v
+            back[i, b] = arg
+            nxt[b] = low + acc[i, b]
+        best = nxt
+    path = np.empty(n, np.int64)
+    path[n - 1] = np.argmin(best)
+    for i in range(n - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path
 
 
 @numba.njit(cache=True, nogil=True)

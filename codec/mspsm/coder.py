@@ -277,21 +277,31 @@ class _TileRecorder:
         trans = CORR_COST[(CORR[None, :] - CORR[:, None]) // 2 + 32]  # [previous a, a]
         ops = [op for op in self.ops if isinstance(op, Step)]
         for col in range(3):
+            # the channel's steps as one array each (a tile has 18; one compiled call instead of one per step):
+            # on a large step every k-th symbol, counted k times
+            steps = [op for op in ops if op.col == col and len(op.s)]
+            if not steps:
+                continue
+            picks = [slice(None, None, max(1, len(op.s) // CORR_SAMPLE)) for op in steps]
+            lens = [len(op.s[p]) for op, p in zip(steps, picks)]
+            starts = np.cumsum([0] + lens[:-1])
+            key = np.repeat([op.key for op in steps], lens)
+            weight = np.repeat([p.step for p in picks], lens)
+            s, f8, cn, x = (np.concatenate([getattr(op, a)[p] for op, p in zip(steps, picks)])
+                            for a in ("s", "f8", "cn", "x"))
+            terms = [np.concatenate([op.terms[i][p] for op, p in zip(steps, picks)])
+                     for i in range(len(CORR_TERMS[col]))]
             for n, j in enumerate(CORR_TERMS[col]):
+                if n:  # the means as corrected by the terms chosen before this one
+                    i = CORR_TERMS[col][n - 1]
+                    a = self.corr[key, col, i, s // CORR_BUCKET]
+                    cn, f8 = _recentre_steps(cn, f8, terms[i], a, starts, lens)
                 tot = np.zeros((self.keys, self.corr.shape[3], len(CORR)), np.int64)
-                for key, c, s, f8, cn, x, _, terms in ops:
-                    if c == col:  # one step and channel: on a large one, every k-th symbol counted k times
-                        k = max(1, len(s) // CORR_SAMPLE)
-                        s, f8, cn, x, terms = s[::k], f8[::k], cn[::k], x[::k], [v[::k] for v in terms]
-                        for i in CORR_TERMS[col][:n]:
-                            cn, f8 = _recentre(cn, f8, terms[i], self.corr[key, col, i, s // CORR_BUCKET])
-                        part = np.zeros(tot.shape[1:], np.int64)
-                        _correction_costs(rows, s, 16 * cn + f8 - 8, x, terms[j], CORR_BUCKET, CORR, part)
-                        tot[key] += k * part
-                for key in range(self.keys):
-                    cells = np.flatnonzero(tot[key].any(axis=1))
+                _correction_costs(rows, key, weight, s, 16 * cn + f8 - 8, x, terms[j], CORR_BUCKET, CORR, tot)
+                for k in range(self.keys):
+                    cells = np.flatnonzero(tot[k].any(axis=1))
                     if len(cells):
-                        self.corr[key, col, j, cells] = CORR[best_chain(tot[key, cells], trans, len(CORR) // 2)]
+                        self.corr[k, col, j, cells] = CORR[best_chain(tot[k, cells], trans, len(CORR) // 2)]
         for key, col, s, f8, cn, x, _, terms in ops:
             for j in CORR_TERMS[col]:
                 cn, f8 = _recentre(cn, f8, terms[j], self.corr[key, col, j, s // CORR_BUCKET])
@@ -300,24 +310,36 @@ class _TileRecorder:
 
 
 def _recentre(cn: np.ndarray, f8: np.ndarray, v: np.ndarray, a) -> tuple[np.ndarray, np.ndarray]:
-    """Centres and mean fractions of the means moved by corrections ``a`` (1/64) on the term ``v``."""
+    """Centres and mean fractions of the means moved by corrections ``a`` (1/64) on the term ``v``; all-zero
+    corrections leave them as they are (the means are not even clipped then)."""
     if not np.any(a):
         return cn, f8
+    return _moved(cn, f8, v, a)
+
+
+def _moved(cn, f8, v, a):
     mu = np.clip(16 * cn + f8 - 8 + ((a * v + 32) >> 6), 0, 4080)  # shifts: floor division by 64, by 16
     c = (mu + 8) >> 4
     return c, mu - 16 * c + 8
 
 
+def _recentre_steps(cn, f8, v, a, starts, lens):
+    """``_recentre`` of each step of several laid end to end (non-empty, from ``starts``, ``lens`` long)."""
+    c, f = _moved(cn, f8, v, a)
+    keep = np.repeat(~np.logical_or.reduceat(a != 0, starts), lens)  # the steps whose corrections are all zero
+    return np.where(keep, cn, c), np.where(keep, f8, f)
+
+
 @numba.njit(cache=True, nogil=True)
-def _correction_costs(rows, s, mu, x, v, bucket, cands, out):
-    """out[s // bucket, k] += the code length of x under the network's scale ``s`` and mean ``mu`` moved by
-    cands[k] (as ``_recentre``), summed over the symbols."""
+def _correction_costs(rows, key, weight, s, mu, x, v, bucket, cands, out):
+    """out[key, s // bucket, k] += weight times the code length of x under the network's scale ``s`` and mean
+    ``mu`` moved by cands[k] (as ``_recentre``), summed over the symbols."""
     for i in range(s.shape[0]):
         b = s[i] // bucket
         for k in range(cands.shape[0]):
             m = min(max(mu[i] + ((cands[k] * v[i] + 32) >> 6), 0), 4080)
             c = (m + 8) >> 4
-            out[b, k] += rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
+            out[key[i], b, k] += weight[i] * rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
