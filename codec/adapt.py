@@ -113,7 +113,10 @@ def used_cells(s: np.ndarray, bucket: int) -> np.ndarray:
 def chain_symbols(values: np.ndarray, step: int, centre: int) -> np.ndarray:
     """Side information (multiples of ``step``) as symbols: each value's difference from the one before (0 before
     the first) in steps, plus ``centre``. ``chain_values`` inverts it."""
-    return np.diff(values, prepend=0) // step + centre
+    out = np.empty_like(values)  # np.diff(values, prepend=0), without its overhead (~150 calls per mspsm tile)
+    out[:1] = values[:1]
+    np.subtract(values[1:], values[:-1], out=out[1:])
+    return out // step + centre
 
 
 def chain_values(symbols: np.ndarray, step: int, centre: int) -> np.ndarray:

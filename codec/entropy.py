@@ -105,13 +105,13 @@ class Table:
     """One integer frequency table, validated once: for codecs that code many short runs against a fixed bank of
     tables (checking a table costs more than coding a few symbols)."""
 
-    __slots__ = ("size", "cdf")
+    __slots__ = ("size", "cdf", "freqs")
 
     def __init__(self, freqs: np.ndarray) -> None:
         cdf = _check_table(freqs)
         if cdf.ndim != 1:
             raise ValueError("a Table is one 1-D frequency table")
-        self.size, self.cdf = cdf.shape[0] - 1, cdf
+        self.size, self.cdf, self.freqs = cdf.shape[0] - 1, cdf, np.asarray(freqs)
 
 
 class Bank:
@@ -119,7 +119,7 @@ class Bank:
     ``Table``, and ``encode_indexed`` codes a table per symbol from it in one compiled call."""
 
     def __init__(self, freqs: np.ndarray) -> None:
-        self.cdf = _check_table(freqs)
+        self.cdf, self.freqs = _check_table(freqs), freqs
         if self.cdf.ndim != 2:
             raise ValueError("a Bank is a 2-D array of frequency tables")
         self.size = self.cdf.shape[1] - 1
@@ -129,7 +129,7 @@ class Bank:
 
     def __getitem__(self, t: int) -> Table:
         table = Table.__new__(Table)
-        table.size, table.cdf = self.size, self.cdf[t]
+        table.size, table.cdf, table.freqs = self.size, self.cdf[t], self.freqs[t]
         return table
 
 

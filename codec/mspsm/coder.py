@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import tiling
 from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chain, chain_symbols, chain_values, \
     used_cells
-from ..entropy import Decoder, Encoder, cost, normalize
+from ..entropy import Decoder, Encoder, Table, cost, normalize
 from ..errors import CorruptStream, DeviceError, UnsupportedStream
 from ..image import MAX_PIXELS
 from ..nn.quant import run_on
@@ -48,6 +48,8 @@ CORR_SAMPLE = 16384  # the encoder chooses corrections on about this many symbol
 CORR_TERMS = ((0,), (0, 1), (1, 0, 2))  # indices into the channel's terms [errors of R (, G), offset]
 CORR_FREQ = normalize((64 >> np.minimum(np.abs(np.arange(-32, 33)), 6)) + 1)  # peaked at no difference
 CORR_COST = cost(CORR_FREQ).astype(np.int64)
+# the fixed tables, validated once: a small tile codes ~150 short runs with them
+T_UNIFORM, T_MODE, T_CORR, T_SHIFT = (Table(f) for f in (UNIFORM, MODE, CORR_FREQ, SHIFT_FREQ))
 # Coder state (pixels, masks, neighbour averages, network inputs and context) is held in float32: every value is an
 # integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
 # first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
@@ -126,6 +128,7 @@ class _BitCounter:
 
     def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
         self.enc.encode(symbols, freqs)
+        freqs = freqs.freqs if isinstance(freqs, Table) else freqs
         self._add(freqs[symbols] if freqs.ndim == 1 else freqs[np.arange(len(freqs)), symbols])
 
     def encode_indexed(self, symbols: np.ndarray, index: np.ndarray, bank) -> None:
@@ -201,10 +204,10 @@ class _TileEncoder(_TileModel):
         self.enc.encode(symbols, freqs)
 
     def _corrections(self, a: np.ndarray, cells: np.ndarray) -> None:
-        self.put(chain_symbols(a[cells], 2, 32), CORR_FREQ)
+        self.put(chain_symbols(a[cells], 2, 32), T_CORR)
 
     def _shifts(self, key: int, col: int, cells: np.ndarray) -> None:
-        self.put(self.shifts.symbols(key, col, cells), SHIFT_FREQ)
+        self.put(self.shifts.symbols(key, col, cells), T_SHIFT)
 
     def _symbols(self, x: np.ndarray, use: np.ndarray, cen: np.ndarray) -> np.ndarray:
         self.enc.encode_indexed((x - cen) & 255, use, self.bank)
@@ -220,14 +223,14 @@ class _TileDecoder(_TileModel):
     def __init__(self, dec: Decoder, version: int, keys: int):
         super().__init__(version, keys)
         self.dec = dec
-        if version >= 4 and dec.decode(MODE, 1)[0]:
+        if version >= 4 and dec.decode(T_MODE, 1)[0]:
             self.use_shifts(ShiftTable(M.tables()["cost"], keys))  # its deltas are read as their cells come up
 
     def _corrections(self, a: np.ndarray, cells: np.ndarray) -> None:
-        a[cells] = chain_values(self.dec.decode(CORR_FREQ, len(cells)), 2, 32)
+        a[cells] = chain_values(self.dec.decode(T_CORR, len(cells)), 2, 32)
 
     def _shifts(self, key: int, col: int, cells: np.ndarray) -> None:
-        self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
+        self.shifts.read(key, col, cells, self.dec.decode(T_SHIFT, len(cells)))
 
     def _symbols(self, x, use: np.ndarray, cen: np.ndarray) -> np.ndarray:
         return (cen + self.dec.decode_indexed(use, self.bank)) & 255
@@ -258,7 +261,7 @@ class _TileRecorder:
         best = None
         for table in (None, self.shifts):
             c = _TileEncoder(self.version, self.keys, self.count)
-            c.put(np.array([int(table is not None)]), MODE)
+            c.put(np.array([int(table is not None)]), T_MODE)
             if table is not None:
                 c.use_shifts(table)
                 c.corr = self.corr
@@ -494,12 +497,12 @@ def _coarsest(tiles, sizes, bsz: int, scales: int, coders):
             pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
         top = pyr[-1]
         for b in range(bsz):
-            coders[b].put(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
+            coders[b].put(top[b].reshape(-1).numpy().astype(np.int32), T_UNIFORM)
         return pyr, top
     hm, wm = sizes[-1]
     top = torch.zeros(bsz, 3, hm, wm, dtype=DT)
     for b in range(bsz):
-        top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float32))
+        top[b] = torch.from_numpy(coders[b].dec.decode(T_UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float32))
     return None, top
 
 
