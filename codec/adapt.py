@@ -57,8 +57,9 @@ class ScaleAdapter:
         """Add what every delta would have cost on the symbols just coded in channel ``col``: network scale
         indices ``s`` and their ``rest`` index (other table coordinates and the symbol) inside a scale's row."""
         bk = self.bank
-        _add_costs(self.acc[col], bk.padded, bk.row, bk.pad, np.asarray(s, np.int64), np.asarray(rest, np.int64),
-                   DELTAS, BUCKET)
+        s = np.asarray(s, np.int64)
+        _add_costs(self.acc[col][None], np.zeros(len(s), np.int64), bk.padded, bk.row, bk.pad, s,
+                   np.asarray(rest, np.int64), DELTAS, BUCKET)
 
 
 class ShiftTable:
@@ -83,13 +84,16 @@ class ShiftTable:
     def read(self, key: int, col: int, cells: np.ndarray, symbols: np.ndarray) -> None:
         self.delta[key, col, cells] = chain_values(symbols, 1, 12)  # any value: shift clips
 
-    def add(self, key: int, col: int, s: np.ndarray, rest: np.ndarray) -> None:
-        """Encoder: add what every delta would cost on these symbols (as ``ScaleAdapter.update``)."""
+    def add(self, key, col: int, s: np.ndarray, rest: np.ndarray) -> None:
+        """Encoder: add what every delta would cost on these symbols (as ``ScaleAdapter.update``); ``key``: their
+        step, or an array of one step per symbol (several steps of a channel at once)."""
         if self.acc is None:
             self.acc = np.zeros(self.delta.shape + (len(DELTAS),), np.int64)
         bk = self.bank
-        _add_costs(self.acc[key, col], bk.padded, bk.row, bk.pad, np.asarray(s, np.int64),
-                   np.asarray(rest, np.int64), DELTAS, SHIFT_BUCKET)
+        s = np.asarray(s, np.int64)
+        key = np.broadcast_to(np.asarray(key, np.int64), s.shape).copy()
+        _add_costs(self.acc[:, col], key, bk.padded, bk.row, bk.pad, s, np.asarray(rest, np.int64), DELTAS,
+                   SHIFT_BUCKET)
 
     def choose(self) -> None:
         """Per (step, channel), the deltas of the used cells that minimise symbol costs plus difference codes."""
@@ -150,10 +154,10 @@ def best_chain(acc: np.ndarray, trans: np.ndarray, start: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _add_costs(acc, padded, row, pad, s, rest, deltas, bucket):
-    """acc[s // bucket, k] += rows[clip(s + deltas[k]), rest] for every coded symbol (integer sums: exact)."""
+def _add_costs(acc, key, padded, row, pad, s, rest, deltas, bucket):
+    """acc[key, s // bucket, k] += rows[clip(s + deltas[k]), rest] for every coded symbol (integer sums: exact)."""
     for i in range(s.shape[0]):
         at = (s[i] + pad) * row + rest[i]  # the unshifted entry in the padded table
         b = s[i] // bucket
         for k in range(deltas.shape[0]):
-            acc[b, k] += padded[at + deltas[k] * row]
+            acc[key[i], b, k] += padded[at + deltas[k] * row]

@@ -280,34 +280,38 @@ class _TileRecorder:
         trans = CORR_COST[(CORR[None, :] - CORR[:, None]) // 2 + 32]  # [previous a, a]
         ops = [op for op in self.ops if isinstance(op, Step)]
         for col in range(3):
-            # the channel's steps as one array each (a tile has 18; one compiled call instead of one per step):
-            # on a large step every k-th symbol, counted k times
+            # the channel's steps laid end to end, one array each (a tile has 18 steps: one compiled call per term
+            # instead of one per step and term)
             steps = [op for op in ops if op.col == col and len(op.s)]
             if not steps:
                 continue
-            picks = [slice(None, None, max(1, len(op.s) // CORR_SAMPLE)) for op in steps]
-            lens = [len(op.s[p]) for op, p in zip(steps, picks)]
-            starts = np.cumsum([0] + lens[:-1])
+            lens = np.array([len(op.s) for op in steps])
+            starts = np.cumsum(lens) - lens
             key = np.repeat([op.key for op in steps], lens)
-            weight = np.repeat([p.step for p in picks], lens)
-            s, f8, cn, x = (np.concatenate([getattr(op, a)[p] for op, p in zip(steps, picks)])
-                            for a in ("s", "f8", "cn", "x"))
-            terms = [np.concatenate([op.terms[i][p] for op, p in zip(steps, picks)])
-                     for i in range(len(CORR_TERMS[col]))]
+            s, f8, cn, x = (np.concatenate([getattr(op, a) for op in steps]) for a in ("s", "f8", "cn", "x"))
+            terms = [np.concatenate([op.terms[i] for op in steps]) for i in range(col + 1)]
+            # the search's symbols: on a large step every k-th one, counted k times
+            step = np.maximum(1, lens // CORR_SAMPLE)
+            pick = np.concatenate([np.arange(a, a + n, k) for a, n, k in zip(starts, lens, step)])
+            plens = -(-lens // step)
+            pstarts = np.cumsum(plens) - plens
+            weight = np.repeat(step, plens)
+            ps, pf8, pcn, px = s[pick], f8[pick], cn[pick], x[pick]
             for n, j in enumerate(CORR_TERMS[col]):
                 if n:  # the means as corrected by the terms chosen before this one
                     i = CORR_TERMS[col][n - 1]
-                    a = self.corr[key, col, i, s // CORR_BUCKET]
-                    cn, f8 = _recentre_steps(cn, f8, terms[i], a, starts, lens)
+                    a = self.corr[key[pick], col, i, ps // CORR_BUCKET]
+                    pcn, pf8 = _recentre_steps(pcn, pf8, terms[i][pick], a, pstarts, plens)
                 tot = np.zeros((self.keys, self.corr.shape[3], len(CORR)), np.int64)
-                _correction_costs(rows, key, weight, s, 16 * cn + f8 - 8, x, terms[j], CORR_BUCKET, CORR, tot)
+                _correction_costs(rows, key[pick], weight, ps, 16 * pcn + pf8 - 8, px, terms[j][pick], CORR_BUCKET,
+                                  CORR, tot)
                 for k in range(self.keys):
                     cells = np.flatnonzero(tot[k].any(axis=1))
                     if len(cells):
                         self.corr[k, col, j, cells] = CORR[best_chain(tot[k, cells], trans, len(CORR) // 2)]
-        for key, col, s, f8, cn, x, _, terms in ops:
+            # the scale shifts' costs on all the symbols, with the means corrected
             for j in CORR_TERMS[col]:
-                cn, f8 = _recentre(cn, f8, terms[j], self.corr[key, col, j, s // CORR_BUCKET])
+                cn, f8 = _recentre_steps(cn, f8, terms[j], self.corr[key, col, j, s // CORR_BUCKET], starts, lens)
             self.shifts.add(key, col, s, f8 * 256 + ((x - cn) & 255))
         self.shifts.choose()
 
