@@ -51,7 +51,7 @@ class ScaleAdapter:
     def shift(self, col: int, s: np.ndarray) -> np.ndarray:
         """Corrected scale indices for channel ``col`` (int64 array of network scale indices)."""
         best = DELTAS[self.acc[col].argmin(axis=1)]  # first minimum: all-zero history -> delta 0
-        return np.clip(s + best[s // BUCKET], 0, self.bank.n_scales - 1)
+        return np.minimum(np.maximum(s + best[s // BUCKET], 0), self.bank.n_scales - 1)  # np.clip: slower
 
     def update(self, col: int, s: np.ndarray, rest: np.ndarray) -> None:
         """Add what every delta would have cost on the symbols just coded in channel ``col``: network scale
@@ -76,7 +76,7 @@ class ShiftTable:
         self.acc: np.ndarray | None = None  # encoder: what each of DELTAS would cost in each cell
 
     def shift(self, key: int, col: int, s: np.ndarray) -> np.ndarray:
-        return np.clip(s + self.delta[key, col, s // SHIFT_BUCKET], 0, self.bank.n_scales - 1)
+        return np.minimum(np.maximum(s + self.delta[key, col, s // SHIFT_BUCKET], 0), self.bank.n_scales - 1)
 
     def symbols(self, key: int, col: int, cells: np.ndarray) -> np.ndarray:
         return chain_symbols(self.delta[key, col, cells], 1, 12)

@@ -84,6 +84,7 @@ class _CopyChoice:
     def __init__(self, cost_rows: np.ndarray, channels: int = 3):
         self.flat = cost_rows.reshape(-1)  # cost of table index t, symbol d at t * 256 + d
         self.copy_rows = np.ascontiguousarray(cost_rows.reshape(len(cost_rows), 16, 256)[:, 8])  # f = 0, all s
+        self.copy_cols = np.ascontiguousarray(self.copy_rows.T)  # [d, s]
         self.acc = np.zeros((channels, 1 + len(cost_rows)), np.int64)
 
     def table(self, col: int) -> int | None:
@@ -93,7 +94,10 @@ class _CopyChoice:
 
     def update(self, col: int, net_tbl: np.ndarray, net_sym: np.ndarray, copy_sym: np.ndarray) -> None:
         self.acc[col, 0] += int(self.flat[net_tbl * 256 + net_sym].sum())
-        self.acc[col, 1:] += self.copy_rows @ np.bincount(copy_sym, minlength=256)
+        if len(copy_sym) < 256:  # the same sums as below, cheaper for the few flagged symbols of a small step
+            self.acc[col, 1:] += self.copy_cols[copy_sym].sum(axis=0)
+        else:
+            self.acc[col, 1:] += self.copy_rows @ np.bincount(copy_sym, minlength=256)
 
 
 class Put(NamedTuple):
@@ -325,7 +329,8 @@ def _recentre(cn: np.ndarray, f8: np.ndarray, v: np.ndarray, a) -> tuple[np.ndar
 
 
 def _moved(cn, f8, v, a):
-    mu = np.clip(16 * cn + f8 - 8 + ((a * v + 32) >> 6), 0, 4080)  # shifts: floor division by 64, by 16
+    # shifts: floor division by 64, by 16; minimum/maximum: np.clip's checks cost more than the clipping here
+    mu = np.minimum(np.maximum(16 * cn + f8 - 8 + ((a * v + 32) >> 6), 0), 4080)
     c = (mu + 8) >> 4
     return c, mu - 16 * c + 8
 
