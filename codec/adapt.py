@@ -102,11 +102,10 @@ class ShiftTable:
         order = np.argsort(DELTAS)  # acc's columns in delta order -6..6
         vals = DELTAS[order]
         trans = SHIFT_COST[vals[None, :] - vals[:, None] + 12]  # [previous delta, delta]
-        for key, col in np.ndindex(self.acc.shape[:2]):
-            acc = self.acc[key, col][:, order]
-            cells = np.flatnonzero(acc.any(axis=1))
-            if len(cells):
-                self.delta[key, col, cells] = vals[best_chain(acc[cells], trans, 6)]  # from delta 0
+        acc = self.acc[..., order].reshape((-1,) + self.acc.shape[2:])  # (step x channel, cell, delta)
+        got = np.full(acc.shape[:2], -1)
+        best_chains(acc, trans, 6, got)  # from delta 0
+        self.delta = np.where(got >= 0, vals[got], self.delta.reshape(got.shape)).reshape(self.delta.shape)
 
 
 def used_cells(s: np.ndarray, bucket: int) -> np.ndarray:
@@ -151,6 +150,19 @@ def best_chain(acc: np.ndarray, trans: np.ndarray, start: int) -> np.ndarray:
     for i in range(n - 1, 0, -1):
         path[i - 1] = back[i, path[i]]
     return path
+
+
+@numba.njit(cache=True, nogil=True)
+def best_chains(acc: np.ndarray, trans: np.ndarray, start: int, out: np.ndarray) -> None:
+    """``best_chain`` over the used cells (any non-zero cost) of each chain acc[r] (chains, cells, options):
+    out[r, cell] = the option chosen for each used cell, the others left as they are. One call for all the
+    chains of a tile."""
+    for r in range(acc.shape[0]):
+        used = np.array([c for c in range(acc.shape[1]) if np.any(acc[r, c] != 0)], np.int64)
+        if len(used):
+            path = best_chain(acc[r][used], trans, start)
+            for i in range(len(used)):
+                out[r, used[i]] = path[i]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import tiling
-from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chain, chain_symbols, chain_values, \
+from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chains, chain_symbols, chain_values, \
     used_cells
 from ..entropy import Decoder, Encoder, Table, cost, normalize
 from ..errors import CorruptStream, DeviceError, UnsupportedStream
@@ -309,10 +309,9 @@ class _TileRecorder:
                 tot = np.zeros((self.keys, self.corr.shape[3], len(CORR)), np.int64)
                 _correction_costs(rows, key[pick], weight, ps, 16 * pcn + pf8 - 8, px, terms[j][pick], CORR_BUCKET,
                                   CORR, tot)
-                for k in range(self.keys):
-                    cells = np.flatnonzero(tot[k].any(axis=1))
-                    if len(cells):
-                        self.corr[k, col, j, cells] = CORR[best_chain(tot[k, cells], trans, len(CORR) // 2)]
+                got = np.full(tot.shape[:2], -1)
+                best_chains(tot, trans, len(CORR) // 2, got)
+                self.corr[:, col, j] = np.where(got >= 0, CORR[got], self.corr[:, col, j])
             # the scale shifts' costs on all the symbols, with the means corrected
             for j in CORR_TERMS[col]:
                 cn, f8 = _recentre_steps(cn, f8, terms[j], self.corr[key, col, j, s // CORR_BUCKET], starts, lens)
