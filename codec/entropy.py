@@ -137,6 +137,18 @@ def bank(freqs: np.ndarray) -> Bank:
     return Bank(np.asarray(freqs))
 
 
+def stack(parts: list) -> Bank:
+    """One bank of the rows of several banks and tables (``Bank`` or ``Table``), in order, so that symbols of
+    different alphabets can go to one ``encode_rows`` call. A row shorter than the longest alphabet gives the
+    symbols beyond its own zero probability: the coder refuses them."""
+    rows = [p.cdf.reshape(-1, p.cdf.shape[-1]) for p in parts]
+    width = max(r.shape[1] for r in rows)
+    out = Bank.__new__(Bank)
+    out.cdf = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), mode="edge") for r in rows])
+    out.freqs, out.size = None, width - 1
+    return out
+
+
 def table_runs(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """The order to code symbols in whose tables are rows ``idx`` of a bank, one 1-D table call per distinct
     table: a stable sort by table index (so the given order is kept inside a table) and the (table, start, end)
@@ -195,6 +207,9 @@ def _encode(st, buf, nw, cdf, tbl, sym, order):
         i = order[k]
         s, t = sym[i], tbl[i]
         if s < 0 or s >= n:
+            st[0], st[1], st[2], st[3] = lower, rng, ninv, first
+            return -1 - k
+        if cdf[t, s + 1] == cdf[t, s]:  # beyond its row's alphabet (``stack``)
             st[0], st[1], st[2], st[3] = lower, rng, ninv, first
             return -1 - k
         left = _U(cdf[t, s])
@@ -289,6 +304,10 @@ class Encoder:
         distinct table; ``Decoder.decode_indexed`` reads them back)."""
         idx = np.asarray(idx, np.int64)
         self._code(tables.cdf, idx, np.asarray(symbols), _table_order(idx, len(tables)))
+
+    def encode_rows(self, symbols: np.ndarray, idx: np.ndarray, tables: Bank) -> None:
+        """Encode ``symbols`` (1-D) in the order given, each with the table ``tables[idx[i]]``."""
+        self._code(tables.cdf, np.asarray(idx, np.int64), np.asarray(symbols), np.arange(len(symbols)))
 
     def _code(self, cdf: np.ndarray, tbl: np.ndarray, symbols: np.ndarray, order: np.ndarray) -> None:
         n = cdf.shape[1] - 1

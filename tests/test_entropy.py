@@ -214,3 +214,23 @@ def test_streams_are_constrictions_word_for_word(data, calls):
     dec = entropy.Decoder(stream)
     for sym, t in plan:
         assert np.array_equal(dec.decode(t, len(sym)) if t.ndim == 1 else dec.decode(t), sym)
+
+
+def test_stacked_bank_codes_as_its_parts():
+    """entropy.stack (a bank and tables of smaller alphabets as rows of one bank) with encode_rows, in the given
+    order: the bytes of coding each part with its own table; a symbol beyond its row's alphabet is refused."""
+    rng = np.random.default_rng(8)
+    freqs = entropy.normalize(rng.integers(0, 1000, (6, 256)) ** 2)
+    bank, small = entropy.bank(freqs), entropy.Table(entropy.normalize(rng.integers(1, 9, 25)))
+    both = entropy.stack([bank, small])
+    assert len(both) == 7 and both.size == 255 + 1
+    a, idx, b = rng.integers(0, 256, 300), rng.integers(0, 6, 300), rng.integers(0, 25, 40)
+    want = entropy.Encoder()
+    want.encode_indexed(a, idx, bank)
+    want.encode(b, small)
+    order = entropy.table_runs(idx)[0]
+    got = entropy.Encoder()
+    got.encode_rows(np.concatenate([a[order], b]), np.concatenate([idx[order], np.full(40, 6)]), both)
+    assert got.finish() == want.finish()
+    with pytest.raises(ValueError, match="alphabet"):
+        entropy.Encoder().encode_rows(np.array([25]), np.array([6]), both)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import tiling
 from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chains, chain_symbols, chain_values, \
     used_cells
-from ..entropy import Decoder, Encoder, Table, cost, normalize
+from ..entropy import Decoder, Encoder, Table, _table_order, cost, normalize, stack
 from ..errors import CorruptStream, DeviceError, UnsupportedStream
 from ..image import MAX_PIXELS
 from ..nn.quant import run_on
@@ -122,30 +122,6 @@ class Step(NamedTuple):
     terms: list
 
 
-class _BitCounter:
-    """An Encoder that also sums the ideal code length of what it codes (``bits``: a log per symbol, so only for
-    statistics)."""
-
-    def __init__(self, enc: Encoder):
-        self.enc, self.bits = enc, 0.0
-        self.rows = M.tables()["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
-
-    def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
-        self.enc.encode(symbols, freqs)
-        freqs = freqs.freqs if isinstance(freqs, Table) else freqs
-        self._add(freqs[symbols] if freqs.ndim == 1 else freqs[np.arange(len(freqs)), symbols])
-
-    def encode_indexed(self, symbols: np.ndarray, index: np.ndarray, bank) -> None:
-        self.enc.encode_indexed(symbols, index, bank)
-        self._add(self.rows[index, symbols])
-
-    def _add(self, freqs: np.ndarray) -> None:
-        self.bits += float(-np.log2(freqs / 65536.0).sum())
-
-    def finish(self) -> bytes:
-        return self.enc.finish()
-
-
 class _TileModel:
     """What a tile's encoder and decoder keep in step while coding its steps: the scale correction (payload
     version >= 2, K = 1; codec/adapt.py), the copy model (version >= 3), and with version 4's transmitted side
@@ -193,19 +169,47 @@ class _TileModel:
         return x
 
 
+def _coder_bank():
+    """The table bank with the fixed side tables as its last rows (``SIDE_ROWS``): a tile's symbols of every kind
+    go to the range coder in one call."""
+    global _CODER_BANK, SIDE_ROWS
+    if _CODER_BANK is None:
+        bank = M.tables()["bank"]
+        SIDE_ROWS = {id(t): len(bank) + k for k, t in enumerate((T_UNIFORM, T_MODE, T_CORR, T_SHIFT))}
+        _CODER_BANK = stack([bank, T_UNIFORM, T_MODE, T_CORR, T_SHIFT])
+    return _CODER_BANK
+
+
+_CODER_BANK = SIDE_ROWS = None
+
+
 class _TileEncoder(_TileModel):
-    """Writes a tile's stream; with ``count`` its ``bits`` sum the ideal code length of what it coded."""
+    """Writes a tile's stream; with ``count`` its ``bits`` sum the ideal code length of what it coded (a log per
+    symbol: statistics only). The symbols and their rows of ``_coder_bank`` are gathered in coding order and
+    range-coded in one call when the tile is done (or before a put with a table outside that bank): a small tile
+    has ~150 short runs per pass, and each call has a fixed cost."""
 
     def __init__(self, version: int, keys: int, count: bool = False):
         super().__init__(version, keys)
-        self.enc = _BitCounter(Encoder()) if count else Encoder()
+        self.enc, self.count, self.bits = Encoder(), count, 0.0
+        self.bank_all = _coder_bank()
+        self.syms: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
 
-    @property
-    def bits(self) -> float:
-        return getattr(self.enc, "bits", 0.0)
+    def _count(self, freqs: np.ndarray) -> None:
+        if self.count:
+            self.bits += float(-np.log2(freqs / 65536.0).sum())
 
-    def put(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
-        self.enc.encode(symbols, freqs)
+    def put(self, symbols: np.ndarray, freqs) -> None:
+        row = SIDE_ROWS.get(id(freqs))
+        f = freqs.freqs if isinstance(freqs, Table) else freqs
+        self._count(f[symbols] if f.ndim == 1 else f[np.arange(len(f)), symbols])
+        if row is None:  # a table of its own (per-symbol mixture tables): after what is gathered so far
+            self._flush()
+            self.enc.encode(symbols, freqs)
+        else:
+            self.syms.append(np.asarray(symbols))
+            self.rows.append(np.full(len(self.syms[-1]), row))
 
     def _corrections(self, a: np.ndarray, cells: np.ndarray) -> None:
         self.put(chain_symbols(a[cells], 2, 32), T_CORR)
@@ -214,10 +218,20 @@ class _TileEncoder(_TileModel):
         self.put(self.shifts.symbols(key, col, cells), T_SHIFT)
 
     def _symbols(self, x: np.ndarray, use: np.ndarray, cen: np.ndarray) -> np.ndarray:
-        self.enc.encode_indexed((x - cen) & 255, use, self.bank)
+        d = (x - cen) & 255
+        self._count(self.freq[use, d])
+        order = _table_order(use, len(self.bank))  # encode_indexed's order: a run per table
+        self.syms.append(d[order])
+        self.rows.append(use[order])
         return x
 
+    def _flush(self) -> None:
+        if self.syms:
+            self.enc.encode_rows(np.concatenate(self.syms), np.concatenate(self.rows), self.bank_all)
+            self.syms, self.rows = [], []
+
     def finish(self) -> bytes:
+        self._flush()
         return self.enc.finish()
 
 
