@@ -358,13 +358,17 @@ def _recentre_steps(cn, f8, v, a, starts, lens):
 @numba.njit(cache=True, nogil=True)
 def _correction_costs(rows, key, weight, s, mu, x, v, bucket, cands, out):
     """out[key, s // bucket, k] += weight times the code length of x under the network's scale ``s`` and mean
-    ``mu`` moved by cands[k] (as ``_recentre``), summed over the symbols."""
+    ``mu`` moved by cands[k] (as ``_recentre``), summed over the symbols. Neighbouring candidates often move a
+    mean to the same place (small terms): its cost is looked up once."""
     for i in range(s.shape[0]):
-        b = s[i] // bucket
+        b, row = s[i] // bucket, rows[s[i]]
+        last, c = -1, 0
         for k in range(cands.shape[0]):
             m = min(max(mu[i] + ((cands[k] * v[i] + 32) >> 6), 0), 4080)
-            c = (m + 8) >> 4
-            out[key[i], b, k] += weight[i] * rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
+            if m != last:
+                last, cm = m, (m + 8) >> 4
+                c = weight[i] * row[(m - 16 * cm + 8) * 256 + ((x[i] - cm) & 255)]
+            out[key[i], b, k] += c
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
