@@ -189,12 +189,15 @@ class _TileEncoder(_TileModel):
     range-coded in one call when the tile is done (or before a put with a table outside that bank): a small tile
     has ~150 short runs per pass, and each call has a fixed cost."""
 
+    FLUSH = 1 << 20  # gathered symbols that are coded at once: bounds the memory of a large tile (16 B a symbol)
+
     def __init__(self, version: int, keys: int, count: bool = False):
         super().__init__(version, keys)
         self.enc, self.count, self.bits = Encoder(), count, 0.0
         self.bank_all = _coder_bank()
         self.syms: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
+        self.gathered = 0
 
     def _count(self, freqs: np.ndarray) -> None:
         if self.count:
@@ -208,8 +211,7 @@ class _TileEncoder(_TileModel):
             self._flush()
             self.enc.encode(symbols, freqs)
         else:
-            self.syms.append(np.asarray(symbols))
-            self.rows.append(np.full(len(self.syms[-1]), row))
+            self._gather(np.asarray(symbols), np.full(len(symbols), row))
 
     def _corrections(self, a: np.ndarray, cells: np.ndarray) -> None:
         self.put(chain_symbols(a[cells], 2, 32), T_CORR)
@@ -221,14 +223,20 @@ class _TileEncoder(_TileModel):
         d = (x - cen) & 255
         self._count(self.freq[use, d])
         order = _table_order(use, len(self.bank))  # encode_indexed's order: a run per table
-        self.syms.append(d[order])
-        self.rows.append(use[order])
+        self._gather(d[order], use[order])
         return x
+
+    def _gather(self, symbols: np.ndarray, rows: np.ndarray) -> None:
+        self.syms.append(symbols)
+        self.rows.append(rows)
+        self.gathered += len(symbols)
+        if self.gathered >= self.FLUSH:
+            self._flush()
 
     def _flush(self) -> None:
         if self.syms:
             self.enc.encode_rows(np.concatenate(self.syms), np.concatenate(self.rows), self.bank_all)
-            self.syms, self.rows = [], []
+            self.syms, self.rows, self.gathered = [], [], 0
 
     def finish(self) -> bytes:
         self._flush()
