@@ -51,14 +51,15 @@ class ScaleAdapter:
     def shift(self, col: int, s: np.ndarray) -> np.ndarray:
         """Corrected scale indices for channel ``col`` (int64 array of network scale indices)."""
         best = DELTAS[self.acc[col].argmin(axis=1)]  # first minimum: all-zero history -> delta 0
-        return np.clip(s + best[s // BUCKET], 0, self.bank.n_scales - 1)
+        return np.minimum(np.maximum(s + best[s // BUCKET], 0), self.bank.n_scales - 1)  # np.clip: slower
 
     def update(self, col: int, s: np.ndarray, rest: np.ndarray) -> None:
         """Add what every delta would have cost on the symbols just coded in channel ``col``: network scale
         indices ``s`` and their ``rest`` index (other table coordinates and the symbol) inside a scale's row."""
         bk = self.bank
-        _add_costs(self.acc[col], bk.padded, bk.row, bk.pad, np.asarray(s, np.int64), np.asarray(rest, np.int64),
-                   DELTAS, BUCKET)
+        s = np.asarray(s, np.int64)
+        _add_costs(self.acc[col][None], np.zeros(len(s), np.int64), bk.padded, bk.row, bk.pad, s,
+                   np.asarray(rest, np.int64), DELTAS, BUCKET)
 
 
 class ShiftTable:
@@ -75,7 +76,7 @@ class ShiftTable:
         self.acc: np.ndarray | None = None  # encoder: what each of DELTAS would cost in each cell
 
     def shift(self, key: int, col: int, s: np.ndarray) -> np.ndarray:
-        return np.clip(s + self.delta[key, col, s // SHIFT_BUCKET], 0, self.bank.n_scales - 1)
+        return np.minimum(np.maximum(s + self.delta[key, col, s // SHIFT_BUCKET], 0), self.bank.n_scales - 1)
 
     def symbols(self, key: int, col: int, cells: np.ndarray) -> np.ndarray:
         return chain_symbols(self.delta[key, col, cells], 1, 12)
@@ -83,13 +84,16 @@ class ShiftTable:
     def read(self, key: int, col: int, cells: np.ndarray, symbols: np.ndarray) -> None:
         self.delta[key, col, cells] = chain_values(symbols, 1, 12)  # any value: shift clips
 
-    def add(self, key: int, col: int, s: np.ndarray, rest: np.ndarray) -> None:
-        """Encoder: add what every delta would cost on these symbols (as ``ScaleAdapter.update``)."""
+    def add(self, key, col: int, s: np.ndarray, rest: np.ndarray) -> None:
+        """Encoder: add what every delta would cost on these symbols (as ``ScaleAdapter.update``); ``key``: their
+        step, or an array of one step per symbol (several steps of a channel at once)."""
         if self.acc is None:
             self.acc = np.zeros(self.delta.shape + (len(DELTAS),), np.int64)
         bk = self.bank
-        _add_costs(self.acc[key, col], bk.padded, bk.row, bk.pad, np.asarray(s, np.int64),
-                   np.asarray(rest, np.int64), DELTAS, SHIFT_BUCKET)
+        s = np.asarray(s, np.int64)
+        key = np.broadcast_to(np.asarray(key, np.int64), s.shape).copy()
+        _add_costs(self.acc[:, col], key, bk.padded, bk.row, bk.pad, s, np.asarray(rest, np.int64), DELTAS,
+                   SHIFT_BUCKET)
 
     def choose(self) -> None:
         """Per (step, channel), the deltas of the used cells that minimise symbol costs plus difference codes."""
@@ -98,11 +102,10 @@ class ShiftTable:
         order = np.argsort(DELTAS)  # acc's columns in delta order -6..6
         vals = DELTAS[order]
         trans = SHIFT_COST[vals[None, :] - vals[:, None] + 12]  # [previous delta, delta]
-        for key, col in np.ndindex(self.acc.shape[:2]):
-            acc = self.acc[key, col][:, order]
-            cells = np.flatnonzero(acc.any(axis=1))
-            if len(cells):
-                self.delta[key, col, cells] = vals[best_chain(acc[cells], trans, 6)]  # from delta 0
+        acc = self.acc[..., order].reshape((-1,) + self.acc.shape[2:])  # (step x channel, cell, delta)
+        got = np.full(acc.shape[:2], -1)
+        best_chains(acc, trans, 6, got)  # from delta 0
+        self.delta = np.where(got >= 0, vals[got], self.delta.reshape(got.shape)).reshape(self.delta.shape)
 
 
 def used_cells(s: np.ndarray, bucket: int) -> np.ndarray:
@@ -113,33 +116,60 @@ def used_cells(s: np.ndarray, bucket: int) -> np.ndarray:
 def chain_symbols(values: np.ndarray, step: int, centre: int) -> np.ndarray:
     """Side information (multiples of ``step``) as symbols: each value's difference from the one before (0 before
     the first) in steps, plus ``centre``. ``chain_values`` inverts it."""
-    return np.diff(values, prepend=0) // step + centre
+    out = np.empty_like(values)  # np.diff(values, prepend=0), without its overhead (~150 calls per mspsm tile)
+    out[:1] = values[:1]
+    np.subtract(values[1:], values[:-1], out=out[1:])
+    return out // step + centre
 
 
 def chain_values(symbols: np.ndarray, step: int, centre: int) -> np.ndarray:
     return np.cumsum(step * (np.asarray(symbols, np.int64) - centre))
 
 
+@numba.njit(cache=True, nogil=True)
 def best_chain(acc: np.ndarray, trans: np.ndarray, start: int) -> np.ndarray:
     """Options k_1..k_n minimising sum_i acc[i, k_i] + trans[k_(i-1), k_i], k_0 = ``start``: a shortest path
-    (Viterbi), exact for integer costs. For side information sent as differences from the value before."""
+    (Viterbi), exact for integer costs. For side information sent as differences from the value before. Ties go
+    to the first option (numpy's argmin), which the streams depend on. Compiled: an mspsm tile runs it ~160 times."""
+    n, k = acc.shape
     best = trans[start] + acc[0]
-    back = []
-    for row in acc[1:]:
-        tot = best[:, None] + trans
-        back.append(tot.argmin(axis=0))
-        best = tot.min(axis=0) + row
-    path = [int(best.argmin())]
-    for b in reversed(back):
-        path.append(int(b[path[-1]]))
-    return np.array(path[::-1])
+    back = np.zeros((n, k), np.int64)
+    for i in range(1, n):
+        nxt = np.empty_like(best)
+        for b in range(k):
+            arg, low = 0, best[0] + trans[0, b]
+            for a in range(1, k):
+                v = best[a] + trans[a, b]
+                if v < low:
+                    arg, low = a, v
+            back[i, b] = arg
+            nxt[b] = low + acc[i, b]
+        best = nxt
+    path = np.empty(n, np.int64)
+    path[n - 1] = np.argmin(best)
+    for i in range(n - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path
 
 
 @numba.njit(cache=True, nogil=True)
-def _add_costs(acc, padded, row, pad, s, rest, deltas, bucket):
-    """acc[s // bucket, k] += rows[clip(s + deltas[k]), rest] for every coded symbol (integer sums: exact)."""
+def best_chains(acc: np.ndarray, trans: np.ndarray, start: int, out: np.ndarray) -> None:
+    """``best_chain`` over the used cells (any non-zero cost) of each chain acc[r] (chains, cells, options):
+    out[r, cell] = the option chosen for each used cell, the others left as they are. One call for all the
+    chains of a tile."""
+    for r in range(acc.shape[0]):
+        used = np.array([c for c in range(acc.shape[1]) if np.any(acc[r, c] != 0)], np.int64)
+        if len(used):
+            path = best_chain(acc[r][used], trans, start)
+            for i in range(len(used)):
+                out[r, used[i]] = path[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_costs(acc, key, padded, row, pad, s, rest, deltas, bucket):
+    """acc[key, s // bucket, k] += rows[clip(s + deltas[k]), rest] for every coded symbol (integer sums: exact)."""
     for i in range(s.shape[0]):
         at = (s[i] + pad) * row + rest[i]  # the unshifted entry in the padded table
         b = s[i] // bucket
         for k in range(deltas.shape[0]):
-            acc[b, k] += padded[at + deltas[k] * row]
+            acc[key[i], b, k] += padded[at + deltas[k] * row]

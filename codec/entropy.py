@@ -1,17 +1,22 @@
-"""Range coding over integer frequency tables (a thin layer over constriction).
+"""Range coding over integer frequency tables: constriction's queue range coder and stream format, compiled here.
 
 Every table handed to this module is an array of *integers*: each frequency at least 1, each row summing to
 exactly ``TOTAL``. Float tables are refused, because two machines can compute a float table differently, and a
-range decoder whose table differs by one unit from the encoder's decodes garbage. The integer table is passed to
-constriction as float64 holding exact integers whose sum is a power of two, so its rescaling to its own
-fixed-point precision is exact and identical everywhere; ``perfect=False`` is always set (constriction 0.5 still
-defaults to the very slow ``perfect=True``).
+range decoder whose table differs by one unit from the encoder's decodes garbage.
+
+The streams are those of constriction 0.5's ``stream.queue.RangeEncoder`` (u32 words, u64 state) with
+``Categorical(table, perfect=False)`` models, which every payload written so far used: such a model moves an
+integer table summing to 2**16 to 24-bit precision exactly (``_cdf``). The coder runs here as numba kernels
+(``_encode``, ``_decode``) so that a symbol sequence with a table per symbol (``encode_indexed``) is one compiled
+call instead of one constriction call per distinct table: mspsm codes small tiles with many short runs, and the
+calls, not the arithmetic, were their cost (issue 27). tests/test_entropy.py checks the bytes against constriction
+itself on random tables and symbols.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-import constriction
 
 from .errors import CorruptStream
 
@@ -20,7 +25,7 @@ TOTAL = 1 << PRECISION  # every frequency table sums to exactly this
 
 
 def _check_table(freqs: np.ndarray) -> np.ndarray:
-    """Validate integer frequency table(s) (1-D or 2-D, rows = tables) and return them as exact float64."""
+    """Validate integer frequency table(s) (1-D or 2-D, rows = tables); return their coder form (``_cdf``)."""
     freqs = np.asarray(freqs)
     if not np.issubdtype(freqs.dtype, np.integer):
         raise TypeError(f"frequency tables must be integer arrays, got {freqs.dtype}")
@@ -31,7 +36,20 @@ def _check_table(freqs: np.ndarray) -> np.ndarray:
     sums = freqs.sum(axis=-1, dtype=np.int64)
     if np.any(sums != TOTAL):
         raise ValueError(f"every frequency table must sum to {TOTAL}")
-    return freqs.astype(np.float64)
+    return _cdf(freqs)
+
+
+CODER_PRECISION = 24  # constriction's default categorical models: probabilities in 1/2**24
+
+
+def _cdf(freqs: np.ndarray) -> np.ndarray:
+    """The left cumulatives (last axis n + 1, int64) of valid tables as constriction quantizes them with
+    ``perfect=False``: symbol i gets floor(cum_i * (2**24 - n) / TOTAL) + i (one unit reserved per symbol; the
+    product is exact in float64 there, so this integer form is the same number), and the last entry is 2**24."""
+    n = freqs.shape[-1]
+    cum = np.concatenate([np.zeros(freqs.shape[:-1] + (1,), np.int64), np.cumsum(freqs, axis=-1, dtype=np.int64)],
+                         axis=-1)
+    return ((cum * ((1 << CODER_PRECISION) - n)) >> PRECISION) + np.arange(n + 1, dtype=np.int64)
 
 
 def normalize(counts: np.ndarray) -> np.ndarray:
@@ -84,32 +102,59 @@ def cost(freqs: np.ndarray) -> np.ndarray:
 
 
 class Table:
-    """One integer frequency table, validated once, with its constriction model built once: for codecs that
-    code many short runs against a fixed bank of tables (checking a table costs ~20x the coding of a few symbols)."""
+    """One integer frequency table, validated once: for codecs that code many short runs against a fixed bank of
+    tables (checking a table costs more than coding a few symbols)."""
 
-    __slots__ = ("size", "model")
+    __slots__ = ("size", "cdf", "freqs")
 
     def __init__(self, freqs: np.ndarray) -> None:
-        table = _check_table(freqs)
-        if table.ndim != 1:
+        cdf = _check_table(freqs)
+        if cdf.ndim != 1:
             raise ValueError("a Table is one 1-D frequency table")
-        self.size = table.shape[0]
-        self.model = constriction.stream.model.Categorical(table, perfect=False) if self.size > 1 else None
+        self.size, self.cdf, self.freqs = cdf.shape[0] - 1, cdf, np.asarray(freqs)
 
 
-def bank(freqs: np.ndarray) -> list[Table]:
-    """A ``Table`` per row of a 2-D integer table array."""
-    return [Table(row) for row in np.asarray(freqs)]
+class Bank:
+    """A bank of tables of one alphabet (rows of a 2-D integer array), validated once; ``bank[t]`` is row t as a
+    ``Table``, and ``encode_indexed`` codes a table per symbol from it in one compiled call."""
+
+    def __init__(self, freqs: np.ndarray) -> None:
+        self.cdf, self.freqs = _check_table(freqs), freqs
+        if self.cdf.ndim != 2:
+            raise ValueError("a Bank is a 2-D array of frequency tables")
+        self.size = self.cdf.shape[1] - 1
+
+    def __len__(self) -> int:
+        return len(self.cdf)
+
+    def __getitem__(self, t: int) -> Table:
+        table = Table.__new__(Table)
+        table.size, table.cdf, table.freqs = self.size, self.cdf[t], self.freqs[t]
+        return table
+
+
+def bank(freqs: np.ndarray) -> Bank:
+    return Bank(np.asarray(freqs))
+
+
+def stack(parts: list) -> Bank:
+    """One bank of the rows of several banks and tables (``Bank`` or ``Table``), in order, so that symbols of
+    different alphabets can go to one ``encode_rows`` call. A row shorter than the longest alphabet gives the
+    symbols beyond its own zero probability: the coder refuses them."""
+    rows = [p.cdf.reshape(-1, p.cdf.shape[-1]) for p in parts]
+    width = max(r.shape[1] for r in rows)
+    out = Bank.__new__(Bank)
+    out.cdf = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), mode="edge") for r in rows])
+    out.freqs, out.size = None, width - 1
+    return out
 
 
 def table_runs(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """The order to code symbols in whose tables are rows ``idx`` of a bank, one 1-D table call per distinct
     table: a stable sort by table index (so the given order is kept inside a table) and the (table, start, end)
     runs of that order. The decoder computes the same from the same indices before decoding."""
-    idx = np.asarray(idx)
-    small = idx.size and idx.max() < 1 << 15  # 16-bit keys: numpy's stable sort is then an O(n) radix sort
-    order = np.argsort(idx.astype(np.int16) if small else idx, kind="stable")
-    ts = idx[order]
+    order = _table_order(idx)
+    ts = np.asarray(idx)[order]
     if not ts.size:
         return order, []
     cuts = np.flatnonzero(ts[1:] != ts[:-1]) + 1
@@ -118,55 +163,183 @@ def table_runs(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]
     return order, list(zip(ts[starts].tolist(), starts.tolist(), ends.tolist()))  # tolist: Python ints, fast
 
 
+def _table_order(idx: np.ndarray, tables: int | None = None) -> np.ndarray:
+    """The stable sort by table index of ``table_runs`` (the coding order of ``encode_indexed``): a counting sort
+    over the ``tables`` indices (default: up to the largest), compiled (a small mspsm step sorts ~1000 symbols)."""
+    idx = np.asarray(idx, np.int64)
+    return _counting_order(idx, (int(idx.max()) + 1 if idx.size else 0) if tables is None else tables)
+
+
+@numba.njit(cache=True, nogil=True)
+def _counting_order(idx, tables):
+    start = np.zeros(tables + 1, np.int64)
+    for t in idx:
+        if t < 0 or t >= tables:
+            raise ValueError("table index outside the bank")
+        start[t + 1] += 1
+    for t in range(tables):
+        start[t + 1] += start[t]
+    order = np.empty(idx.shape[0], np.int64)
+    for i in range(idx.shape[0]):  # in the given order inside each table: stable
+        order[start[idx[i]]] = i
+        start[idx[i]] += 1
+    return order
+
+
+# The range coder's state and word constants (constriction's RangeEncoder<u32, u64>), typed for numba: a plain
+# Python int would make numba mix int64 with uint64 and fall back to float arithmetic.
+_U = np.uint64
+_WORD = _U(32)
+_PREC = _U(CODER_PRECISION)
+_MIN_RANGE = _U(1 << 32)  # the invariant range >= 2**32 (one word of headroom)
+_FULL = _U(0xFFFFFFFFFFFFFFFF)  # the range of an encoder that has coded nothing
+_WORD_MASK = _U(0xFFFFFFFF)
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode(st, buf, nw, cdf, tbl, sym, order):
+    """Range-code symbols ``sym[order[k]]`` with tables ``cdf[tbl[order[k]]]`` (left cumulatives, 24-bit) onto
+    ``buf`` from word ``nw``; returns the new word count. ``st`` = (lower, range, words held back while a carry
+    may still reach them, the first of those words), updated. Symbols outside the alphabet return -1 - k."""
+    lower, rng, ninv, first = st[0], st[1], st[2], st[3]
+    n = cdf.shape[1] - 1
+    for k in range(order.shape[0]):
+        i = order[k]
+        s, t = sym[i], tbl[i]
+        if s < 0 or s >= n:
+            st[0], st[1], st[2], st[3] = lower, rng, ninv, first
+            return -1 - k
+        if cdf[t, s + 1] == cdf[t, s]:  # beyond its row's alphabet (``stack``)
+            st[0], st[1], st[2], st[3] = lower, rng, ninv, first
+            return -1 - k
+        left = _U(cdf[t, s])
+        scale = rng >> _PREC
+        rng = scale * (_U(cdf[t, s + 1]) - left)
+        new_lower = lower + scale * left  # wraps: the carry
+        if ninv > 0 and new_lower + rng > new_lower:  # the held-back words are settled
+            if new_lower < lower:
+                buf[nw] = (first + _U(1)) & _WORD_MASK
+                rest = _U(0)
+            else:
+                buf[nw] = first
+                rest = _WORD_MASK
+            nw += 1
+            for _ in range(1, int(ninv)):
+                buf[nw] = rest
+                nw += 1
+            ninv = _U(0)
+        lower = new_lower
+        if rng < _MIN_RANGE:
+            rng = rng << _WORD
+            word = lower >> _WORD
+            lower = lower << _WORD
+            if ninv > 0:
+                ninv += _U(1)
+            elif lower + rng > lower:
+                buf[nw] = word
+                nw += 1
+            else:
+                ninv, first = _U(1), word
+    st[0], st[1], st[2], st[3] = lower, rng, ninv, first
+    return nw
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode(st, words, cdf, tbl, order, out):
+    """The inverse of ``_encode``: decodes into ``out[order[k]]`` with tables ``cdf[tbl[order[k]]]``. ``st`` =
+    (lower, range, point, next word), updated; past the end of ``words`` zero bits are read (as constriction).
+    Returns 0, or -1 where constriction reports invalid data."""
+    lower, rng, point, pos = st[0], st[1], st[2], st[3]
+    n = cdf.shape[1] - 1
+    nwords = _U(words.shape[0])
+    for k in range(order.shape[0]):
+        i = order[k]
+        row = cdf[tbl[i]]
+        scale = rng >> _PREC
+        q = (point - lower) // scale
+        if q >= _U(1) << _PREC:
+            return -1
+        lo, hi = 0, n  # the symbol s with row[s] <= q < row[s + 1]
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if _U(row[mid]) <= q:
+                lo = mid
+            else:
+                hi = mid
+        left = _U(row[lo])
+        lower = lower + scale * left
+        rng = scale * (_U(row[lo + 1]) - left)
+        if rng < _MIN_RANGE:
+            lower = lower << _WORD
+            rng = rng << _WORD
+            point = point << _WORD
+            if pos < nwords:
+                point = point | _U(words[pos])
+                pos += _U(1)
+        out[i] = lo
+    st[0], st[1], st[2], st[3] = lower, rng, point, pos
+    return 0
+
+
 class Encoder:
     """Appends symbols to one range-coded stream. Decode with ``Decoder`` in the same order."""
 
     def __init__(self) -> None:
-        self._enc = constriction.stream.queue.RangeEncoder()
+        self._st = np.array([0, int(_FULL), 0, 0], np.uint64)
+        self._buf = np.zeros(1024, np.uint32)
+        self._n = 0
 
     def encode(self, symbols: np.ndarray, freqs: np.ndarray | Table) -> None:
         """Encode ``symbols`` (1-D ints). ``freqs`` is one table shared by all symbols (1-D or a ``Table``) or one
         row per symbol (2-D)."""
-        symbols = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
-        if isinstance(freqs, Table):
-            if symbols.size:
-                self._encode_table(symbols, freqs)
-            return
-        table = _check_table(freqs)
-        n = table.shape[-1]
-        if symbols.size and (symbols.min() < 0 or symbols.max() >= n):
-            raise ValueError(f"symbol outside the alphabet 0..{n - 1}")
-        if table.ndim == 2 and table.shape[0] != symbols.size:
+        symbols = np.asarray(symbols).reshape(-1)
+        cdf = freqs.cdf if isinstance(freqs, Table) else _check_table(freqs)
+        if cdf.ndim == 2 and cdf.shape[0] != symbols.size:
             raise ValueError("one table row per symbol is required")
-        if n == 1:  # a one-symbol alphabet carries no information (and constriction cannot model it)
-            return
-        if table.ndim == 1:
-            if symbols.size:
-                self._enc.encode(symbols, constriction.stream.model.Categorical(table, perfect=False))
-        elif symbols.size:
-            self._enc.encode(symbols, constriction.stream.model.Categorical(perfect=False), table)
+        tbl = np.zeros(symbols.size, np.int64) if cdf.ndim == 1 else np.arange(symbols.size)
+        self._code(cdf.reshape(-1, cdf.shape[-1]), tbl, symbols, np.arange(symbols.size))
 
-    def encode_indexed(self, symbols: np.ndarray, idx: np.ndarray, tables: list[Table]) -> None:
-        """Encode ``symbols`` (1-D), each with the table ``tables[idx[i]]``: one call per distinct table, in
-        ``table_runs`` order (``Decoder.decode_indexed`` reads them back)."""
-        order, runs = table_runs(idx)
-        ss = np.ascontiguousarray(np.asarray(symbols)[order], dtype=np.int32)  # runs go in without a copy
-        for t, a, b in runs:
-            self._encode_table(ss[a:b], tables[t])
+    def encode_indexed(self, symbols: np.ndarray, idx: np.ndarray, tables: Bank) -> None:
+        """Encode ``symbols`` (1-D), each with the table ``tables[idx[i]]``, in ``table_runs`` order (one run per
+        distinct table; ``Decoder.decode_indexed`` reads them back)."""
+        idx = np.asarray(idx, np.int64)
+        self._code(tables.cdf, idx, np.asarray(symbols), _table_order(idx, len(tables)))
 
-    def _encode_table(self, symbols: np.ndarray, table: Table) -> None:
-        """Non-empty contiguous int32 ``symbols`` with one prevalidated table (no conversions: the per-run path)."""
-        if table.model is None:  # a one-symbol alphabet carries nothing, but the symbols are still checked
-            if symbols.min() < 0 or symbols.max() >= table.size:
-                raise ValueError(f"symbol outside the alphabet 0..{table.size - 1}")
+    def encode_rows(self, symbols: np.ndarray, idx: np.ndarray, tables: Bank) -> None:
+        """Encode ``symbols`` (1-D) in the order given, each with the table ``tables[idx[i]]``."""
+        self._code(tables.cdf, np.asarray(idx, np.int64), np.asarray(symbols), np.arange(len(symbols)))
+
+    def _code(self, cdf: np.ndarray, tbl: np.ndarray, symbols: np.ndarray, order: np.ndarray) -> None:
+        n = cdf.shape[1] - 1
+        if not symbols.size:
             return
-        try:
-            self._enc.encode(symbols, table.model)
-        except KeyError as exc:  # constriction's error for a symbol outside the alphabet
-            raise ValueError(f"symbol outside the alphabet 0..{table.size - 1}") from exc
+        if n == 1:  # a one-symbol alphabet carries no information (constriction cannot model it): only checked
+            if symbols.min() < 0 or symbols.max() >= n:
+                raise ValueError(f"symbol outside the alphabet 0..{n - 1}")
+            return
+        need = self._n + int(self._st[2]) + symbols.size + 2  # at most a word per symbol, plus the held-back ones
+        if need > self._buf.size:
+            self._buf = np.concatenate([self._buf, np.zeros(max(need, 2 * self._buf.size), np.uint32)])
+        got = _encode(self._st, self._buf, self._n, cdf, tbl.astype(np.int64, copy=False),
+                      symbols.astype(np.int64, copy=False), order)
+        if got < 0:
+            # the symbols before the bad one are coded (as constriction, which fails at the bad one)
+            raise ValueError(f"symbol outside the alphabet 0..{n - 1}")
+        self._n = got
 
     def finish(self) -> bytes:
-        return np.asarray(self._enc.get_compressed(), dtype="<u4").tobytes()
+        """The stream: the words so far and those that fix the final range (constriction's ``seal``)."""
+        lower, rng, ninv, first = (int(v) for v in self._st)
+        tail = []
+        if rng != int(_FULL):  # else nothing was coded: an empty stream
+            mask = (1 << 64) - 1
+            point = (lower + (1 << 32) - 1) & mask
+            if ninv:
+                tail += [first + 1, *[0] * (ninv - 1)] if point < lower else [first, *[0xFFFFFFFF] * (ninv - 1)]
+            tail.append(point >> 32)
+            if ((lower + rng) & mask) >> 32 == point >> 32:
+                tail.append(0)
+        return np.concatenate([self._buf[:self._n], np.array(tail, np.uint32)]).astype("<u4").tobytes()
 
 
 class Decoder:
@@ -175,52 +348,26 @@ class Decoder:
     def __init__(self, data: bytes) -> None:
         if len(data) % 4:
             raise CorruptStream("range-coded payload length is not a multiple of 4 bytes")
-        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-        try:
-            self._dec = constriction.stream.queue.RangeDecoder(words)
-        except Exception as exc:  # constriction rejects some malformed word sequences outright
-            raise CorruptStream(f"range decoder rejected the payload: {exc}") from exc
+        self._words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        head = [int(w) for w in self._words[:2]]  # the point: the first two words, zero bits past the end
+        point = ((head + [0, 0])[0] << 32 | (head + [0, 0])[1]) if head else 0
+        self._st = np.array([0, int(_FULL), point, len(head)], np.uint64)
 
     def decode(self, freqs: np.ndarray | Table, count: int | None = None) -> np.ndarray:
         """Decode ``count`` symbols with one shared table (1-D ``freqs`` or a ``Table``) or one symbol per row
         (2-D ``freqs``)."""
-        if isinstance(freqs, Table):
-            if freqs.model is None or not count:
-                return np.zeros(count or 0, np.int32)
-            try:
-                return np.asarray(self._dec.decode(freqs.model, int(count)), dtype=np.int32)
-            except Exception as exc:
-                raise CorruptStream(f"range decoding failed: {exc}") from exc
-        table = _check_table(freqs)
-        if table.shape[-1] == 1:
-            return np.zeros((count or 0) if table.ndim == 1 else table.shape[0], np.int32)
-        try:
-            if table.ndim == 1:
-                if not count:
-                    return np.zeros(0, np.int32)
-                model = constriction.stream.model.Categorical(table, perfect=False)
-                out = self._dec.decode(model, int(count))
-            else:
-                if table.shape[0] == 0:
-                    return np.zeros(0, np.int32)
-                out = self._dec.decode(constriction.stream.model.Categorical(perfect=False), table)
-        except Exception as exc:
-            raise CorruptStream(f"range decoding failed: {exc}") from exc
-        return np.asarray(out, dtype=np.int32).reshape(-1)
+        cdf = freqs.cdf if isinstance(freqs, Table) else _check_table(freqs)
+        n = (count or 0) if cdf.ndim == 1 else cdf.shape[0]
+        tbl = np.zeros(n, np.int64) if cdf.ndim == 1 else np.arange(n)
+        return self._run(cdf.reshape(-1, cdf.shape[-1]), tbl, np.arange(n)).astype(np.int32)
 
-    def decode_indexed(self, idx: np.ndarray, tables: list[Table]) -> np.ndarray:
-        """The symbols ``Encoder.encode_indexed`` coded with tables ``tables[idx[i]]`` (int64, in idx's order).
-        One loop without per-run checks: this runs ~75k times per megapixel for mspsm."""
-        order, runs = table_runs(idx)
-        sym = np.zeros(len(order), np.int64)  # in coding order; one scatter at the end
-        dec = self._dec
-        try:
-            for t, a, b in runs:
-                model = tables[t].model
-                if model is not None:
-                    sym[a:b] = dec.decode(model, b - a)
-        except Exception as exc:
-            raise CorruptStream(f"range decoding failed: {exc}") from exc
-        out = np.empty_like(sym)
-        out[order] = sym
+    def decode_indexed(self, idx: np.ndarray, tables: Bank) -> np.ndarray:
+        """The symbols ``Encoder.encode_indexed`` coded with tables ``tables[idx[i]]`` (int64, in idx's order)."""
+        idx = np.asarray(idx, np.int64)
+        return self._run(tables.cdf, idx, _table_order(idx, len(tables)))
+
+    def _run(self, cdf: np.ndarray, tbl: np.ndarray, order: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(order), np.int64)
+        if cdf.shape[1] > 2 and len(order) and _decode(self._st, self._words, cdf, tbl, order, out) < 0:
+            raise CorruptStream("range decoding failed: invalid compressed data")
         return out

@@ -5,6 +5,13 @@ against a whole batch. Every batched result is checked equal to the one-by-one r
 
     nice python infra/bench_batched.py [--src ../shared/data/dev/cid22] [--sizes 64,128] [--counts 16,64]
                                        [--threads 1] [--pipeline 64] [--device cpu] [--json out.json]
+    nice python infra/bench_batched.py --scaling [--scaling-counts 64,16,4] [--repeat 3] [--json out.json]
+
+``--scaling`` (issue 27's target: small images at >= 70 % of the MP/s of large photos) instead codes 64x64 and
+256x256 crops of ``--src`` and whole photos of ``--large-src`` (dev/gb82: 576x576, one tile each) with
+``encode_many`` / ``decode_many``, and prints each size's MP/s beside its ratio to the large photos'. The sizes
+take turns within each of the ``--repeat`` rounds, and each keeps its best round. Wall-clock and process CPU time
+are both shown: on a loaded machine the CPU-time MP/s (one torch thread: one core) are the steadier measure.
 
 Crops: the centre crop of each photo of ``--src`` (sorted by name); for more crops than photos, further crops of
 the same photos shifted right by the crop size. Times are the best of ``--repeat`` runs after a warm-up (model
@@ -63,6 +70,47 @@ def codec_rows(imgs: list[np.ndarray], repeat: int, device: str = "cpu") -> dict
             "decode_one_by_one_mps": round(mp / t_dec1, 3), "decode_many_mps": round(mp / t_decn, 3)}
 
 
+def scaling_rows(groups: dict, repeat: int, device: str = "cpu") -> list[dict]:
+    """Batched encode and decode MP/s of each group of images ({name: images}, the last one the reference), the
+    groups in turn within each round, each time its best round; ratios against the last group. Wall-clock and
+    process CPU time both: with one torch thread the process runs on one core, so its CPU time is its wall time
+    on an idle machine and, unlike the wall time, hardly moves when other work shares the cores."""
+    import pixark.codec as pc
+
+    best_t = {name: [float("inf")] * 4 for name in groups}  # encode wall, decode wall, encode CPU, decode CPU
+    sizes = {}
+    for _ in range(repeat):
+        for name, imgs in groups.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            datas = pc.encode_many(imgs, "mspsm", device=device)
+            t1, c1 = time.perf_counter(), time.process_time()
+            back = pc.decode_many(datas, device=device)
+            t2, c2 = time.perf_counter(), time.process_time()
+            assert all(np.array_equal(b.pixels, i) for b, i in zip(back, imgs)), name
+            best_t[name] = [min(a, b) for a, b in zip(best_t[name], (t1 - t0, t2 - t1, c1 - c0, c2 - c1))]
+            sizes[name] = sum(map(len, datas))
+    rows = []
+    for name, imgs in groups.items():
+        mp = sum(i.shape[0] * i.shape[1] for i in imgs) / 1e6
+        te, td, ce, cd = best_t[name]
+        rows.append({"group": name, "images": len(imgs), "megapixels": round(mp, 4), "bytes": sizes[name],
+                     "bpp": round(8 * sizes[name] / (mp * 1e6), 4),
+                     "encode_s": round(te, 3), "decode_s": round(td, 3),
+                     "encode_mps": round(mp / te, 4), "decode_mps": round(mp / td, 4),
+                     "encode_cpu_mps": round(mp / ce, 4), "decode_cpu_mps": round(mp / cd, 4)})
+    ref = rows[-1]
+    for r in rows:
+        for k in ("encode_mps", "decode_mps", "encode_cpu_mps", "decode_cpu_mps"):
+            r[k.replace("_mps", "_ratio")] = round(r[k] / ref[k], 3)
+    return rows
+
+
+def photos(src: str, count: int) -> list[np.ndarray]:
+    from pixark.codec.training import list_images, load_rgb
+
+    return [load_rgb(p) for p in sorted(list_images(src))[:count]]
+
+
 def pipeline_row(imgs: list[np.ndarray], repeat: int, device: str = "cpu") -> dict:
     """The workers' coding path without Ray: ``code_object`` per file against ``code_objects`` of all of them."""
     import fsspec
@@ -98,6 +146,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", type=int, default=64, help="files of 64x64 for the workers' path (0: skip)")
     ap.add_argument("--device", default="cpu", help="where the network runs: cpu, cuda, cuda:N")
     ap.add_argument("--json", default="")
+    ap.add_argument("--scaling", action="store_true", help="64x64, 256x256 and large photos side by side (only)")
+    ap.add_argument("--scaling-counts", default="64,16,4", help="images of 64x64, of 256x256, large photos")
+    ap.add_argument("--large-src", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "dev" /
+                                               "gb82"))
     a = ap.parse_args(argv)
     import torch
 
@@ -107,6 +159,26 @@ def main(argv=None) -> int:
     warm = crops(a.src, 32, 2)
     # model load and numba compile, outside the times
     pc.decode_many(pc.encode_many(warm, "mspsm", device=a.device), device=a.device)
+    if a.scaling:
+        n64, n256, nbig = map(int, a.scaling_counts.split(","))
+        big = photos(a.large_src, nbig)
+        groups = {"64x64": crops(a.src, 64, n64), "256x256": crops(a.src, 256, n256),
+                  f"{big[0].shape[0]}x{big[0].shape[1]} photos": big}
+        rows = scaling_rows(groups, a.repeat, a.device)
+        print(f"{'images':>20} {'n':>4} {'MP':>7} | wall: {'enc MP/s':>9} {'ratio':>6} {'dec MP/s':>9} {'ratio':>6} "
+              f"| CPU time: {'enc MP/s':>9} {'ratio':>6} {'dec MP/s':>9} {'ratio':>6}", file=sys.stderr)
+        for r in rows:
+            print(f"{r['group']:>20} {r['images']:>4} {r['megapixels']:>7.3f} |       "
+                  + " ".join(f"{r[k + '_mps']:>9.4f} {r[k + '_ratio']:>6.2f}" for k in ("encode", "decode"))
+                  + " |           "
+                  + " ".join(f"{r[k + '_cpu_mps']:>9.4f} {r[k + '_cpu_ratio']:>6.2f}" for k in ("encode", "decode")),
+                  file=sys.stderr)
+        result = {"threads": a.threads, "device": a.device, "src": a.src, "large_src": a.large_src,
+                  "repeat": a.repeat, "scaling": rows}
+        if a.json:
+            Path(a.json).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
+        return 0
     rows = []
     for size in map(int, a.sizes.split(",")):
         for count in map(int, a.counts.split(",")):

@@ -54,6 +54,18 @@ def test_batch_limits_never_change_the_streams(inet, images, alone):
     assert coder.encode_many(inet, images, tile=tiles) == want
 
 
+def test_gathered_symbols_coded_in_parts_give_the_same_streams(inet, images, alone, monkeypatch):
+    """A tile's encoder range-codes what it gathered when it is done, or in parts past FLUSH symbols (memory):
+    the coding order, and so the stream, is the same."""
+    monkeypatch.setattr(coder._TileEncoder, "FLUSH", 50)
+    assert [coder.encode(inet, px, tile=24, tile_batch=1, batch_pixels=0) for px in images] == alone
+    for v in (2, 3):
+        want = coder.encode(inet, images[5], tile=24, version=v)
+        monkeypatch.setattr(coder._TileEncoder, "FLUSH", 1 << 20)
+        assert coder.encode(inet, images[5], tile=24, version=v) == want
+        monkeypatch.setattr(coder._TileEncoder, "FLUSH", 50)
+
+
 def test_batches_group_by_size_and_respect_the_limits():
     from pixark.codec import tiling
 

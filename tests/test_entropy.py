@@ -172,3 +172,65 @@ def test_indexed_decoding_of_damage_raises_or_returns_symbols():
         except CorruptStream:
             continue
         assert out.shape == (2000,) and out.min() >= 0 and out.max() < 256
+
+
+def _constriction_stream(plan) -> bytes:
+    """What constriction 0.5 itself writes for ``plan`` [(symbols, 1-D or 2-D integer table)]: the reference
+    that the compiled coder must match word for word (every stored payload was written by it)."""
+    import constriction
+
+    enc = constriction.stream.queue.RangeEncoder()
+    for sym, tab in plan:
+        if tab.shape[-1] > 1 and sym.size:
+            model = constriction.stream.model.Categorical
+            if tab.ndim == 1:
+                enc.encode(sym.astype(np.int32), model(tab.astype(np.float64), perfect=False))
+            else:
+                enc.encode(sym.astype(np.int32), model(perfect=False), tab.astype(np.float64))
+    return np.asarray(enc.get_compressed(), dtype="<u4").tobytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), calls=st.integers(1, 6))
+def test_streams_are_constrictions_word_for_word(data, calls):
+    """Shared and per-symbol tables of alphabets 1..300, skewed (long runs of likely symbols: carries) or not,
+    and a bank with a table per symbol: the same bytes as constriction, decoded back."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    plan, enc = [], entropy.Encoder()
+    for _ in range(calls):
+        a, n = int(rng.choice([1, 2, 3, 25, 65, 256, 300])), int(rng.integers(1, 400))
+        t = entropy.normalize(rng.integers(0, 1000, (a,) if rng.random() < 0.5 else (n, a)) ** rng.integers(1, 4))
+        sym = rng.integers(0, a, n) if rng.random() < 0.5 else np.full(n, int(np.argmax(t.reshape(-1, a)[0])))
+        if t.ndim == 2 and rng.random() < 0.5:  # the same symbols with a bank: coded in table_runs order
+            idx = rng.integers(0, n, n)
+            enc.encode_indexed(sym, idx, entropy.bank(t))
+            order = entropy.table_runs(idx)[0]
+            plan.append((sym[order], t[idx[order]]))
+        else:
+            enc.encode(sym, t)
+            plan.append((sym, t))
+    stream = enc.finish()
+    assert stream == _constriction_stream(plan)
+    dec = entropy.Decoder(stream)
+    for sym, t in plan:
+        assert np.array_equal(dec.decode(t, len(sym)) if t.ndim == 1 else dec.decode(t), sym)
+
+
+def test_stacked_bank_codes_as_its_parts():
+    """entropy.stack (a bank and tables of smaller alphabets as rows of one bank) with encode_rows, in the given
+    order: the bytes of coding each part with its own table; a symbol beyond its row's alphabet is refused."""
+    rng = np.random.default_rng(8)
+    freqs = entropy.normalize(rng.integers(0, 1000, (6, 256)) ** 2)
+    bank, small = entropy.bank(freqs), entropy.Table(entropy.normalize(rng.integers(1, 9, 25)))
+    both = entropy.stack([bank, small])
+    assert len(both) == 7 and both.size == 255 + 1
+    a, idx, b = rng.integers(0, 256, 300), rng.integers(0, 6, 300), rng.integers(0, 25, 40)
+    want = entropy.Encoder()
+    want.encode_indexed(a, idx, bank)
+    want.encode(b, small)
+    order = entropy.table_runs(idx)[0]
+    got = entropy.Encoder()
+    got.encode_rows(np.concatenate([a[order], b]), np.concatenate([idx[order], np.full(40, 6)]), both)
+    assert got.finish() == want.finish()
+    with pytest.raises(ValueError, match="alphabet"):
+        entropy.Encoder().encode_rows(np.array([25]), np.array([6]), both)

@@ -462,17 +462,30 @@ def test_mean_corrections_cost_what_the_recentred_tables_cost():
     cn = (mu0 + 8) // 16
     f8 = mu0 - 16 * cn + 8
     x, e = rng.integers(0, 256, n), rng.integers(-2000, 2000, n)
-    out = np.zeros((64 // coder.CORR_BUCKET, len(coder.CORR)), np.int64)
-    coder._correction_costs(rows, s, 16 * cn + f8 - 8, x, e, coder.CORR_BUCKET, coder.CORR, out)
+    key, weight = rng.integers(0, 3, n), rng.integers(1, 4, n)  # steps laid end to end, sampled symbols weighted
+    out = np.zeros((3, 64 // coder.CORR_BUCKET, len(coder.CORR)), np.int64)
+    coder._correction_costs(rows, key, weight, s, 16 * cn + f8 - 8, x, e, coder.CORR_BUCKET, coder.CORR, out)
     for k, a in enumerate(coder.CORR):
         c, f = coder._recentre(cn, f8, e, int(a))
         mu = np.clip(16 * cn + f8 - 8 + np.floor((a * e + 32) / 64).astype(np.int64), 0, 4080)
         assert np.array_equal(16 * c + f - 8, mu) and f.min() >= 0 and f.max() <= 15
-        got = rows[s, f * 256 + ((x - c) & 255)]
-        assert np.array_equal(out[:, k], np.bincount(s // coder.CORR_BUCKET, got, minlength=len(out)))
+        got = rows[s, f * 256 + ((x - c) & 255)] * weight
+        for kk in range(3):
+            want = np.bincount(s[key == kk] // coder.CORR_BUCKET, got[key == kk], minlength=out.shape[1])
+            assert np.array_equal(out[kk, :, k], want)
     per = coder.CORR[rng.integers(0, len(coder.CORR), n)]  # one correction per symbol, as the coder applies
     c, f = coder._recentre(cn, f8, e, per)
     assert np.array_equal(16 * c + f - 8, np.clip(mu0 + (per * e + 32) // 64, 0, 4080))
+    # steps laid end to end (the search's form) as each step alone: a step whose corrections are all zero keeps
+    # its means even out of 0..4080, where moving them would clip
+    cn[:170] += 300
+    lens = [50, 120, 1, 200, 129]
+    starts = np.cumsum([0] + lens[:-1])
+    per[50:170] = 0
+    c, f = coder._recentre_steps(cn, f8, e, per, starts, lens)
+    for a, b in zip(starts, starts + lens):
+        want = coder._recentre(cn[a:b], f8[a:b], e[a:b], per[a:b])
+        assert np.array_equal(c[a:b], want[0]) and np.array_equal(f[a:b], want[1])
 
 
 def test_transmitted_shifts_code_a_photo_shorter_and_a_tiny_image_as_before():

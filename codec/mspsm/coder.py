@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import tiling
-from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chain, chain_symbols, chain_values, \
+from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chains, chain_symbols, chain_values, \
     used_cells
-from ..entropy import Decoder, Encoder, cost, normalize
+from ..entropy import Decoder, Encoder, Table, _table_order, cost, normalize, stack
 from ..errors import CorruptStream, DeviceError, UnsupportedStream
 from ..image import MAX_PIXELS
 from ..nn.quant import run_on
@@ -48,6 +48,8 @@ CORR_SAMPLE = 16384  # the encoder chooses corrections on about this many symbol
 CORR_TERMS = ((0,), (0, 1), (1, 0, 2))  # indices into the channel's terms [errors of R (, G), offset]
 CORR_FREQ = normalize((64 >> np.minimum(np.abs(np.arange(-32, 33)), 6)) + 1)  # peaked at no difference
 CORR_COST = cost(CORR_FREQ).astype(np.int64)
+# the fixed tables, validated once: a small tile codes ~150 short runs with them
+T_UNIFORM, T_MODE, T_CORR, T_SHIFT = (Table(f) for f in (UNIFORM, MODE, CORR_FREQ, SHIFT_FREQ))
 # Coder state (pixels, masks, neighbour averages, network inputs and context) is held in float32: every value is an
 # integer of magnitude below 2**13 and the only divisions are by 1..4 or powers of two, so float32 is exact, and the
 # first layer takes its input without a conversion. The network's outputs come back as float64 (requantization).
@@ -82,6 +84,7 @@ class _CopyChoice:
     def __init__(self, cost_rows: np.ndarray, channels: int = 3):
         self.flat = cost_rows.reshape(-1)  # cost of table index t, symbol d at t * 256 + d
         self.copy_rows = np.ascontiguousarray(cost_rows.reshape(len(cost_rows), 16, 256)[:, 8])  # f = 0, all s
+        self.copy_cols = np.ascontiguousarray(self.copy_rows.T)  # [d, s]
         self.acc = np.zeros((channels, 1 + len(cost_rows)), np.int64)
 
     def table(self, col: int) -> int | None:
@@ -91,7 +94,10 @@ class _CopyChoice:
 
     def update(self, col: int, net_tbl: np.ndarray, net_sym: np.ndarray, copy_sym: np.ndarray) -> None:
         self.acc[col, 0] += int(self.flat[net_tbl * 256 + net_sym].sum())
-        self.acc[col, 1:] += self.copy_rows @ np.bincount(copy_sym, minlength=256)
+        if len(copy_sym) < 256:  # the same sums as below, cheaper for the few flagged symbols of a small step
+            self.acc[col, 1:] += self.copy_cols[copy_sym].sum(axis=0)
+        else:
+            self.acc[col, 1:] += self.copy_rows @ np.bincount(copy_sym, minlength=256)
 
 
 class Put(NamedTuple):
@@ -114,29 +120,6 @@ class Step(NamedTuple):
     x: np.ndarray | None
     copy: tuple[np.ndarray, np.ndarray] | None
     terms: list
-
-
-class _BitCounter:
-    """An Encoder that also sums the ideal code length of what it codes (``bits``: a log per symbol, so only for
-    statistics)."""
-
-    def __init__(self, enc: Encoder):
-        self.enc, self.bits = enc, 0.0
-        self.rows = M.tables()["freq"].reshape(-1, 256)  # table index = sidx * 16 + f + 8
-
-    def encode(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
-        self.enc.encode(symbols, freqs)
-        self._add(freqs[symbols] if freqs.ndim == 1 else freqs[np.arange(len(freqs)), symbols])
-
-    def encode_indexed(self, symbols: np.ndarray, index: np.ndarray, bank) -> None:
-        self.enc.encode_indexed(symbols, index, bank)
-        self._add(self.rows[index, symbols])
-
-    def _add(self, freqs: np.ndarray) -> None:
-        self.bits += float(-np.log2(freqs / 65536.0).sum())
-
-    def finish(self) -> bytes:
-        return self.enc.finish()
 
 
 class _TileModel:
@@ -186,31 +169,77 @@ class _TileModel:
         return x
 
 
+def _coder_bank():
+    """The table bank with the fixed side tables as its last rows (``SIDE_ROWS``): a tile's symbols of every kind
+    go to the range coder in one call."""
+    global _CODER_BANK, SIDE_ROWS
+    if _CODER_BANK is None:
+        bank = M.tables()["bank"]
+        SIDE_ROWS = {id(t): len(bank) + k for k, t in enumerate((T_UNIFORM, T_MODE, T_CORR, T_SHIFT))}
+        _CODER_BANK = stack([bank, T_UNIFORM, T_MODE, T_CORR, T_SHIFT])
+    return _CODER_BANK
+
+
+_CODER_BANK = SIDE_ROWS = None
+
+
 class _TileEncoder(_TileModel):
-    """Writes a tile's stream; with ``count`` its ``bits`` sum the ideal code length of what it coded."""
+    """Writes a tile's stream; with ``count`` its ``bits`` sum the ideal code length of what it coded (a log per
+    symbol: statistics only). The symbols and their rows of ``_coder_bank`` are gathered in coding order and
+    range-coded in one call when the tile is done (or before a put with a table outside that bank): a small tile
+    has ~150 short runs per pass, and each call has a fixed cost."""
+
+    FLUSH = 1 << 20  # gathered symbols that are coded at once: bounds the memory of a large tile (16 B a symbol)
 
     def __init__(self, version: int, keys: int, count: bool = False):
         super().__init__(version, keys)
-        self.enc = _BitCounter(Encoder()) if count else Encoder()
+        self.enc, self.count, self.bits = Encoder(), count, 0.0
+        self.bank_all = _coder_bank()
+        self.syms: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+        self.gathered = 0
 
-    @property
-    def bits(self) -> float:
-        return getattr(self.enc, "bits", 0.0)
+    def _count(self, freqs: np.ndarray) -> None:
+        if self.count:
+            self.bits += float(-np.log2(freqs / 65536.0).sum())
 
-    def put(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
-        self.enc.encode(symbols, freqs)
+    def put(self, symbols: np.ndarray, freqs) -> None:
+        row = SIDE_ROWS.get(id(freqs))
+        f = freqs.freqs if isinstance(freqs, Table) else freqs
+        self._count(f[symbols] if f.ndim == 1 else f[np.arange(len(f)), symbols])
+        if row is None:  # a table of its own (per-symbol mixture tables): after what is gathered so far
+            self._flush()
+            self.enc.encode(symbols, freqs)
+        else:
+            self._gather(np.asarray(symbols), np.full(len(symbols), row))
 
     def _corrections(self, a: np.ndarray, cells: np.ndarray) -> None:
-        self.put(chain_symbols(a[cells], 2, 32), CORR_FREQ)
+        self.put(chain_symbols(a[cells], 2, 32), T_CORR)
 
     def _shifts(self, key: int, col: int, cells: np.ndarray) -> None:
-        self.put(self.shifts.symbols(key, col, cells), SHIFT_FREQ)
+        self.put(self.shifts.symbols(key, col, cells), T_SHIFT)
 
     def _symbols(self, x: np.ndarray, use: np.ndarray, cen: np.ndarray) -> np.ndarray:
-        self.enc.encode_indexed((x - cen) & 255, use, self.bank)
+        d = (x - cen) & 255
+        self._count(self.freq[use, d])
+        order = _table_order(use, len(self.bank))  # encode_indexed's order: a run per table
+        self._gather(d[order], use[order])
         return x
 
+    def _gather(self, symbols: np.ndarray, rows: np.ndarray) -> None:
+        self.syms.append(symbols)
+        self.rows.append(rows)
+        self.gathered += len(symbols)
+        if self.gathered >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.syms:
+            self.enc.encode_rows(np.concatenate(self.syms), np.concatenate(self.rows), self.bank_all)
+            self.syms, self.rows, self.gathered = [], [], 0
+
     def finish(self) -> bytes:
+        self._flush()
         return self.enc.finish()
 
 
@@ -220,14 +249,14 @@ class _TileDecoder(_TileModel):
     def __init__(self, dec: Decoder, version: int, keys: int):
         super().__init__(version, keys)
         self.dec = dec
-        if version >= 4 and dec.decode(MODE, 1)[0]:
+        if version >= 4 and dec.decode(T_MODE, 1)[0]:
             self.use_shifts(ShiftTable(M.tables()["cost"], keys))  # its deltas are read as their cells come up
 
     def _corrections(self, a: np.ndarray, cells: np.ndarray) -> None:
-        a[cells] = chain_values(self.dec.decode(CORR_FREQ, len(cells)), 2, 32)
+        a[cells] = chain_values(self.dec.decode(T_CORR, len(cells)), 2, 32)
 
     def _shifts(self, key: int, col: int, cells: np.ndarray) -> None:
-        self.shifts.read(key, col, cells, self.dec.decode(SHIFT_FREQ, len(cells)))
+        self.shifts.read(key, col, cells, self.dec.decode(T_SHIFT, len(cells)))
 
     def _symbols(self, x, use: np.ndarray, cen: np.ndarray) -> np.ndarray:
         return (cen + self.dec.decode_indexed(use, self.bank)) & 255
@@ -258,7 +287,7 @@ class _TileRecorder:
         best = None
         for table in (None, self.shifts):
             c = _TileEncoder(self.version, self.keys, self.count)
-            c.put(np.array([int(table is not None)]), MODE)
+            c.put(np.array([int(table is not None)]), T_MODE)
             if table is not None:
                 c.use_shifts(table)
                 c.corr = self.corr
@@ -277,47 +306,77 @@ class _TileRecorder:
         trans = CORR_COST[(CORR[None, :] - CORR[:, None]) // 2 + 32]  # [previous a, a]
         ops = [op for op in self.ops if isinstance(op, Step)]
         for col in range(3):
+            # the channel's steps laid end to end, one array each (a tile has 18 steps: one compiled call per term
+            # instead of one per step and term)
+            steps = [op for op in ops if op.col == col and len(op.s)]
+            if not steps:
+                continue
+            lens = np.array([len(op.s) for op in steps])
+            starts = np.cumsum(lens) - lens
+            key = np.repeat([op.key for op in steps], lens)
+            s, f8, cn, x = (np.concatenate([getattr(op, a) for op in steps]) for a in ("s", "f8", "cn", "x"))
+            terms = [np.concatenate([op.terms[i] for op in steps]) for i in range(col + 1)]
+            # the search's symbols: on a large step every k-th one, counted k times
+            step = np.maximum(1, lens // CORR_SAMPLE)
+            pick = np.concatenate([np.arange(a, a + n, k) for a, n, k in zip(starts, lens, step)])
+            plens = -(-lens // step)
+            pstarts = np.cumsum(plens) - plens
+            weight = np.repeat(step, plens)
+            ps, pf8, pcn, px = s[pick], f8[pick], cn[pick], x[pick]
             for n, j in enumerate(CORR_TERMS[col]):
+                if n:  # the means as corrected by the terms chosen before this one
+                    i = CORR_TERMS[col][n - 1]
+                    a = self.corr[key[pick], col, i, ps // CORR_BUCKET]
+                    pcn, pf8 = _recentre_steps(pcn, pf8, terms[i][pick], a, pstarts, plens)
                 tot = np.zeros((self.keys, self.corr.shape[3], len(CORR)), np.int64)
-                for key, c, s, f8, cn, x, _, terms in ops:
-                    if c == col:  # one step and channel: on a large one, every k-th symbol counted k times
-                        k = max(1, len(s) // CORR_SAMPLE)
-                        s, f8, cn, x, terms = s[::k], f8[::k], cn[::k], x[::k], [v[::k] for v in terms]
-                        for i in CORR_TERMS[col][:n]:
-                            cn, f8 = _recentre(cn, f8, terms[i], self.corr[key, col, i, s // CORR_BUCKET])
-                        part = np.zeros(tot.shape[1:], np.int64)
-                        _correction_costs(rows, s, 16 * cn + f8 - 8, x, terms[j], CORR_BUCKET, CORR, part)
-                        tot[key] += k * part
-                for key in range(self.keys):
-                    cells = np.flatnonzero(tot[key].any(axis=1))
-                    if len(cells):
-                        self.corr[key, col, j, cells] = CORR[best_chain(tot[key, cells], trans, len(CORR) // 2)]
-        for key, col, s, f8, cn, x, _, terms in ops:
+                _correction_costs(rows, key[pick], weight, ps, 16 * pcn + pf8 - 8, px, terms[j][pick], CORR_BUCKET,
+                                  CORR, tot)
+                got = np.full(tot.shape[:2], -1)
+                best_chains(tot, trans, len(CORR) // 2, got)
+                self.corr[:, col, j] = np.where(got >= 0, CORR[got], self.corr[:, col, j])
+            # the scale shifts' costs on all the symbols, with the means corrected
             for j in CORR_TERMS[col]:
-                cn, f8 = _recentre(cn, f8, terms[j], self.corr[key, col, j, s // CORR_BUCKET])
+                cn, f8 = _recentre_steps(cn, f8, terms[j], self.corr[key, col, j, s // CORR_BUCKET], starts, lens)
             self.shifts.add(key, col, s, f8 * 256 + ((x - cn) & 255))
         self.shifts.choose()
 
 
 def _recentre(cn: np.ndarray, f8: np.ndarray, v: np.ndarray, a) -> tuple[np.ndarray, np.ndarray]:
-    """Centres and mean fractions of the means moved by corrections ``a`` (1/64) on the term ``v``."""
+    """Centres and mean fractions of the means moved by corrections ``a`` (1/64) on the term ``v``; all-zero
+    corrections leave them as they are (the means are not even clipped then)."""
     if not np.any(a):
         return cn, f8
-    mu = np.clip(16 * cn + f8 - 8 + ((a * v + 32) >> 6), 0, 4080)  # shifts: floor division by 64, by 16
+    return _moved(cn, f8, v, a)
+
+
+def _moved(cn, f8, v, a):
+    # shifts: floor division by 64, by 16; minimum/maximum: np.clip's checks cost more than the clipping here
+    mu = np.minimum(np.maximum(16 * cn + f8 - 8 + ((a * v + 32) >> 6), 0), 4080)
     c = (mu + 8) >> 4
     return c, mu - 16 * c + 8
 
 
+def _recentre_steps(cn, f8, v, a, starts, lens):
+    """``_recentre`` of each step of several laid end to end (non-empty, from ``starts``, ``lens`` long)."""
+    c, f = _moved(cn, f8, v, a)
+    keep = np.repeat(~np.logical_or.reduceat(a != 0, starts), lens)  # the steps whose corrections are all zero
+    return np.where(keep, cn, c), np.where(keep, f8, f)
+
+
 @numba.njit(cache=True, nogil=True)
-def _correction_costs(rows, s, mu, x, v, bucket, cands, out):
-    """out[s // bucket, k] += the code length of x under the network's scale ``s`` and mean ``mu`` moved by
-    cands[k] (as ``_recentre``), summed over the symbols."""
+def _correction_costs(rows, key, weight, s, mu, x, v, bucket, cands, out):
+    """out[key, s // bucket, k] += weight times the code length of x under the network's scale ``s`` and mean
+    ``mu`` moved by cands[k] (as ``_recentre``), summed over the symbols. Neighbouring candidates often move a
+    mean to the same place (small terms): its cost is looked up once."""
     for i in range(s.shape[0]):
-        b = s[i] // bucket
+        b, row = s[i] // bucket, rows[s[i]]
+        last, c = -1, 0
         for k in range(cands.shape[0]):
             m = min(max(mu[i] + ((cands[k] * v[i] + 32) >> 6), 0), 4080)
-            c = (m + 8) >> 4
-            out[b, k] += rows[s[i], (m - 16 * c + 8) * 256 + ((x[i] - c) & 255)]
+            if m != last:
+                last, cm = m, (m + 8) >> 4
+                c = weight[i] * row[(m - 16 * cm + 8) * 256 + ((x[i] - cm) & 255)]
+            out[key[i], b, k] += c
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -472,12 +531,12 @@ def _coarsest(tiles, sizes, bsz: int, scales: int, coders):
             pyr.append(M.pad_even(pyr[-1])[:, :, 1::2, 1::2])
         top = pyr[-1]
         for b in range(bsz):
-            coders[b].put(top[b].reshape(-1).numpy().astype(np.int32), UNIFORM)
+            coders[b].put(top[b].reshape(-1).numpy().astype(np.int32), T_UNIFORM)
         return pyr, top
     hm, wm = sizes[-1]
     top = torch.zeros(bsz, 3, hm, wm, dtype=DT)
     for b in range(bsz):
-        top[b] = torch.from_numpy(coders[b].dec.decode(UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float32))
+        top[b] = torch.from_numpy(coders[b].dec.decode(T_UNIFORM, 3 * hm * wm).reshape(3, hm, wm).astype(np.float32))
     return None, top
 
 
