@@ -1,10 +1,11 @@
 """Real coded size of mspsm weights on the dev sets as they are and after one pass through JPEG (docs/MSPSM.md).
 
-    python infra/history_eval.py WEIGHTS.npz [--jxl] [--sets cid22 gb82 ...] [--json OUT]
+    python infra/history_eval.py WEIGHTS.npz [--jxl] [--sets cid22 gb82 ...] [--limit N] [--side S] [--json OUT]
 
 Per dev set: payload bits per subpixel of every image (the codec's tiling), and of the same images after a JPEG
 encode and decode with Pillow (quality 75, 85, 90, 95 and chroma 4:2:0 / 4:4:4 in turn by file order: a colour
-history the dev photos lack). With --jxl, jxl-ll effort 9 on the same pixels beside it.
+history the dev photos lack). With --jxl, jxl-ll effort 9 on the same pixels beside it. --limit N: N images a
+set, spread over its file order; --side S: centre crops of at most S x S (both for a quicker comparison).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dev", default="../shared/data/dev")
     ap.add_argument("--sets", nargs="*", default=["cid22", "gb82", "wesaturate", "clic2025"])
     ap.add_argument("--jxl", action="store_true")
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--side", type=int)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     profile = os.path.basename(a.weights)[len("mspsm-"):-len(".npz")] if \
@@ -49,8 +52,15 @@ def main(argv=None) -> None:
         for variant in ("as is", "jpeg pass"):
             bits = {"mspsm": 0, "jxl-ll e9": 0}
             subpx = 0
-            for i, path in enumerate(list_images(os.path.join(a.dev, name))):
+            paths = list_images(os.path.join(a.dev, name))
+            if a.limit and len(paths) > a.limit:
+                paths = [paths[k * len(paths) // a.limit] for k in range(a.limit)]
+            for i, path in enumerate(paths):
                 px = load_rgb(path)
+                if a.side:
+                    h, w = px.shape[:2]
+                    y, x = max(0, (h - a.side) // 2), max(0, (w - a.side) // 2)
+                    px = np.ascontiguousarray(px[y:y + a.side, x:x + a.side])
                 if variant == "jpeg pass":
                     px = np.ascontiguousarray(jpeg_pass(px, i))
                 bits["mspsm"] += 8 * len(coder.encode(net, px, tile=coder.balanced_tile(*px.shape[:2],
