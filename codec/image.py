@@ -17,6 +17,7 @@ from enum import Enum
 import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin
 
+from . import pngexact
 from .errors import UnsupportedImage
 
 # Images larger than this are stored as their original bytes, never decoded to pixels: a bound on memory that a
@@ -81,9 +82,13 @@ class Metadata:
     palette: bytes | None = None  # RGB or RGBA palette for mode 'P'
     palette_mode: str = ""
     info: dict = field(default_factory=dict)
+    # What rewrites the PNG file byte-exact from the pixels (codec/pngexact.py). None: not looked for yet; b"": no
+    # recipe reproduces the file (it restores pixel-exact). Not metadata a user sees: equality ignores it.
+    png_recipe: bytes | None = field(default=None, compare=False)
 
     def blobs(self) -> dict[str, bytes]:
-        return {k: v for k, v in (("icc", self.icc_profile), ("exif", self.exif), ("palette", self.palette)) if v}
+        return {k: v for k, v in (("icc", self.icc_profile), ("exif", self.exif), ("palette", self.palette),
+                                  (pngexact.BLOB, self.png_recipe)) if v}
 
 
 @dataclass
@@ -154,10 +159,25 @@ class DecodedImage:
                        why=exc.why or NoPixels.DAMAGED)
 
     # ----------------------------------------------------------------------------------------------- writing
-    def to_file(self, format: str = "original") -> bytes:
-        """File bytes: the original bytes when kept, else the original format (or PNG) with metadata."""
+    @property
+    def restores_exact(self) -> bool:
+        """Whether ``to_file()`` gives back the original file's bytes (kept, or a PNG recipe), not just its pixels."""
+        return self.original is not None or bool(self.metadata.png_recipe)
+
+    def to_file(self, format: str = "original", exact: bool = False) -> bytes:
+        """File bytes: the original bytes when kept or when a PNG recipe rewrites them, else the original format
+        (or PNG) with metadata. With ``exact`` only the original bytes will do: NotReproducible says why not."""
         if format == "original" and self.original is not None:
             return self.original
+        if format == "original" and self.metadata.png_recipe and self.pixels is not None:
+            try:
+                return pngexact.rewrite(self.pixels, self.mode, self.metadata.png_recipe)
+            except pngexact.NotReproducible:
+                if exact:
+                    raise
+        elif exact:
+            raise pngexact.NotReproducible("this image restores pixel-exact only: the archive holds its pixels and "
+                                           "metadata, not what rewrites its file byte for byte")
         if self.pixels is None:
             raise UnsupportedImage(f"no pixels to write ({self.reason or 'not an image'})")
         fmt = self.format if format == "original" and self.format in RECODABLE_FORMATS else "PNG"
