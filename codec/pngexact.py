@@ -145,9 +145,9 @@ def make(data: bytes, pixels: np.ndarray, mode: str) -> bytes:
 def _search(stream: bytes, target: bytes, wbits: int, flevel: int) -> tuple[int, int, int] | None:
     """(level, strategy, memLevel) whose deflate of ``stream`` is ``target``, or None. Settings whose zlib header
     differs from ``target``'s are never tried; the others one by one, the settings PNG writers use first. Each is
-    fed the input in growing pieces and dropped at its first output byte that differs from ``target``, so a
-    wrong setting costs about one deflate block, not the whole image; past SEARCH_BUDGET times the input fed in
-    all, give up."""
+    fed the input in 64 kB pieces and dropped at its first output byte that differs from ``target``, so a wrong
+    setting costs about one deflate block, not the whole image; past SEARCH_BUDGET times the input fed in all,
+    give up."""
     cands = [(lv, st, ml) for lv in range(10) for st in range(5) for ml in (9, 8) if _flevel(lv, st) == flevel]
     cands.sort(key=lambda c: _LIKELY.index(c) if c in _LIKELY else len(_LIKELY))
     budget = SEARCH_BUDGET * max(len(stream), 1 << 20)
@@ -156,7 +156,7 @@ def _search(stream: bytes, target: bytes, wbits: int, flevel: int) -> tuple[int,
         pos, step, n = 0, 1 << 16, 0
         while pos < len(stream):
             out = obj.compress(stream[pos:pos + step])
-            pos, step = pos + step, step * 2
+            pos += step
             if out != target[n:n + len(out)]:
                 break
             n += len(out)
