@@ -94,6 +94,25 @@ def test_restore_exact_refuses_pixel_records_and_writes_nothing(made, tmp_path):
         restore(str(arc), str(tmp_path / "png"), include=["pillow.png"], exact=True, format="png")
 
 
+def test_verify_proves_the_recipes_again(made):
+    from pixark.pipeline import verify as v
+
+    arc, files, _ = made
+    rep = v.verify(str(arc))
+    assert rep["ok"], rep
+    data = files["pillow.png"]
+    src = pc.load(data)
+    row = {"image_id": "pillow.png", "pixel_sha256": src.pixel_sha256(),
+           "source_sha256": hashlib.sha256(data).hexdigest()}
+    from pixark.codec import pngexact
+
+    recipe = pngexact.Recipe.unpack(pngexact.make(data, src.pixels, src.mode))
+    recipe.level = 1  # as a zlib that deflates otherwise would
+    src.metadata.png_recipe = recipe.pack()
+    src.original = None  # as decoded from the record: pixels and the recipe
+    assert v._judge(row, src)["status"] == v.NOT_EXACT
+
+
 def test_cli_exact_refusal_and_summary(made, tmp_path):
     arc, files, _ = made
     proc = subprocess.run([sys.executable, "-m", "pixark.jobs.cli", "restore", str(arc), str(tmp_path / "o"),
