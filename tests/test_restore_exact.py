@@ -43,6 +43,7 @@ def made(ray_session, dev_images, tmp_path_factory):
     im = Image.open(dev_images[1]).convert("RGB").crop((0, 0, 192, 144))
     files = {
         "pillow.png": _pil(im),
+        "resaved/pillow-level1.png": _pil(im, compress_level=1),  # same pixels, other bytes: a record of its own
         "libpng/level9.png": imagecodecs.png_encode(np.asarray(im), level=9),
         "photo.jpg": _pil(im, "JPEG", quality=90),
         "notes.txt": b"not an image\n",
@@ -63,17 +64,21 @@ def test_manifest_summary_and_audit_say_which(made):
     rows = _rows(arc)
     assert {i: r["restore_exact"] for i, r in rows.items()} == {i: "pixels" if i in PIXELS else "bytes" for i in files}
     assert rows["pillow.png"]["codec"] not in ("store", "lepton")  # recoded, yet its bytes come back
-    assert summary["restore_exact"] == {"bytes": 4, "pixels": 2} and summary["restore_exact_inferred"] == 0
-    assert json.loads((arc / "archive.json").read_text())["totals"]["restore_exact"] == {"bytes": 4, "pixels": 2}
+    # same pixels: the two files with recipes keep a record each (each gives back its own bytes); the two without
+    # share one, as any same-pixel files did before recipes
+    assert rows["resaved/pillow-level1.png"]["duplicate_of"] is None
+    assert rows["odd/zlib-ng.png"]["duplicate_of"] == "odd/interlaced.png" and summary["duplicates"] == 1
+    assert summary["restore_exact"] == {"bytes": 5, "pixels": 2} and summary["restore_exact_inferred"] == 0
+    assert json.loads((arc / "archive.json").read_text())["totals"]["restore_exact"] == {"bytes": 5, "pixels": 2}
     rep = audit(str(arc))
-    assert rep["restore_exact"] == {"bytes": 4, "pixels": 2} and rep["restore_exact_inferred"] == 0
+    assert rep["restore_exact"] == {"bytes": 5, "pixels": 2} and rep["restore_exact_inferred"] == 0
     assert rep["by_exact"]["pixels"]["images"] == 2
 
 
 def test_restore_gives_bytes_back_and_pixels_where_promised(made, tmp_path):
     arc, files, _ = made
     s = restore(str(arc), str(tmp_path / "out"))
-    assert s["ok"] and s["written"] == 6 and s["exact"] == {"bytes": 4, "pixels": 2} and not s["not_exact"]
+    assert s["ok"] and s["written"] == 7 and s["exact"] == {"bytes": 5, "pixels": 2} and not s["not_exact"]
     for rel, data in files.items():
         got = (tmp_path / "out" / rel).read_bytes()
         if rel in PIXELS:
@@ -84,7 +89,7 @@ def test_restore_gives_bytes_back_and_pixels_where_promised(made, tmp_path):
 
 def test_restore_exact_refuses_pixel_records_and_writes_nothing(made, tmp_path):
     arc, files, _ = made
-    with pytest.raises(RestoreError, match="2 of the 6 selected") as err:
+    with pytest.raises(RestoreError, match="2 of the 7 selected") as err:
         restore(str(arc), str(tmp_path / "out"), exact=True)
     assert all(p in str(err.value) for p in PIXELS) and "pillow.png" not in str(err.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
