@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from . import container, registry
+from . import container, pngexact, registry
 from .container import Header
 from .errors import CodecError, CorruptStream, DeviceError, UnsupportedImage, UnsupportedStream
 from .image import DecodedImage, Metadata, pixel_sha256
@@ -29,16 +29,19 @@ def load(image) -> DecodedImage:
     raise TypeError(f"encode() takes file bytes, a numpy array or a DecodedImage, not {type(image).__name__}")
 
 
-def encode(image, codec: str = "auto", verify: bool = False, device: str | None = None, **params) -> bytes:
+def encode(image, codec: str = "auto", verify: bool = False, device: str | None = None, *, exact: bool = True,
+           **params) -> bytes:
     """Code one image into a pixark container. ``codec`` is a name or a spec like 'jxl-ll:effort=9'.
     With ``verify`` the result is decoded and compared with the input before it is returned.
     ``device`` ('cpu', 'cuda', 'cuda:N'; None = cpu) is where a learned codec runs its network; classical codecs
-    ignore it. The stream is the same whatever the device."""
-    return encode_many([image], codec, verify, device, **params)[0]
+    ignore it. The stream is the same whatever the device. With ``exact`` (default) a PNG file whose bytes
+    can be rewritten from its pixels carries the recipe for that (codec/pngexact.py), so it decodes to the same
+    file, not just the same pixels (``DecodedImage.restores_exact``)."""
+    return encode_many([image], codec, verify, device, exact=exact, **params)[0]
 
 
 def encode_many(images, codec: str = "auto", verify: bool = False, device: str | None = None,
-                return_exceptions: bool = False, **params) -> list:
+                return_exceptions: bool = False, *, exact: bool = True, **params) -> list:
     """``encode`` of each of ``images`` (same arguments), each container byte-identical to ``encode``'s, but a
     learned codec codes the images together (same-size tiles share network batches: small images code several
     times faster). With ``return_exceptions`` an image that fails gives its exception in its place and the others
@@ -55,6 +58,9 @@ def encode_many(images, codec: str = "auto", verify: bool = False, device: str |
     out: list = list(imgs)
     ok = [n for n, img in enumerate(imgs) if not isinstance(img, Exception)]
     todo = [imgs[n] for n in ok]
+    if exact and (name == "auto" or not registry.get(name).keeps_original):
+        for img in todo:
+            find_png_recipe(img)
     got = _auto_many(todo, device, **params) if name == "auto" else \
         _encode_many_with(todo, registry.get(name), params, device)
     if verify:
@@ -62,6 +68,18 @@ def encode_many(images, codec: str = "auto", verify: bool = False, device: str |
     for n, g in zip(ok, got):
         out[n] = g
     return _results(out, return_exceptions)
+
+
+def find_png_recipe(img: DecodedImage) -> bool:
+    """Look once for the recipe that rewrites ``img``'s PNG file from its pixels (kept in its metadata, packed
+    as a blob with whatever codec codes it). Whether there is one."""
+    meta = img.metadata
+    if meta.png_recipe is None and img.format == "PNG" and img.original is not None and img.pixels is not None:
+        try:
+            meta.png_recipe = pngexact.make(img.original, img.pixels, img.mode)
+        except pngexact.NotReproducible:
+            meta.png_recipe = b""  # looked for, none: the file restores pixel-exact
+    return bool(meta.png_recipe)
 
 
 def _results(out: list, return_exceptions: bool) -> list:
@@ -285,7 +303,7 @@ def _decoded(header: Header, blobs: dict, payload: bytes, codec: registry.Codec,
         info["text"] = _text(blobs["text"])
     meta = Metadata(
         icc_profile=blobs.get("icc"), exif=blobs.get("exif"), palette=blobs.get("palette"),
-        palette_mode=info.pop("palette_mode", ""), info=info,
+        palette_mode=info.pop("palette_mode", ""), info=info, png_recipe=blobs.get(pngexact.BLOB),
     )
     return DecodedImage(pixels, mode=header.mode, format=header.format, metadata=meta, original=original)
 
@@ -308,6 +326,12 @@ def info(data: bytes) -> dict:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise CorruptStream(f"stream {what}: its header says {expected} bytes, got {len(data)}")
     out = header.to_json()
+    # what decoding gives back: the file's own bytes (kept, or rewritten by a PNG recipe or an exact TIFF one), or
+    # its pixels
+    kept = header.codec in container.FILE_CODECS and not header.params.get("raw")
+    tiff = header.info.get("tiff")
+    exact_tiff = isinstance(tiff, dict) and tiff.get("exact") is True
+    out["restores"] = "bytes" if kept or pngexact.BLOB in header.blobs or exact_tiff else "pixels"
     out["format_version"] = int.from_bytes(bytes(data[4:6]), "little")
     out["stream_bytes"] = len(data)
     subpixels = header.height * header.width * header.channels

@@ -17,6 +17,7 @@ from enum import Enum
 import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin
 
+from . import pngexact
 from .errors import UnsupportedImage
 
 # Images larger than this are stored as their original bytes, never decoded to pixels: a bound on memory that a
@@ -82,9 +83,13 @@ class Metadata:
     palette: bytes | None = None  # RGB or RGBA palette for mode 'P'
     palette_mode: str = ""
     info: dict = field(default_factory=dict)
+    # What rewrites the PNG file byte-exact from the pixels (codec/pngexact.py). None: not looked for yet; b"": no
+    # recipe reproduces the file (it restores pixel-exact). Not metadata a user sees: equality ignores it.
+    png_recipe: bytes | None = field(default=None, compare=False)
 
     def blobs(self) -> dict[str, bytes]:
-        return {k: v for k, v in (("icc", self.icc_profile), ("exif", self.exif), ("palette", self.palette)) if v}
+        return {k: v for k, v in (("icc", self.icc_profile), ("exif", self.exif), ("palette", self.palette),
+                                  (pngexact.BLOB, self.png_recipe)) if v}
 
 
 @dataclass
@@ -123,14 +128,6 @@ class DecodedImage:
     def pixel_sha256(self) -> str:
         return "" if self.pixels is None else pixel_sha256(self.pixels)
 
-    @property
-    def bytes_exact(self) -> bool:
-        """A decoded TIFF whose ``to_file()`` rewrite was checked, when it was read, to be the source file byte for
-        byte (``info["tiff"]["exact"]``; the flag travels in the container header, so a decoded record says it
-        too). False for every other image."""
-        recipe = self.metadata.info.get("tiff")
-        return self.pixels is not None and isinstance(recipe, dict) and recipe.get("exact") is True
-
     # ----------------------------------------------------------------------------------------------- reading
     @classmethod
     def from_array(cls, pixels: np.ndarray, mode: str | None = None) -> "DecodedImage":
@@ -163,10 +160,34 @@ class DecodedImage:
                        why=exc.why or NoPixels.DAMAGED)
 
     # ----------------------------------------------------------------------------------------------- writing
-    def to_file(self, format: str = "original") -> bytes:
-        """File bytes: the original bytes when kept, else the original format (or PNG) with metadata."""
+    @property
+    def tiff_exact(self) -> bool:
+        """A decoded TIFF whose rewrite (``tiff.write``) was checked, when it was read, to be the source file byte
+        for byte (``info["tiff"]["exact"]``, carried in the container header)."""
+        recipe = self.metadata.info.get("tiff")
+        return self.pixels is not None and isinstance(recipe, dict) and recipe.get("exact") is True
+
+    @property
+    def restores_exact(self) -> bool:
+        """Whether ``to_file()`` gives back the original file's bytes (kept, a PNG recipe, or an exact TIFF
+        rewrite), not just its pixels."""
+        return self.original is not None or bool(self.metadata.png_recipe) or self.tiff_exact
+
+    def to_file(self, format: str = "original", exact: bool = False) -> bytes:
+        """File bytes: the original bytes when kept or when a PNG or TIFF recipe rewrites them, else the original
+        format (or PNG) with metadata. With ``exact`` only the original bytes will do: NotReproducible says why
+        not."""
         if format == "original" and self.original is not None:
             return self.original
+        if format == "original" and self.metadata.png_recipe and self.pixels is not None:
+            try:
+                return pngexact.rewrite(self.pixels, self.mode, self.metadata.png_recipe)
+            except pngexact.NotReproducible:
+                if exact:
+                    raise
+        elif exact and not (format == "original" and self.tiff_exact):
+            raise pngexact.NotReproducible("this image restores pixel-exact only: the archive holds its pixels and "
+                                           "metadata, not what rewrites its file byte for byte")
         if self.pixels is None:
             raise UnsupportedImage(f"no pixels to write ({self.reason or 'not an image'})")
         if format == "original" and self.format == "TIFF" and "tiff" in self.metadata.info:

@@ -100,6 +100,13 @@ def print_summary(s: dict, con=None) -> None:
         f"{s['failed']} failed) in {s['shards']} shard{'' if s['shards'] == 1 else 's'}; "
         f"{s['source_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio {ratio}, {bpsp} bits/subpixel over "
         f"{s.get('recoded', 0)} recoded images; {s['seconds']:.1f}s", highlight=False)
+    ex = s.get("restore_exact")
+    if ex:
+        inferred = s.get("restore_exact_inferred") or 0
+        con.print(f"restore gives back {ex['bytes']} file(s) byte-exact (their own bytes, sha256 checked) and "
+                  f"{ex['pixels']} pixel-exact only (same pixels and metadata, a file pixark writes)"
+                  + (f"; {inferred} of these counted by codec (rows written before pixark recorded restore_exact)"
+                     if inferred else ""), highlight=False)
     for f in s.get("failures", [])[:10]:
         state = f.get("status", "failed")
         colour = "red" if state == "failed" else "yellow"

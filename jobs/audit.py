@@ -66,6 +66,10 @@ def show(r: dict) -> None:
     out.print(table(f"{r['archive']}: {r['archived']} images archived ({r['kept']} kept as original bytes "
                     f"because they did not decode or code, {r['failed']} failed: unreadable, without a record)",
                     {"all": r["totals"]}, "archive"))
+    inferred = r.get("restore_exact_inferred") or 0
+    out.print(table("restore gives back" + (f" ({inferred} rows written before pixark recorded restore_exact: "
+                                             "counted by their codec)" if inferred else ""),
+                    r.get("by_exact", {}), "restores"))
     out.print(table("by codec", r["by_codec"], "codec"))
     out.print(table("by folder", r["by_folder"], "folder"))
     out.print(table("by image size", r["by_size"], "size"))

@@ -19,6 +19,10 @@ def restore(
     format: str = typer.Option("original", "--format",
                                help="original (source format and metadata) or png (images as PNG; stored JPEG, "
                                     "TIFF ... converted from their decoded pixels)"),
+    exact: bool = typer.Option(
+        False, "--exact",
+        help="write only the source files' own bytes: refuse (exit 1, nothing written) when the selection holds "
+             "images that restore pixel-exact only (manifest column restore_exact)"),
     skip_existing: bool = typer.Option(
         False, "--skip-existing",
         help="trust outputs already in DEST without checking them (fast resume; repairs nothing)"),
@@ -30,8 +34,11 @@ def restore(
 
     Ranged reads of just the records needed; large restores run on Ray. Outputs already in DEST are checked
     against the manifest (size, then hash) and rewritten when they differ, so a rerun resumes and repairs.
-    Exit code 1 when a record could not be restored, a requested id is not in the archive, or the archive is
-    damaged (a missing or changed manifest part, no archive.json): what is intact is still restored.
+    Files archived byte-exact (stored, Lepton JPEG, PNG with a recipe) come back as their own bytes, sha256
+    checked; other recoded images as the same pixels and metadata in a file pixark writes.
+    Exit code 1 when a record could not be restored, a requested id is not in the archive, a file promised
+    byte-exact came back as its pixels only, or the archive is damaged (a missing or changed manifest part, no
+    archive.json): what is intact is still restored.
     """
     from pixark.pipeline.restore import FORMATS, restore as run
 
@@ -40,7 +47,8 @@ def restore(
     summary = run_with_progress(
         "restore", "images",
         lambda progress: run(archive, dest, include=include or None, ids=ids, format=format,
-                             ray_address=ray_address, skip_existing=skip_existing, progress=progress),
+                             ray_address=ray_address, skip_existing=skip_existing, progress=progress,
+                             exact=exact),
         f"cannot restore from {archive}")
     report(summary, json_out, show)
 
@@ -49,6 +57,12 @@ def show(s: dict) -> None:
     out.print(f"{s['archive']} -> {s['dest']}: {s['selected']} selected, {s['written']} written "
               f"({s['bytes_written']:,} bytes; {s.get('repaired', 0)} of them repaired), {s['skipped']} already there, {len(s['not_archived'])} not archived "
               f"(failed at archive time), {len(s['errors'])} errors in {s['seconds']} s", highlight=False)
+    ex = s.get("exact") or {}
+    if ex.get("bytes") or ex.get("pixels"):
+        out.print(f"{ex['bytes']} written as the source's own bytes (sha256 checked), {ex['pixels']} as the same "
+                  "pixels and metadata in a file pixark wrote", highlight=False)
+    for r in s.get("not_exact", [])[:20]:
+        out.print(f"[red]not byte-exact[/red] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
     for r in s["not_archived"][:10]:
         out.print(f"[yellow]not archived[/yellow] {r['image_id']}: {r['detail']}", highlight=False, soft_wrap=True)
     for r in s["errors"][:20]:

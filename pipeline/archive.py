@@ -497,7 +497,8 @@ def _pixark_version() -> str:
 def totals_of(table: pa.Table) -> dict:
     """Counts over the current rows (the newest of each image_id); bytes stored count every record once."""
     d = table.select(["status", "source_bytes", "compressed_bytes", "length", "width", "height", "channels",
-                      "image_id", "error", "duplicate_of", "generation", "pixel_sha256"]).to_pydict()
+                      "image_id", "error", "duplicate_of", "generation", "pixel_sha256", "codec",
+                      "restore_exact"]).to_pydict()
     d["status"] = [manifest.state(s, n is not None, bool(p)) for s, n, p in zip(d["status"], d["length"],
                                                                                 d["pixel_sha256"])]
     current = manifest.current_mask(d["image_id"], d["generation"])
@@ -511,6 +512,7 @@ def totals_of(table: pa.Table) -> dict:
     subpixels = sum(d["width"][i] * d["height"][i] * d["channels"][i] for i in pix)
     pix_bytes = sum(d["compressed_bytes"][i] for i in pix)
     old = [i for i in range(len(current)) if not current[i]]
+    exact = [manifest.exactness({"codec": d["codec"][i], "restore_exact": d["restore_exact"][i]}) for i in with_rec]
     return {
         "images": n, "ok": n - len(failed),
         "kept_unreadable": sum(d["status"][i] == manifest.STATUS_KEPT_UNREADABLE for i in failed),
@@ -521,6 +523,9 @@ def totals_of(table: pa.Table) -> dict:
         "superseded": len(old), "superseded_bytes": sum(d["compressed_bytes"][i] or 0 for i in old),
         "source_bytes": sum(d["source_bytes"][i] for i in rows), "compressed_bytes": out_rec,
         "ratio": round(src_rec / out_rec, 4) if out_rec else None,
+        # what restore gives back (before deleting the sources): their bytes, or only their pixels and metadata
+        "restore_exact": {k: sum(e == k for e, _ in exact) for k in (manifest.EXACT_BYTES, manifest.EXACT_PIXELS)},
+        "restore_exact_inferred": sum(inferred for _, inferred in exact),
         "recoded": len(pix), "subpixels": subpixels, "bpsp": round(pix_bytes * 8 / subpixels, 4) if subpixels else None,
         "failures": [{"image_id": d["image_id"][i], "status": d["status"][i], "error": d["error"][i]}
                      for i in failed[:50]],

@@ -24,7 +24,7 @@ ROOT_FOLDER = "(top level)"
 PLOT_FOLDERS = 30  # folders drawn in the savings chart (largest by source bytes)
 CLIP_PERCENT = 100  # savings below -100% are drawn clipped, with their value printed
 _COLUMNS = ["image_id", "source_bytes", "width", "height", "channels", "bit_depth", "format", "codec",
-            "compressed_bytes", "shard", "offset", "length", "record_crc32c", "status", "generation"]
+            "compressed_bytes", "shard", "offset", "length", "record_crc32c", "status", "generation", "restore_exact"]
 
 
 def folder_of(image_id: str) -> str:
@@ -201,6 +201,11 @@ def audit(archive_url: str, baseline_sample: int = 0, plot: str | None = None,
         "not_archived": len(missing),  # no record at all: the source could not be read
         "not_archived_source_bytes": sum(r["source_bytes"] for r in missing),
         "totals": overall.as_dict(),
+        # what restore gives back: the files' own bytes, or their pixels and metadata in a file pixark writes
+        "restore_exact": {k: sum(manifest.exactness(r)[0] == k for r in ok)
+                          for k in (manifest.EXACT_BYTES, manifest.EXACT_PIXELS)},
+        "restore_exact_inferred": sum(manifest.exactness(r)[1] for r in ok),  # rows written before the column
+        "by_exact": _grouped(ok, lambda r: manifest.exactness(r)[0]),
         "by_codec": _grouped(ok, lambda r: r["codec"]),
         "by_folder": _grouped(ok, lambda r: folder_of(r["image_id"])),
         "by_size": _grouped(ok, lambda r: size_bucket(r["width"], r["height"], r["format"] or "")),

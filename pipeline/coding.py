@@ -217,6 +217,6 @@ def _finish(row: dict, img: pc.DecodedImage, data: bytes, record, codec: str, ve
     head = pc.info(record)
     subpixels = (row.get("width") or 0) * (row.get("height") or 0) * (row.get("channels") or 0)
     row.update(codec=head["codec"], codec_params=json.dumps(head["params"], sort_keys=True), model_id=head["model_id"],
-               compressed_bytes=len(record), bpsp=(len(record) * 8 / subpixels) if subpixels else None,
+               restore_exact=head["restores"], compressed_bytes=len(record), bpsp=(len(record) * 8 / subpixels) if subpixels else None,
                encode_seconds=seconds + time.perf_counter() - t0)
     return row, record

@@ -18,13 +18,15 @@ import pyarrow.parquet as pq
 
 from . import store
 
-MANIFEST_VERSION = 2  # 2 added duplicate_of and generation; parts of version 1 read as duplicate_of null and
-# generation = the part's pixark.plan
+MANIFEST_VERSION = 3  # 2 added duplicate_of and generation; parts of version 1 read as duplicate_of null and
+# generation = the part's pixark.plan. 3 added restore_exact; parts before it read it as null (see exactness()).
 STATUS_OK = "ok"
 STATUS_KEPT_UNREADABLE = "kept_unreadable"  # looks like an image but does not decode: original bytes kept
 STATUS_KEPT_UNCODED = "kept_uncoded"  # decoded, but the codec failed on it: original bytes kept
 STATUS_FAILED = "failed"  # could not be read: no record, the source alone holds it
 KEPT = (STATUS_KEPT_UNREADABLE, STATUS_KEPT_UNCODED)
+EXACT_BYTES = "bytes"  # restore writes the source file's own bytes (sha256 checked)
+EXACT_PIXELS = "pixels"  # restore writes the same pixels and metadata in a file of its own making
 
 SCHEMA = pa.schema([
     pa.field("manifest_version", pa.int16(), nullable=False),  # = MANIFEST_VERSION of the writer
@@ -56,6 +58,7 @@ SCHEMA = pa.schema([
     pa.field("note", pa.string()),  # why a readable object was stored rather than recoded (JPEG, not an image ...)
     pa.field("duplicate_of", pa.string()),  # image_id whose record this row shares (identical record bytes); null
     pa.field("generation", pa.int32()),  # plan generation that archived the row; the newest row of an id is current
+    pa.field("restore_exact", pa.string()),  # bytes | pixels: what restore gives back; null when there is no record
 ], metadata={b"pixark.manifest_version": str(MANIFEST_VERSION).encode()})
 
 COLUMNS = SCHEMA.names
@@ -68,6 +71,17 @@ def state(status: str, has_record: bool, has_pixels: bool) -> str:
     if status == STATUS_FAILED and has_record:
         return STATUS_KEPT_UNCODED if has_pixels else STATUS_KEPT_UNREADABLE
     return status
+
+
+def exactness(row: dict) -> tuple[str | None, bool]:
+    """(what restoring the row gives back: EXACT_BYTES, EXACT_PIXELS, or None without a record; whether that was
+    inferred). Rows of parts written before the restore_exact column say nothing: records that hold the file
+    (store, lepton) give its bytes back, and every recoded image its pixels, as pixark then wrote no PNG recipes."""
+    if not row.get("codec"):
+        return None, False
+    if row.get("restore_exact"):
+        return row["restore_exact"], False
+    return (EXACT_BYTES if row["codec"] in ("store", "lepton") else EXACT_PIXELS), True
 
 
 def part_name(shard: str) -> str:
@@ -136,9 +150,10 @@ def part_meta(table: pa.Table) -> dict:
 
 def upgrade(table: pa.Table) -> pa.Table:
     """``table`` (one part, metadata intact) with the columns of this MANIFEST_VERSION that older parts lack:
-    ``duplicate_of`` null, ``generation`` from the part's ``pixark.plan``."""
-    if "duplicate_of" not in table.column_names:
-        table = table.append_column("duplicate_of", pa.nulls(table.num_rows, pa.string()))
+    ``duplicate_of`` and ``restore_exact`` null, ``generation`` from the part's ``pixark.plan``."""
+    for name in ("duplicate_of", "restore_exact"):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
     plan = int(part_meta(table).get("plan") or 0)
     if "generation" in table.column_names:
         if table.column("generation").null_count == 0:

@@ -33,7 +33,8 @@ RAY_START_SECONDS = 8.0
 LEARNED_MP_PER_SECOND = 0.33
 RUN_RECORDS = 64  # records per Ray task
 _COLUMNS = ["image_id", "source_bytes", "source_sha256", "pixel_sha256", "format", "codec", "shard", "offset",
-            "length", "record_crc32c", "status", "error", "generation", "duplicate_of", "width", "height"]
+            "length", "record_crc32c", "status", "error", "generation", "duplicate_of", "width", "height",
+            "restore_exact"]
 
 
 class RestoreError(PipelineError):
@@ -75,7 +76,7 @@ def _expected_size(row: dict, format: str) -> int | None:
     """Outputs that are the source's own bytes have a known size; re-encoded outputs do not until decoded."""
     if converts(row, format):
         return None
-    if not row.get("pixel_sha256") or (format == "original" and row.get("codec") == "store"):
+    if not row.get("pixel_sha256") or (format == "original" and manifest.exactness(row)[0] == manifest.EXACT_BYTES):
         return row.get("source_bytes")
     return None
 
@@ -155,19 +156,19 @@ def _precheck(row: dict, data: bytes) -> dict | None:
 
 def _write(row: dict, img, dest_fs, dest_root: str, format: str) -> dict:
     """Write a record's file, given its decoded image (the container's checksums and the decoded pixels' hash
-    checked) or the exception decoding it raised."""
+    checked) or the exception decoding it raised. ``row["exact"]`` (restore --exact): the source's bytes or
+    nothing."""
     try:
         if isinstance(img, Exception):
             raise img
-        blob = img.to_file("original" if img.pixels is None else format)
+        blob, how = _file(img, format, bool(row.get("exact")))
     except Exception as exc:  # CodecError, or a failure nobody foresaw: this record's error, not the job's
         return _res(row, "error", f"{type(exc).__name__}: {exc}")
-    if img.pixels is None and row.get("source_sha256") and hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
-        return _res(row, "error", "stored bytes do not match the manifest's source_sha256")
+    if how == EXACT and row.get("source_sha256") and hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
+        return _res(row, "error", "restored bytes do not match the manifest's source_sha256")
     mismatch = _pixel_mismatch(row, img)
     if mismatch:
         return _res(row, "error", mismatch)
-    how = format
     if format == "png" and img.pixels is None:
         blob, how = _stored_as_png(row, blob)
         if blob is None:
@@ -178,6 +179,32 @@ def _write(row: dict, img, dest_fs, dest_root: str, format: str) -> dict:
     except OSError as exc:
         return _res(row, "error", f"cannot write {path}: {exc}")
     return _res(row, "written", how, len(blob))
+
+
+EXACT = "original bytes"  # how a file was written when it is the source's own bytes (its sha256 is checked)
+PIXELS_ONLY = "pixels only"  # how a file promised byte-exact was written when its PNG recipe failed here
+
+
+def _file(img, format: str, exact: bool) -> tuple[bytes, str]:
+    """(file bytes, how) of a decoded record. A file kept as its bytes, or a PNG whose recipe rewrites it, comes
+    back as the source's bytes (EXACT); should the recipe not reproduce it here (a zlib that deflates otherwise),
+    the pixels are written in a file of pixark's making, and ``how`` says why (an error with ``exact``)."""
+    from pixark import codec as pc
+
+    if img.pixels is None:
+        return img.to_file("original"), EXACT
+    if format != "original":
+        return img.to_file(format), format
+    if not img.restores_exact:
+        if exact:
+            return img.to_file(exact=True), EXACT  # raises, saying why
+        return img.to_file(), format
+    try:
+        return img.to_file(exact=True), EXACT
+    except pc.CodecError as exc:
+        if exact:
+            raise
+        return img.to_file(), f"{PIXELS_ONLY} ({exc})"
 
 
 def _pixel_mismatch(row: dict, img) -> str:
@@ -202,6 +229,20 @@ def _stored_as_png(row: dict, blob: bytes) -> tuple[bytes | None, str]:
         return png_of(blob), f"png (converted from {row['format']})"
     except ValueError as exc:
         return None, f"cannot convert to PNG: {exc}; restore it with --format original"
+
+
+def refuse_inexact(rows: list[dict], format: str) -> None:
+    """restore --exact: RestoreError naming the selected records that restore pixel-exact only, before anything
+    is written. Rows of manifests written before restore_exact count as their codec says (manifest.exactness)."""
+    if format != "original":
+        raise RestoreError("--exact writes the source files' own bytes; it cannot be combined with --format png")
+    inexact = sorted(r["image_id"] for r in rows
+                     if r.get("offset") is not None and manifest.exactness(r)[0] != manifest.EXACT_BYTES)
+    if inexact:
+        shown = ", ".join(inexact[:20]) + (f" ... ({len(inexact) - 20} more)" if len(inexact) > 20 else "")
+        raise RestoreError(f"--exact: {len(inexact)} of the {len(rows)} selected images restore pixel-exact only "
+                           f"(same pixels and metadata, not the same file bytes), so nothing was written: {shown}. "
+                           "Restore without --exact, or leave them out with --include/--ids")
 
 
 def _res(row: dict, status: str, detail: str, nbytes: int = 0) -> dict:
@@ -243,10 +284,13 @@ def select(rows: list[dict], include=None, ids=None) -> tuple[list[dict], list[s
 
 def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str = "original",
             ray_address: str | None = None, storage_options: dict | None = None, dest_options: dict | None = None,
-            skip_existing: bool = False, progress=None, local_limit: int = LOCAL_LIMIT) -> dict:
+            skip_existing: bool = False, progress=None, local_limit: int = LOCAL_LIMIT, exact: bool = False) -> dict:
     """Restore the selected images of ``archive_url`` under ``dest_url``. Returns a summary; ``summary["ok"]`` is
-    False when a record could not be restored or a requested id is not in the archive. Outputs already in DEST are
-    checked and rewritten when they differ (``repaired``), or trusted as they are with ``skip_existing``."""
+    False when a record could not be restored, a requested id is not in the archive, or a file the manifest
+    says restores byte-exact came back as its pixels only. Outputs already in DEST are checked and rewritten when
+    they differ (``repaired``), or trusted as they are with ``skip_existing``. With ``exact`` a selection that
+    holds a record restoring pixel-exact only is refused (RestoreError, nothing written), and every file written
+    is the source's bytes."""
     started = time.time()
     if format not in FORMATS:
         raise RestoreError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -261,6 +305,8 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
     if dest_fs.isfile(dest_root):
         raise RestoreError(f"destination {dest_url} is a file; give a folder (or bucket prefix) to restore into")
 
+    if exact:
+        refuse_inexact(chosen, format)
     names = output_names(chosen, format)
     results: list[dict] = [_res(u, "error", u["detail"]) for u in unverified]
     todo: list[dict] = []
@@ -273,7 +319,7 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         if not safe_relative(r["image_id"]):
             results.append(_res(r, "error", "image_id is not a safe relative path; not written"))
             continue
-        r = {**r, "name": names[r["image_id"]]}
+        r = {**r, "name": names[r["image_id"]], "exact": exact}
         size = existing.get(posixpath.join(dest_root, r["name"]))
         if size is not None and (skip_existing or _intact(dest_fs, dest_root, r, size, format)):
             results.append(_res(r, "skipped", "already restored"))
@@ -331,12 +377,14 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         if r["status"] == "written" and r["image_id"] in repairs:
             r["status"] = "repaired"
     counts = Counter(r["status"] for r in results)
+    written = [r for r in results if r["status"] in ("written", "repaired")]
     errors = [{"image_id": r["image_id"], "detail": r["detail"]} for r in results if r["status"] == "error"]
     return {
         "archive": archive_url,
         "dest": dest_url,
         "format": format,
-        "ok": not errors and not missing_ids and not checked.problems,
+        "ok": not errors and not missing_ids and not checked.problems
+              and not any(r["detail"].startswith(PIXELS_ONLY) for r in written),
         "problems": checked.problems,
         "selected": len(chosen),
         "written": counts.get("written", 0) + counts.get("repaired", 0),
@@ -349,6 +397,11 @@ def restore(archive_url: str, dest_url: str, include=None, ids=None, format: str
         "missing_ids": missing_ids,
         "ran": "in-process" if in_process else "ray",
         "converted": sum(1 for r in results if r["detail"].startswith("png (converted")),
+        # written as the source's own bytes (sha256 checked), or as the same pixels in a file of pixark's making
+        "exact": {"bytes": sum(1 for r in written if r["detail"].startswith(EXACT)),
+                  "pixels": sum(1 for r in written if not r["detail"].startswith(EXACT))},
+        "not_exact": [{"image_id": r["image_id"], "detail": r["detail"]} for r in written
+                      if r["detail"].startswith(PIXELS_ONLY)],
         "bytes_written": sum(r["bytes"] for r in results),
         "seconds": round(time.time() - started, 2),
     }

@@ -47,14 +47,15 @@ CHECKSUM = "checksum_mismatch"  # record bytes do not match their CRC32C
 CORRUPT = "corrupt_stream"  # the container does not decode (its own checksums, payload, or pixel hash)
 UNSUPPORTED = "unsupported_stream"  # codec or version this build cannot decode
 PIXELS = "pixel_mismatch"  # decoded pixels (or stored bytes) differ from the manifest's hashes
+NOT_EXACT = "not_byte_exact"  # the PNG recipe does not rewrite the source file here (restore would give pixels)
 NOT_IN_INDEX = "not_in_shard_index"  # a manifest row the shard's index does not hold (extra row)
 MISSING_ROW = "missing_manifest_row"  # a record in a shard's index with no manifest row
 DUPLICATE = "duplicate_row"  # an image_id listed more than once
 NO_RECORD = "no_record"  # a row with status ok that points at no record
 SOURCE = "source_mismatch"  # with against_source: the source object changed, vanished, or decodes differently
 NOT_VERIFIED = "not_verified"  # the task checking this record died (worker lost, out of memory) after Ray's retries
-NOT_OK = {SHARD_MISSING, TRUNCATED, CHECKSUM, CORRUPT, UNSUPPORTED, PIXELS, NOT_IN_INDEX, MISSING_ROW, DUPLICATE,
-          NO_RECORD, SOURCE, NOT_VERIFIED}
+NOT_OK = {SHARD_MISSING, TRUNCATED, CHECKSUM, CORRUPT, UNSUPPORTED, PIXELS, NOT_EXACT, NOT_IN_INDEX, MISSING_ROW,
+          DUPLICATE, NO_RECORD, SOURCE, NOT_VERIFIED}
 
 REPORT_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("status", pa.string()), ("detail", pa.string()),
@@ -129,6 +130,13 @@ def _judge(row: dict, img, against_source: bool = False, source_options: dict | 
         got = pc.pixel_sha256(img.pixels)
         if row.get("pixel_sha256") and got != row["pixel_sha256"]:
             return _result(row, PIXELS, f"decoded pixel sha256 {got[:16]}... != manifest {row['pixel_sha256'][:16]}...")
+        if img.metadata.png_recipe:  # the manifest says restore gives the file back: prove it here too
+            try:
+                got = hashlib.sha256(img.to_file(exact=True)).hexdigest()
+            except pc.CodecError as exc:
+                return _result(row, NOT_EXACT, str(exc))
+            if row.get("source_sha256") and got != row["source_sha256"]:
+                return _result(row, NOT_EXACT, f"rewritten PNG sha256 {got[:16]}... != manifest source_sha256")
     elif row.get("pixel_sha256"):
         return _result(row, PIXELS, "manifest lists pixels but the record holds none")
     else:  # a stored file: its bytes are the source's bytes

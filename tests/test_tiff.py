@@ -95,15 +95,16 @@ def test_tiff_round_trips_pixel_exact_with_its_tags(kind):
     assert again.format == "TIFF" and np.array_equal(again.pixels, pixels)
     assert _tags(restored) == _tags(data)
     # byte-exact exactly when the rewrite at read time reproduced the file, and the record says so too
-    assert back.bytes_exact == img.bytes_exact == (restored == data)
+    assert back.tiff_exact == img.tiff_exact == back.restores_exact == (restored == data)
+    assert pc.info(stream)["restores"] == ("bytes" if restored == data else "pixels")
     if kind.startswith(("rgb8", "grey", "rgba", "rgb16")):  # written by tifffile: pixark's rewrite is the file
-        assert img.bytes_exact
+        assert img.tiff_exact
 
 
 def test_pillow_tiff_tags_come_back_where_bytes_do_not():
     data, pixels = KINDS["pillow-rgb-lzw"]
     img = pc.load(data)
-    assert not img.bytes_exact  # libtiff's LZW and IFD placement differ from tifffile's
+    assert not img.tiff_exact  # libtiff's LZW and IFD placement differ from tifffile's
     back = pc.decode(pc.encode(data, "jxl-ll"))
     with Image.open(io.BytesIO(back.to_file())) as im:
         assert im.info["dpi"] == (300.0, 300.0) and im.info["icc_profile"] == _icc()
@@ -163,7 +164,7 @@ def test_tiffs_pixark_does_not_rewrite_stay_bytes_with_a_reason(kind):
     data = make()
     img = pc.load(data)
     assert img.pixels is None and img.why is why and words in img.reason, img.reason
-    assert "kept as original bytes" in img.reason and not img.bytes_exact
+    assert "kept as original bytes" in img.reason and not img.tiff_exact
     stream = pc.encode(data, "auto", verify=True)
     assert pc.info(stream)["codec"] == "store"
     assert pc.decode(stream).to_file() == data
