@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from . import container, pngexact, registry
+from . import container, pngexact, registry, tiff
 from .container import Header
 from .errors import CodecError, CorruptStream, DeviceError, UnsupportedImage, UnsupportedStream
 from .image import DecodedImage, Metadata, pixel_sha256
@@ -329,9 +329,7 @@ def info(data: bytes) -> dict:
     # what decoding gives back: the file's own bytes (kept, or rewritten by a PNG recipe or an exact TIFF one), or
     # its pixels
     kept = header.codec in container.FILE_CODECS and not header.params.get("raw")
-    tiff = header.info.get("tiff")
-    exact_tiff = isinstance(tiff, dict) and tiff.get("exact") is True
-    out["restores"] = "bytes" if kept or pngexact.BLOB in header.blobs or exact_tiff else "pixels"
+    out["restores"] = "bytes" if kept or pngexact.BLOB in header.blobs or tiff.is_exact(header.info) else "pixels"
     out["format_version"] = int.from_bytes(bytes(data[4:6]), "little")
     out["stream_bytes"] = len(data)
     subpixels = header.height * header.width * header.channels

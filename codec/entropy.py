@@ -149,25 +149,11 @@ def stack(parts: list) -> Bank:
     return out
 
 
-def table_runs(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-    """The order to code symbols in whose tables are rows ``idx`` of a bank, one 1-D table call per distinct
-    table: a stable sort by table index (so the given order is kept inside a table) and the (table, start, end)
-    runs of that order. The decoder computes the same from the same indices before decoding."""
-    order = _table_order(idx)
-    ts = np.asarray(idx)[order]
-    if not ts.size:
-        return order, []
-    cuts = np.flatnonzero(ts[1:] != ts[:-1]) + 1
-    starts = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [ts.size]])
-    return order, list(zip(ts[starts].tolist(), starts.tolist(), ends.tolist()))  # tolist: Python ints, fast
-
-
-def _table_order(idx: np.ndarray, tables: int | None = None) -> np.ndarray:
-    """The stable sort by table index of ``table_runs`` (the coding order of ``encode_indexed``): a counting sort
-    over the ``tables`` indices (default: up to the largest), compiled (a small mspsm step sorts ~1000 symbols)."""
-    idx = np.asarray(idx, np.int64)
-    return _counting_order(idx, (int(idx.max()) + 1 if idx.size else 0) if tables is None else tables)
+def table_order(idx: np.ndarray, tables: int) -> np.ndarray:
+    """The coding order of ``encode_indexed`` for symbols whose tables are rows ``idx`` of a bank of ``tables``:
+    a stable sort by table index (a run per distinct table, the given order kept inside it), as a compiled
+    counting sort (a small mspsm step sorts ~1000 symbols). The decoder computes the same from the same indices."""
+    return _counting_order(np.asarray(idx, np.int64), tables)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -300,10 +286,10 @@ class Encoder:
         self._code(cdf.reshape(-1, cdf.shape[-1]), tbl, symbols, np.arange(symbols.size))
 
     def encode_indexed(self, symbols: np.ndarray, idx: np.ndarray, tables: Bank) -> None:
-        """Encode ``symbols`` (1-D), each with the table ``tables[idx[i]]``, in ``table_runs`` order (one run per
+        """Encode ``symbols`` (1-D), each with the table ``tables[idx[i]]``, in ``table_order`` (one run per
         distinct table; ``Decoder.decode_indexed`` reads them back)."""
         idx = np.asarray(idx, np.int64)
-        self._code(tables.cdf, idx, np.asarray(symbols), _table_order(idx, len(tables)))
+        self._code(tables.cdf, idx, np.asarray(symbols), table_order(idx, len(tables)))
 
     def encode_rows(self, symbols: np.ndarray, idx: np.ndarray, tables: Bank) -> None:
         """Encode ``symbols`` (1-D) in the order given, each with the table ``tables[idx[i]]``."""
@@ -364,7 +350,7 @@ class Decoder:
     def decode_indexed(self, idx: np.ndarray, tables: Bank) -> np.ndarray:
         """The symbols ``Encoder.encode_indexed`` coded with tables ``tables[idx[i]]`` (int64, in idx's order)."""
         idx = np.asarray(idx, np.int64)
-        return self._run(tables.cdf, idx, _table_order(idx, len(tables)))
+        return self._run(tables.cdf, idx, table_order(idx, len(tables)))
 
     def _run(self, cdf: np.ndarray, tbl: np.ndarray, order: np.ndarray) -> np.ndarray:
         out = np.zeros(len(order), np.int64)

@@ -164,8 +164,9 @@ class DecodedImage:
     def tiff_exact(self) -> bool:
         """A decoded TIFF whose rewrite (``tiff.write``) was checked, when it was read, to be the source file byte
         for byte (``info["tiff"]["exact"]``, carried in the container header)."""
-        recipe = self.metadata.info.get("tiff")
-        return self.pixels is not None and isinstance(recipe, dict) and recipe.get("exact") is True
+        from . import tiff
+
+        return self.pixels is not None and tiff.is_exact(self.metadata.info)
 
     @property
     def restores_exact(self) -> bool:

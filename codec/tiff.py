@@ -21,7 +21,6 @@ blob like a PNG's, so a PNG conversion of the record carries it too.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 
@@ -51,6 +50,13 @@ def is_tiff(data: bytes) -> bool:
     return data[:4] in MAGICS
 
 
+def is_exact(info: dict) -> bool:
+    """Whether an image's ``info`` (a header's or a DecodedImage's) holds a TIFF recipe whose rewrite was the
+    source file byte for byte when it was read."""
+    recipe = info.get("tiff")
+    return isinstance(recipe, dict) and recipe.get("exact") is True
+
+
 def read(data: bytes) -> tuple[np.ndarray, str, dict, bytes | None]:
     """(pixels HxWxC in native byte order, Pillow-style mode, recipe, ICC profile or None). Raises
     UnsupportedImage(reason, NoPixels) for TIFFs kept as bytes."""
@@ -69,31 +75,28 @@ def read(data: bytes) -> tuple[np.ndarray, str, dict, bytes | None]:
                 raise UnsupportedImage(f"TIFF of {page.imagewidth}x{page.imagelength} pixels is empty or larger than "
                                        f"{MAX_PIXELS} pixels", NoPixels.SIZE)
             _check_segments(page, data, recipe)
-            arr = page.asarray()
+            arr = _samples(page, recipe)
     except UnsupportedImage:
         raise
     except Exception as exc:  # tifffile's and the decoders' errors on damaged files
         raise UnsupportedImage(f"corrupt or truncated TIFF data: {type(exc).__name__}: {exc}"[:400],
                                NoPixels.DAMAGED) from exc
     channels = recipe["channels"]
-    if recipe["planar"] == "separate" and arr.ndim == 3:
-        arr = np.moveaxis(arr, 0, -1)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
     if arr.shape != (page.imagelength, page.imagewidth, channels):
         raise UnsupportedImage(f"TIFF decoded to {arr.shape}, its tags say {page.imagewidth}x{page.imagelength}x"
                                f"{channels}", NoPixels.DAMAGED)
-    arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))
     mode = _mode(channels, arr.dtype)
     try:
         again = write(arr, recipe, icc)
     except Exception as exc:  # a layout tifffile will not write (e.g. tiles not a multiple of 16)
         raise UnsupportedImage(f"TIFF layout pixark cannot rewrite ({type(exc).__name__}: {exc}): kept as "
                                "original bytes", NoPixels.FORMAT) from exc
-    recipe["exact"] = hashlib.sha256(again).digest() == hashlib.sha256(data).digest()
+    recipe["exact"] = again == data
     if not recipe["exact"]:
         # restored files are rewrites: they must hold the same pixels, or the file is kept as it is
         try:
-            back, _, _, _ = _read_plain(again)
+            with _quiet(), tifffile.TiffFile(io.BytesIO(again)) as tif:
+                back = _samples(tif.pages.first, recipe)
         except Exception as exc:
             raise UnsupportedImage(f"TIFF rewrite does not read back ({exc}): kept as original bytes",
                                    NoPixels.FORMAT) from exc
@@ -102,18 +105,13 @@ def read(data: bytes) -> tuple[np.ndarray, str, dict, bytes | None]:
     return arr, mode, recipe, icc
 
 
-def _read_plain(data: bytes):
-    """``read`` without the rewrite check: for checking a rewrite."""
-    import tifffile
-
-    with _quiet(), tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages.first
-        recipe, icc = _recipe(page, data, tif.is_bigtiff, tif.byteorder)
-        arr = page.asarray()
+def _samples(page, recipe: dict) -> np.ndarray:
+    """A page's pixels as H x W x channels in native byte order (planes of a separate-planar TIFF moved last)."""
+    arr = page.asarray()
     if recipe["planar"] == "separate" and arr.ndim == 3:
         arr = np.moveaxis(arr, 0, -1)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False)), "", recipe, icc
+    return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))
 
 
 def _mode(channels: int, dtype: np.dtype) -> str:
@@ -241,7 +239,7 @@ def write(pixels: np.ndarray, recipe: dict, icc: bytes | None) -> bytes:
             raw = icc if code == _ICC and value is None else bytes.fromhex(value)
             if raw is None or _TYPE_SIZES[dtype] * count != len(raw):
                 raise ValueError(f"tag {code} has {len(raw or b'')} bytes for {count} of type {dtype}")
-            # ASCII and rational values as tifffile's packers want them; the rest as packed bytes
+            # every value as the bytes it had in the file (same byte order), packed by tifffile as they are
             extratags.append((code, dtype, count, raw, False))
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CorruptStream(f"unusable TIFF recipe in the stream: {type(exc).__name__}: {exc}") from exc

@@ -43,9 +43,7 @@ def main(argv=None) -> None:
     ap.add_argument("--side", type=int)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    profile = os.path.basename(a.weights)[len("mspsm-"):-len(".npz")] if \
-        os.path.basename(a.weights).startswith("mspsm-") else M.DEFAULT_PROFILE
-    net, model_id = M.STORE.read(a.weights, profile if profile in M.PROFILES else M.DEFAULT_PROFILE)
+    net, model_id = M.STORE.read(a.weights)  # the file says its profile
     out = {"weights": a.weights, "model_id": model_id, "sets": {}}
     for name in a.sets:
         row = {}

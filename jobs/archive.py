@@ -158,8 +158,8 @@ def archive_cmd(
         raise fail(f"{s['images'] - s['ok']} object(s) did not code: {_kept(s)} kept as original bytes, "
                    f"{s['failed']} failed (--strict)", code=2)
     if strict and s.get("skipped"):  # found by the listing, not archived: as much a loss as a failed row
-        raise fail(f"{len(s['skipped'])} entries under the source were not archived (listed above: names that are "
-                   "not UTF-8, FIFOs, symlinks not followed ...) (--strict)", code=2)
+        raise fail(f"{len(s['skipped'])} entries under the source were not archived (listed above: FIFOs, symlinks "
+                   "not followed, names with characters U+F780..U+F7FF ...) (--strict)", code=2)
 
 
 def register(app: typer.Typer) -> None:

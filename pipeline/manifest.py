@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from pixark.codec.container import FILE_CODECS
+
 from . import store
 
 MANIFEST_VERSION = 3  # 2 added duplicate_of and generation; parts of version 1 read as duplicate_of null and
@@ -81,7 +83,7 @@ def exactness(row: dict) -> tuple[str | None, bool]:
         return None, False
     if row.get("restore_exact"):
         return row["restore_exact"], False
-    return (EXACT_BYTES if row["codec"] in ("store", "lepton") else EXACT_PIXELS), True
+    return (EXACT_BYTES if row["codec"] in FILE_CODECS else EXACT_PIXELS), True
 
 
 def part_name(shard: str) -> str:

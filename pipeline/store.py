@@ -68,7 +68,7 @@ def os_name(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def has_reserved(name: str) -> bool:
-    return any(0xF780 <= ord(ch) <= 0xF7FF for ch in name)
+    return any(ord(ch) in _AS_OS for ch in name)
 
 
 def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:

@@ -123,19 +123,22 @@ def test_prevalidated_tables_refuse_bad_input():
         entropy.Encoder().encode(np.array([1]), entropy.Table(np.array([entropy.TOTAL])))
 
 
+def table_runs(idx: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """The reference for encode_indexed: (table, positions) of each distinct table in ascending order, the
+    positions in their given order (a stable sort by table, cut at every new table)."""
+    order = np.argsort(idx, kind="stable")
+    return [(int(t), order[idx[order] == t]) for t in np.unique(idx)]
+
+
 @given(st.lists(st.integers(0, 70000), max_size=200))
 @settings(max_examples=60, deadline=None)
-def test_table_runs_is_a_stable_sort_cut_at_every_new_table(idx):
-    """Small indices take numpy's radix path, large ones the general sort: the same order either way."""
+def test_table_order_is_a_stable_sort_by_table(idx):
     idx = np.array(idx, np.int64)
-    order, runs = entropy.table_runs(idx)
+    order = entropy.table_order(idx, 70001)
     assert np.array_equal(order, np.argsort(idx, kind="stable"))
-    assert [t for t, _, _ in runs] == sorted(set(idx.tolist()))
-    pos = 0
-    for t, a, b in runs:
-        assert a == pos < b and (idx[order[a:b]] == t).all()
-        pos = b
-    assert pos == idx.size
+    if idx.size:
+        with pytest.raises(ValueError, match="outside the bank"):
+            entropy.table_order(idx, int(idx.max()))
 
 
 @settings(max_examples=40, deadline=None)
@@ -150,9 +153,8 @@ def test_indexed_coding_is_runs_by_table(data, alphabet, n):
     sym = rng.integers(0, alphabet, n)
     enc, runs_enc = entropy.Encoder(), entropy.Encoder()
     enc.encode_indexed(sym, idx, bank)
-    order, runs = entropy.table_runs(idx)
-    for t, a, b in runs:
-        runs_enc.encode(sym[order[a:b]], bank[t])
+    for t, at in table_runs(idx):
+        runs_enc.encode(sym[at], bank[t])
     stream = enc.finish()
     assert stream == runs_enc.finish()
     assert np.array_equal(entropy.Decoder(stream).decode_indexed(idx, bank), sym)
@@ -201,10 +203,10 @@ def test_streams_are_constrictions_word_for_word(data, calls):
         a, n = int(rng.choice([1, 2, 3, 25, 65, 256, 300])), int(rng.integers(1, 400))
         t = entropy.normalize(rng.integers(0, 1000, (a,) if rng.random() < 0.5 else (n, a)) ** rng.integers(1, 4))
         sym = rng.integers(0, a, n) if rng.random() < 0.5 else np.full(n, int(np.argmax(t.reshape(-1, a)[0])))
-        if t.ndim == 2 and rng.random() < 0.5:  # the same symbols with a bank: coded in table_runs order
+        if t.ndim == 2 and rng.random() < 0.5:  # the same symbols with a bank: coded in table order
             idx = rng.integers(0, n, n)
             enc.encode_indexed(sym, idx, entropy.bank(t))
-            order = entropy.table_runs(idx)[0]
+            order = np.argsort(idx, kind="stable")
             plan.append((sym[order], t[idx[order]]))
         else:
             enc.encode(sym, t)
@@ -228,7 +230,7 @@ def test_stacked_bank_codes_as_its_parts():
     want = entropy.Encoder()
     want.encode_indexed(a, idx, bank)
     want.encode(b, small)
-    order = entropy.table_runs(idx)[0]
+    order = np.argsort(idx, kind="stable")
     got = entropy.Encoder()
     got.encode_rows(np.concatenate([a[order], b]), np.concatenate([idx[order], np.full(40, 6)]), both)
     assert got.finish() == want.finish()

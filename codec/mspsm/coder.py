@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import tiling
 from ..adapt import SHIFT_BUCKET, SHIFT_FREQ, ScaleAdapter, ShiftTable, best_chains, chain_symbols, chain_values, \
     used_cells
-from ..entropy import Decoder, Encoder, Table, _table_order, cost, normalize, stack
+from ..entropy import Decoder, Encoder, Table, cost, normalize, stack, table_order
 from ..errors import CorruptStream, DeviceError, UnsupportedStream
 from ..image import MAX_PIXELS
 from ..nn.quant import run_on
@@ -222,7 +222,7 @@ class _TileEncoder(_TileModel):
     def _symbols(self, x: np.ndarray, use: np.ndarray, cen: np.ndarray) -> np.ndarray:
         d = (x - cen) & 255
         self._count(self.freq[use, d])
-        order = _table_order(use, len(self.bank))  # encode_indexed's order: a run per table
+        order = table_order(use, len(self.bank))  # encode_indexed's order: a run per table
         self._gather(d[order], use[order])
         return x
 
